@@ -1,0 +1,316 @@
+"""Typed knob specs, and the validation of one request's knob values against them.
+
+A model declares its knobs as a list of specs::
+
+    knobs = [
+        FloatKnob("size", default=3.0, min=0.0, max=100.0, help="Blur radius in pixels."),
+        ChoiceKnob("edges", default="reflect", choices=("reflect", "replicate", "zero")),
+        ButtonKnob("brightest", help="Report the brightest pixel."),
+    ]
+
+Values are validated once, at the front door, by :func:`resolve_knobs`, which returns a
+:class:`KnobValues` mapping holding exactly the values the request sent and the defaults for the
+rest. Values belong to the request: nothing is ever stored on the model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from frameserve.errors import ConfigError, KnobError
+
+__all__ = [
+    "BoolKnob",
+    "ButtonKnob",
+    "ChoiceKnob",
+    "FloatKnob",
+    "IntKnob",
+    "KnobSpec",
+    "KnobValue",
+    "KnobValues",
+    "StringKnob",
+    "check_knob_specs",
+    "resolve_knobs",
+]
+
+KnobValue = bool | int | float | str
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KnobSpec:
+    """What every knob declares: a name, a default and a help text."""
+
+    kind: ClassVar[str] = ""
+    name: str = field(kw_only=False)
+    default: Any
+    help: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"knob name {self.name!r} is not allowed: use letters, digits and '_', "
+                "starting with a letter or '_'"
+            )
+        self.validate(self.default, what="default of knob")
+
+    def validate(self, value: object, *, what: str = "knob") -> KnobValue:
+        """Return ``value`` as this knob's type, or raise :class:`KnobError` saying why not."""
+        raise NotImplementedError
+
+    def parse_text(self, text: str) -> KnobValue:
+        """Return the value written as ``text`` (command lines, query strings), validated."""
+        return self.validate(text)
+
+    def describe(self) -> dict[str, Any]:
+        """Return the spec as plain data (for ``frameserve models --json`` and HTTP)."""
+        data: dict[str, Any] = {"name": self.name, "type": self.kind, "default": self.default}
+        data["label"] = self.label or self.name
+        data["help"] = self.help
+        return data
+
+    def _error(self, what: str, value: object, allowed: str) -> KnobError:
+        return KnobError(f"{what} {self.name!r}: {value!r} is not allowed; {allowed}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BoolKnob(KnobSpec):
+    """An on/off knob (a checkbox in Nuke)."""
+
+    kind: ClassVar[str] = "bool"
+    default: bool = False
+
+    def validate(self, value: object, *, what: str = "knob") -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        raise self._error(what, value, "expected a bool (true or false)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ButtonKnob(BoolKnob):
+    """A button: ``True`` only in the request sent when the artist presses it."""
+
+    kind: ClassVar[str] = "button"
+    default: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.default:
+            raise ConfigError(f"button {self.name!r}: a button's default must be False")
+
+
+def _check_range(spec: IntKnob | FloatKnob) -> None:
+    if spec.min is not None and spec.max is not None and spec.min > spec.max:
+        raise ConfigError(f"knob {spec.name!r}: min {spec.min} is above max {spec.max}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntKnob(KnobSpec):
+    """A whole number, optionally bounded by ``min`` and ``max`` (inclusive; 32-bit)."""
+
+    kind: ClassVar[str] = "int"
+    default: int = 0
+    min: int | None = None
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_range(self)
+        for bound in (self.min, self.max):
+            if bound is not None and not INT32_MIN <= bound <= INT32_MAX:
+                raise ConfigError(f"knob {self.name!r}: bound {bound} does not fit 32 bits")
+        super().__post_init__()
+
+    def validate(self, value: object, *, what: str = "knob") -> int:
+        number: int
+        if isinstance(value, bool):
+            raise self._error(what, value, "expected a whole number, not a bool")
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                raise self._error(what, value, "expected a whole number") from None
+        else:
+            raise self._error(what, value, "expected a whole number")
+        low = INT32_MIN if self.min is None else self.min
+        high = INT32_MAX if self.max is None else self.max
+        if number < low:
+            raise KnobError(f"{what} {self.name!r}: {number} is below the minimum {low}")
+        if number > high:
+            raise KnobError(f"{what} {self.name!r}: {number} is above the maximum {high}")
+        return number
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "min": self.min, "max": self.max}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FloatKnob(KnobSpec):
+    """A real number, optionally bounded by ``min`` and ``max`` (inclusive).
+
+    The MLClient wire carries 32-bit floats, so a value within float32 rounding of a bound is
+    taken as the bound itself.
+    """
+
+    kind: ClassVar[str] = "float"
+    default: float = 0.0
+    min: float | None = None
+    max: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_range(self)
+        super().__post_init__()
+
+    def validate(self, value: object, *, what: str = "knob") -> float:
+        if isinstance(value, bool):
+            raise self._error(what, value, "expected a number, not a bool")
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise self._error(what, value, "expected a number") from None
+        else:
+            raise self._error(what, value, "expected a number")
+        if not math.isfinite(number):
+            raise self._error(what, value, "expected a finite number")
+        if self.min is not None and number < self.min:
+            if not _within_float32(number, self.min):
+                raise KnobError(
+                    f"{what} {self.name!r}: {number:g} is below the minimum {self.min:g}"
+                )
+            number = float(self.min)
+        if self.max is not None and number > self.max:
+            if not _within_float32(number, self.max):
+                raise KnobError(
+                    f"{what} {self.name!r}: {number:g} is above the maximum {self.max:g}"
+                )
+            number = float(self.max)
+        return number
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "min": self.min, "max": self.max}
+
+
+def _within_float32(value: float, bound: float) -> bool:
+    return math.isclose(value, bound, rel_tol=2e-7, abs_tol=1e-30)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StringKnob(KnobSpec):
+    """Free text."""
+
+    kind: ClassVar[str] = "string"
+    default: str = ""
+
+    def validate(self, value: object, *, what: str = "knob") -> str:
+        if not isinstance(value, str):
+            raise self._error(what, value, "expected a string")
+        return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChoiceKnob(KnobSpec):
+    """One of a fixed list of strings (a menu).
+
+    The MLClient node ignores menus, so it is offered there as a string knob whose value is
+    checked against ``choices``.
+    """
+
+    kind: ClassVar[str] = "choice"
+    default: str = ""
+    choices: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if not self.choices or not all(isinstance(c, str) for c in self.choices):
+            raise ConfigError(
+                f"choice knob {self.name!r}: choices must be a non-empty list of strings"
+            )
+        if len(set(self.choices)) != len(self.choices):
+            raise ConfigError(f"choice knob {self.name!r}: choices repeat a value")
+        super().__post_init__()
+
+    def validate(self, value: object, *, what: str = "knob") -> str:
+        if not isinstance(value, str) or value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise self._error(what, value, f"choose one of {allowed}")
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "choices": list(self.choices)}
+
+
+class KnobValues(Mapping[str, KnobValue]):
+    """The knob values of one request: what it sent, defaults for the rest. Read-only."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, KnobValue]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, name: str) -> KnobValue:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"no knob named {name!r}; knobs: {', '.join(self._values)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values.items())))
+
+    def __repr__(self) -> str:
+        return f"KnobValues({self._values!r})"
+
+
+def check_knob_specs(specs: Iterable[KnobSpec], *, owner: str) -> tuple[KnobSpec, ...]:
+    """Return ``specs`` as a tuple after checking that they are specs with unique names."""
+    result = tuple(specs)
+    seen: set[str] = set()
+    for spec in result:
+        if not isinstance(spec, KnobSpec):
+            raise ConfigError(f"{owner}: {spec!r} is not a knob spec (use IntKnob, FloatKnob, ...)")
+        if spec.name in seen:
+            raise ConfigError(f"{owner}: two knobs are named {spec.name!r}")
+        seen.add(spec.name)
+    return result
+
+
+def resolve_knobs(specs: Iterable[KnobSpec], sent: Mapping[str, object]) -> KnobValues:
+    """Validate the values a request ``sent`` against ``specs``; fill in defaults.
+
+    Raises :class:`KnobError` naming the knob for an unknown name, a wrong type or a value out
+    of range.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    unknown = [name for name in sent if name not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise KnobError(f"unknown knob {unknown[0]!r}; this model's knobs are: {known}")
+    values: dict[str, KnobValue] = {}
+    for name, spec in by_name.items():
+        values[name] = spec.validate(sent[name]) if name in sent else spec.default
+    return KnobValues(values)

@@ -1,0 +1,331 @@
+"""The MLClient front door: a TCP server that Foundry's compiled MLClient node talks to.
+
+One request per connection, as the node does it: read a 12-digit header and the body into a
+preallocated buffer, answer an info request from the registry, or turn an inference request
+into an :class:`~frameserve.request.InferenceRequest`, submit it to the scheduler and write the
+reply straight from the result's pixel buffers, then close.
+
+Each connection has its own thread, so a silent or slow client never blocks another; it is
+dropped after ``read_timeout`` seconds of silence. Every failure the connection still allows
+is answered with an ``Error`` reply that the node shows as the node's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from frameserve.errors import (
+    ModelError,
+    ProtocolError,
+    RequestError,
+    RequestTooLargeError,
+)
+from frameserve.protocols.mlclient import messages as pb
+from frameserve.protocols.mlclient.convert import (
+    frame_from_wire,
+    frame_to_wire,
+    model_message,
+    object_message,
+    sent_knobs,
+)
+from frameserve.protocols.mlclient.framing import (
+    HEADER_SIZE,
+    ClientGone,
+    ClientStalled,
+    parse_request_header,
+    recv_exact_into,
+    reply_header,
+    send_buffers,
+)
+from frameserve.protocols.mlclient.wirecodec import (
+    DecodedRequest,
+    WirePixels,
+    decode_request,
+    encode_inference_reply,
+)
+from frameserve.registry import ModelRegistry
+from frameserve.request import InferenceRequest, InferenceResult, build_request
+from frameserve.scheduler import Scheduler
+from frameserve.settings import ServerSettings
+
+__all__ = ["MLClientServer"]
+
+log = logging.getLogger(__name__)
+
+_DRAIN_SECONDS = 1.0
+_DRAIN_BYTES = 64 << 20
+
+
+@dataclass
+class _Exchange:
+    """What one connection did, for its log line."""
+
+    client: str
+    kind: str = "-"
+    model: str = "-"
+    size: str = "-"
+    outcome: str = "ok"
+    started: float = field(default_factory=time.perf_counter)
+
+
+class MLClientServer:
+    """Serves the MLClient protocol on ``settings.host:settings.port``."""
+
+    def __init__(
+        self, *, registry: ModelRegistry, scheduler: Scheduler, settings: ServerSettings
+    ) -> None:
+        self.registry = registry
+        self.scheduler = scheduler
+        self.settings = settings
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._slots = threading.BoundedSemaphore(settings.max_connections)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port actually listened on (useful with port 0)."""
+        if self._listener is None:
+            raise RuntimeError("the MLClient server is not started")
+        host, port = self._listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Bind, listen and accept connections on a background thread."""
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.settings.host, self.settings.port))
+        listener.listen(128)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="mlclient-accept", daemon=True
+        )
+        self._accept_thread.start()
+        log.info("MLClient protocol listening on %s:%d", *self.address)
+
+    def close(self) -> None:
+        """Stop accepting connections; connections in progress finish on their own."""
+        self._closing.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=5)
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._closing.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closing.is_set():
+                    return
+                log.exception("accepting a connection failed")
+                continue
+            client = f"{peer[0]}:{peer[1]}"
+            if not self._slots.acquire(blocking=False):
+                threading.Thread(target=self._refuse, args=(conn, client), daemon=True).start()
+                continue
+            threading.Thread(
+                target=self._serve_connection,
+                args=(conn, client),
+                name=f"mlclient {client}",
+                daemon=True,
+            ).start()
+
+    def _refuse(self, conn: socket.socket, client: str) -> None:
+        limit = self.settings.max_connections
+        message = f"server busy: {limit} connections are open already; try again"
+        log.warning("%s refused: %s", client, message)
+        with conn:
+            conn.settimeout(self.settings.read_timeout)
+            self._send_error(conn, message)
+
+    def _serve_connection(self, conn: socket.socket, client: str) -> None:
+        exchange = _Exchange(client)
+        replied = False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            body = self._read_request(conn)
+            if body is None:
+                exchange.outcome = "closed without a request"
+                return
+            decoded = decode_request(body.data)
+            if decoded.kind == "info":
+                exchange.kind = "info"
+                self._answer_info(conn)
+            else:
+                exchange.kind = "infer"
+                inference = self._inference_request(body, decoded, exchange)
+                del body, decoded  # the frames hold their own copies: free the request bytes
+                result = self.scheduler.submit(inference).result()
+                self._send_result(conn, result, _size(inference))
+            replied = True
+        except (ClientGone, ClientStalled) as exc:
+            exchange.outcome = f"dropped: {exc}"
+            if isinstance(exc, ClientStalled):
+                replied = self._send_error(conn, f"request incomplete: {exc}")
+        except (RequestError, ModelError) as exc:
+            exchange.outcome = f"error: {exc}"
+            replied = self._send_error(conn, str(exc))
+        except OSError as exc:
+            exchange.outcome = f"connection failed: {exc}"
+        except Exception as exc:  # never let one request take the server down
+            log.exception("%s: unexpected failure", client)
+            exchange.outcome = f"internal error: {type(exc).__name__}: {exc}"
+            replied = self._send_error(conn, f"internal server error: {type(exc).__name__}: {exc}")
+        finally:
+            self._finish(conn, drain=replied and not exchange.outcome.startswith("ok"))
+            self._slots.release()
+            self._log(exchange)
+
+    def _read_request(self, conn: socket.socket) -> np.ndarray | None:
+        """Read one framed request body into a fresh buffer; ``None`` if nothing was sent."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        idle = self.settings.read_timeout
+        header = bytearray(HEADER_SIZE)
+        try:
+            recv_exact_into(conn, memoryview(header), idle_timeout=idle, deadline=deadline)
+        except ClientGone as exc:
+            if exc.received == 0:
+                return None
+            raise ProtocolError(
+                f"request header must be {HEADER_SIZE} ASCII digits; the connection closed "
+                f"after {exc.received}"
+            ) from None
+        length = parse_request_header(header)
+        limit = self.settings.max_request_bytes(self.registry.largest_input_count())
+        if length > limit:
+            raise RequestTooLargeError(
+                f"request of {length} bytes is above the limit of {limit} bytes "
+                f"(--max-frame-bytes sets the limit per input)"
+            )
+        body = np.empty(length, dtype=np.uint8)
+        try:
+            recv_exact_into(conn, body.data, idle_timeout=idle, deadline=deadline)
+        except ClientGone as exc:
+            raise ProtocolError(
+                f"request body ended after {exc.received} of the {length} bytes its header "
+                "announced"
+            ) from None
+        return body
+
+    def _answer_info(self, conn: socket.socket) -> None:
+        models = [model_message(e.spec) for e in self.registry.available() if e.spec]
+        reply = pb.RespondWrapper(info=True, r1=pb.RespondInfo(num_models=len(models)))
+        reply.r1.models.extend(models)
+        body = reply.SerializeToString()
+        conn.sendall(reply_header(len(body)) + body)  # one write: the node reads it in one recv
+
+    def _inference_request(
+        self, body: np.ndarray, decoded: DecodedRequest, exchange: _Exchange
+    ) -> InferenceRequest:
+        """Turn a decoded inference message into a checked request (frames copied out)."""
+        model = pb.Model()
+        try:
+            for part in decoded.model_parts:
+                model.MergeFromString(part)
+        except Exception as exc:  # the protobuf runtime's DecodeError
+            raise ProtocolError(f"the request's model message is not valid: {exc}") from None
+        exchange.model = model.name or "-"
+        entry = self.registry.get(model.name)
+        assert entry.spec is not None
+        frames = [
+            frame_from_wire(body, image, what=f"image {index}")
+            for index, image in enumerate(decoded.images)
+        ]
+        if frames:
+            exchange.size = f"{frames[0].shape[2]}x{frames[0].shape[1]}"
+        return build_request(
+            entry.spec, frames, sent_knobs(model), client=exchange.client, protocol="mlclient"
+        )
+
+    def _send_result(
+        self, conn: socket.socket, result: InferenceResult, size: tuple[int, ...] | None
+    ) -> None:
+        images: list[tuple[int, int, int, WirePixels]] = []
+        for name, frame in result.frames.items():
+            if size is not None and not images and tuple(frame.shape[1:]) != tuple(size):
+                raise ModelError(
+                    f"output {name!r} is {frame.shape[2]}x{frame.shape[1]}, but the MLClient "
+                    f"node needs the input's format, {size[1]}x{size[0]}"
+                )
+            channels, height, width = frame.shape
+            images.append((width, height, channels, frame_to_wire(frame)))
+        objects = [object_message(obj).SerializeToString() for obj in result.objects]
+        buffers, length = encode_inference_reply(images, objects)
+        conn.settimeout(self.settings.read_timeout)
+        send_buffers(conn, [reply_header(length), *buffers])
+
+    def _send_error(self, conn: socket.socket, message: str) -> bool:
+        """Answer with an ``Error`` reply; return whether it could be sent."""
+        reply = pb.RespondWrapper(info=True, error=pb.Error(msg=message))
+        body = reply.SerializeToString()
+        try:
+            conn.settimeout(self.settings.read_timeout)
+            conn.sendall(reply_header(len(body)) + body)
+        except OSError:
+            return False
+        return True
+
+    def _finish(self, conn: socket.socket, *, drain: bool) -> None:
+        """Close the connection, so the node sees the end of the reply.
+
+        After an error the client may still be sending the request it announced; reading a
+        little of it first lets the reply reach the client instead of being cut by a reset.
+        """
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            if drain:
+                _drain(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _log(self, exchange: _Exchange) -> None:
+        elapsed = (time.perf_counter() - exchange.started) * 1000
+        level = logging.INFO if exchange.kind != "-" or exchange.outcome != "ok" else logging.DEBUG
+        log.log(
+            level,
+            "%s %s model=%s size=%s %.1f ms %s",
+            exchange.client,
+            exchange.kind,
+            exchange.model,
+            exchange.size,
+            elapsed,
+            exchange.outcome,
+        )
+
+
+def _size(request: InferenceRequest) -> tuple[int, int] | None:
+    """Height and width the node expects back: its format, the size of the first input."""
+    first = next(iter(request.frames.values()), None)
+    return None if first is None else (int(first.shape[1]), int(first.shape[2]))
+
+
+def _drain(conn: socket.socket) -> None:
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    scratch = bytearray(1 << 16)
+    drained = 0
+    while drained < _DRAIN_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        conn.settimeout(remaining)
+        try:
+            count = conn.recv_into(scratch)
+        except OSError:
+            return
+        if count == 0:
+            return
+        drained += count

@@ -1,0 +1,89 @@
+"""The protocol-neutral request and result that travel front door → scheduler → runner.
+
+A front door decodes its wire format into frames and raw knob values, then calls
+:func:`build_request`, which checks them against the model's declaration once, so that
+everything downstream can trust the request.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from frameserve.errors import FrameError
+from frameserve.frames import check_frame
+from frameserve.knobs import KnobValues, resolve_knobs
+from frameserve.model import ModelSpec
+from frameserve.objects import ResultObject
+
+__all__ = ["InferenceRequest", "InferenceResult", "build_request"]
+
+_request_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceRequest:
+    """One inference: a model, its input frames by name and this request's knob values."""
+
+    model_id: str
+    frames: Mapping[str, torch.Tensor]
+    knobs: KnobValues
+    client: str = ""
+    protocol: str = ""
+    id: int = field(default_factory=lambda: next(_request_ids))
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """Width and height of the first input frame, ``(0, 0)`` for a model without inputs."""
+        first = next(iter(self.frames.values()), None)
+        return (0, 0) if first is None else (int(first.shape[2]), int(first.shape[1]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceResult:
+    """What a model produced: output frames by name (declared order) and result objects."""
+
+    frames: Mapping[str, torch.Tensor]
+    objects: tuple[ResultObject, ...] = ()
+
+
+def build_request(
+    spec: ModelSpec,
+    frames: Sequence[torch.Tensor],
+    knobs: Mapping[str, object],
+    *,
+    client: str = "",
+    protocol: str = "",
+) -> InferenceRequest:
+    """Check ``frames`` (in input order) and ``knobs`` against ``spec``; return the request.
+
+    Frames with more channels than an input declares are cut to the declared channels (the
+    MLClient node always sends RGB); fewer channels are an error.
+
+    Raises:
+        FrameError: wrong number of frames, or a frame of the wrong form.
+        KnobError: an unknown knob, a value of the wrong type or out of range.
+    """
+    if len(frames) != len(spec.inputs):
+        names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+        raise FrameError(
+            f"model {spec.id!r} takes {len(spec.inputs)} image(s) ({names}); "
+            f"the request has {len(frames)}"
+        )
+    by_name: dict[str, torch.Tensor] = {}
+    for declared, frame in zip(spec.inputs, frames, strict=True):
+        what = f"input {declared.name!r} of model {spec.id!r}"
+        frame = check_frame(frame, what=what)
+        channels = frame.shape[0]
+        if channels < declared.channels:
+            raise FrameError(
+                f"{what} needs {declared.channels} channel(s); the request sent {channels}"
+            )
+        by_name[declared.name] = frame[: declared.channels]
+    values = resolve_knobs(spec.knobs, knobs)
+    return InferenceRequest(
+        model_id=spec.id, frames=by_name, knobs=values, client=client, protocol=protocol
+    )

@@ -1,0 +1,78 @@
+"""The frame server: one registry, runner and scheduler shared by every front door.
+
+::
+
+    with FrameServer(ServerSettings(port=0)) as server:
+        host, port = server.mlclient_address
+        ...
+
+The data path reads top to bottom: front door (protocol) → request → scheduler → runner →
+model, and back. Front doors (the MLClient TCP door now, HTTP next) only translate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from frameserve.protocols.mlclient.server import MLClientServer
+from frameserve.registry import ModelRegistry, model_folders_from_env
+from frameserve.runner import Runner
+from frameserve.scheduler import Scheduler
+from frameserve.settings import ServerSettings
+
+__all__ = ["FrameServer"]
+
+log = logging.getLogger(__name__)
+
+
+class FrameServer:
+    """Everything ``frameserve serve`` runs, startable and stoppable in-process."""
+
+    def __init__(self, settings: ServerSettings | None = None) -> None:
+        self.settings = settings or ServerSettings()
+        folders = [*self.settings.model_folders, *model_folders_from_env()]
+        self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
+        self.runner = Runner(self.registry, device=self.settings.device)
+        self.scheduler = Scheduler(self.runner, workers=self.settings.workers)
+        self.mlclient = MLClientServer(
+            registry=self.registry, scheduler=self.scheduler, settings=self.settings
+        )
+        self._stopped = threading.Event()
+
+    @property
+    def mlclient_address(self) -> tuple[str, int]:
+        """Host and port of the MLClient door."""
+        return self.mlclient.address
+
+    def start(self) -> FrameServer:
+        """Open every front door; return self."""
+        ready = [e.id for e in self.registry.available()]
+        failed = [e.id for e in self.registry.entries() if not e.ok]
+        log.info("models: %s", ", ".join(ready) or "none")
+        if failed:
+            log.warning("models that failed to load: %s", ", ".join(failed))
+        self.mlclient.start()
+        return self
+
+    def wait(self) -> None:
+        """Block until :meth:`close` is called (from another thread or a signal handler)."""
+        self._stopped.wait()
+
+    def close(self) -> None:
+        """Close every front door and stop the workers."""
+        self.mlclient.close()
+        self.scheduler.close()
+        self._stopped.set()
+
+    def __enter__(self) -> FrameServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

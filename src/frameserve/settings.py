@@ -1,0 +1,66 @@
+"""Server settings: one validated, keyword-only object; the command line maps flags onto it.
+
+::
+
+    settings = ServerSettings(port=0, model_folders=["studio_models"], read_timeout=5.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frameserve.errors import ConfigError
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "ServerSettings"]
+
+#: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
+DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
+#: Room for the message around the frames (model, options, field headers).
+MESSAGE_OVERHEAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Everything ``frameserve serve`` can be told.
+
+    Attributes:
+        host: address the MLClient door listens on; loopback unless told otherwise (the
+            MLClient protocol has no authentication).
+        port: MLClient TCP port; 0 picks a free one.
+        model_folders: model folders besides the built-ins (and ``$FRAMESERVE_MODELS``).
+        builtin_models: whether to serve the built-in models.
+        device: torch device models run on.
+        workers: requests run at once.
+        max_frame_bytes: largest frame accepted per model input; a request may carry this
+            times the most inputs any model takes, plus a little for the message.
+        read_timeout: seconds a client may stay silent while sending a request.
+        request_timeout: seconds a client has to send a whole request.
+        max_connections: connections served at once; more are answered with an error.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 55555
+    model_folders: tuple[Path, ...] = field(default_factory=tuple)
+    builtin_models: bool = True
+    device: str = "cpu"
+    workers: int = 2
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    read_timeout: float = 30.0
+    request_timeout: float = 600.0
+    max_connections: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        for name in ("workers", "max_frame_bytes", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("read_timeout", "request_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be above 0 seconds, got {getattr(self, name)}")
+
+    def max_request_bytes(self, inputs: int) -> int:
+        """Return the largest request body accepted when a model takes ``inputs`` images."""
+        return self.max_frame_bytes * max(inputs, 1) + MESSAGE_OVERHEAD_BYTES

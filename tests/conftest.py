@@ -1,0 +1,42 @@
+"""Shared fixtures: a real frameserve server on loopback and a client framed like the node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from frameserve.server import FrameServer
+from frameserve.settings import ServerSettings
+from tests.support.node_client import NodeClient
+
+#: Model folders the tests serve besides the built-ins (one of them fails to load on purpose).
+TEST_MODELS = Path(__file__).parent / "models"
+
+
+def start_server(**overrides: object) -> FrameServer:
+    """Start a server on a free loopback port with the test models and short timeouts."""
+    options: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "model_folders": (TEST_MODELS,),
+        "read_timeout": 2.0,
+    }
+    options.update(overrides)
+    return FrameServer(ServerSettings(**options)).start()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FrameServer]:
+    """A server shared by the tests of one module."""
+    running = start_server()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def node(server: FrameServer) -> NodeClient:
+    """A client that frames requests exactly as the compiled MLClient node does."""
+    host, port = server.mlclient_address
+    return NodeClient(host, port, timeout=30.0)
