@@ -68,6 +68,9 @@ def main(argv: list[str]) -> int:
             _run(BIN / "frameserve", "serve", *rest)
         else:
             _run(_python(), "-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py")
+            _run(
+                _python(), "-m", "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py"
+            )
             _run(_python(), "-m", "mypy")
             _run(_python(), "-m", "pytest", *rest)
     except subprocess.CalledProcessError as exc:

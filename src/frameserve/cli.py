@@ -192,8 +192,9 @@ def _entry_text(entry: ModelEntry) -> str:
     for knob in spec.knobs:
         info = knob.describe()
         bounds = ""
-        if info.get("min") is not None or info.get("max") is not None:
-            bounds = f" [{info.get('min', '')}..{info.get('max', '')}]"
+        low, high = info.get("min"), info.get("max")
+        if low is not None or high is not None:
+            bounds = f" [{'' if low is None else low}..{'' if high is None else high}]"
         if info.get("choices"):
             bounds = " {" + ", ".join(info["choices"]) + "}"
         lines.append(

@@ -62,10 +62,17 @@ class KnobSpec:
                 f"knob name {self.name!r} is not allowed: use letters, digits and '_', "
                 "starting with a letter or '_'"
             )
-        self.validate(self.default, what="default of knob")
+        try:
+            default = self.validate(self.default, what="default of knob")
+        except KnobError as exc:
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "default", default)
 
     def validate(self, value: object, *, what: str = "knob") -> KnobValue:
-        """Return ``value`` as this knob's type, or raise :class:`KnobError` saying why not."""
+        """Return ``value`` as this knob's type, or raise :class:`KnobError` saying why not.
+
+        Types are strict: text is not taken for a number (use :meth:`parse_text` for text).
+        """
         raise NotImplementedError
 
     def parse_text(self, text: str) -> KnobValue:
@@ -95,9 +102,13 @@ class BoolKnob(KnobSpec):
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS | _FALSE_WORDS:
-            return value.strip().lower() in _TRUE_WORDS
         raise self._error(what, value, "expected a bool (true or false)")
+
+    def parse_text(self, text: str) -> bool:
+        word = text.strip().lower()
+        if word in _TRUE_WORDS | _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        raise self._error("knob", text, "expected a bool: true or false (also yes/no, on/off, 1/0)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,11 +153,6 @@ class IntKnob(KnobSpec):
             number = value
         elif isinstance(value, float) and value.is_integer():
             number = int(value)
-        elif isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                raise self._error(what, value, "expected a whole number") from None
         else:
             raise self._error(what, value, "expected a whole number")
         low = INT32_MIN if self.min is None else self.min
@@ -156,6 +162,12 @@ class IntKnob(KnobSpec):
         if number > high:
             raise KnobError(f"{what} {self.name!r}: {number} is above the maximum {high}")
         return number
+
+    def parse_text(self, text: str) -> int:
+        try:
+            return self.validate(int(text.strip()))
+        except ValueError:
+            raise self._error("knob", text, "expected a whole number") from None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min": self.min, "max": self.max}
@@ -181,15 +193,12 @@ class FloatKnob(KnobSpec):
     def validate(self, value: object, *, what: str = "knob") -> float:
         if isinstance(value, bool):
             raise self._error(what, value, "expected a number, not a bool")
-        if isinstance(value, int | float):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                raise self._error(what, value, "expected a number") from None
-        else:
+        if not isinstance(value, int | float):
             raise self._error(what, value, "expected a number")
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self._error(what, value, "expected a finite number") from None
         if not math.isfinite(number):
             raise self._error(what, value, "expected a finite number")
         if self.min is not None and number < self.min:
@@ -205,6 +214,12 @@ class FloatKnob(KnobSpec):
                 )
             number = float(self.max)
         return number
+
+    def parse_text(self, text: str) -> float:
+        try:
+            return self.validate(float(text.strip()))
+        except ValueError:
+            raise self._error("knob", text, "expected a number") from None
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min": self.min, "max": self.max}
@@ -240,6 +255,8 @@ class ChoiceKnob(KnobSpec):
     choices: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if isinstance(self.choices, str):
+            raise ConfigError(f"choice knob {self.name!r}: choices must be a list of strings")
         object.__setattr__(self, "choices", tuple(self.choices))
         if not self.choices or not all(isinstance(c, str) for c in self.choices):
             raise ConfigError(

@@ -165,15 +165,21 @@ class Model:
             description=str(cls.description or (cls.__doc__ or "").strip()),
             inputs=inputs,
             outputs=outputs,
-            knobs=check_knob_specs(cls.knobs, owner=owner),
+            knobs=check_knob_specs(_as_tuple(cls.knobs, owner=owner, what="knobs"), owner=owner),
         )
 
 
 def _image_specs(specs: Sequence[ImageSpec], *, owner: str, what: str) -> tuple[ImageSpec, ...]:
-    result = tuple(specs)
+    result = _as_tuple(specs, owner=owner, what=what)
     if not all(isinstance(spec, ImageSpec) for spec in result):
         raise ConfigError(f"{owner}: {what} must be ImageSpec(name, channels) items")
     names = [spec.name for spec in result]
     if len(set(names)) != len(names):
         raise ConfigError(f"{owner}: two {what} share a name: {names}")
     return result
+
+
+def _as_tuple(items: object, *, owner: str, what: str) -> tuple[Any, ...]:
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{owner}: {what} must be a list, got {type(items).__name__}")
+    return tuple(items)

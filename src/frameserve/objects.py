@@ -84,7 +84,7 @@ def _allowed(value: object) -> bool:
         return True
     if isinstance(value, list | tuple):
         kinds = {_kind(item) for item in value}
-        return len(kinds) <= 1 and None not in kinds
+        return (len(kinds) <= 1 or kinds == {"int", "float"}) and None not in kinds
     return False
 
 

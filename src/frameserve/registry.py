@@ -67,7 +67,10 @@ class ModelRegistry:
     """The models available to a server or a command, by id."""
 
     def __init__(self, folders: Iterable[str | os.PathLike[str]] = (), *, builtins: bool = True):
-        self._folders = [Path(folder) for folder in folders]
+        unique: dict[Path, Path] = {}
+        for folder in map(Path, folders):  # the same folder named twice is scanned once
+            unique.setdefault(folder.resolve(), folder)
+        self._folders = list(unique.values())
         self._builtins = builtins
         self._entries: dict[str, ModelEntry] = {}
         self._failures: list[ModelEntry] = []
@@ -152,8 +155,8 @@ def _load_folder(folder: Path, *, builtin: bool) -> list[ModelEntry]:
     for cls in classes:
         try:
             spec = cls.spec()
-        except FrameServeError as exc:
-            entries.append(_failed(cls.id or folder.name, source, str(exc)))
+        except Exception as exc:  # a wrong declaration fails this model only
+            entries.append(_failed(str(cls.id or folder.name), source, _describe(exc)))
             continue
         entries.append(
             ModelEntry(id=spec.id, source=source, builtin=builtin, spec=spec, model_class=cls)

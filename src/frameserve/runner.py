@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from frameserve.errors import FrameServeError, ModelRunError, ModelSetupError
+from frameserve.errors import FrameError, FrameServeError, ModelRunError, ModelSetupError
 from frameserve.frames import check_frame
 from frameserve.model import Model, ModelSpec, Prediction
 from frameserve.objects import ResultObject
@@ -119,7 +119,10 @@ def _checked_result(spec: ModelSpec, raw: object) -> InferenceResult:
         tensor = frames_out[output.name]
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             tensor = tensor.to("cpu", torch.float32)
-        tensor = check_frame(tensor, what=what)
+        try:
+            tensor = check_frame(tensor, what=what)
+        except FrameError as exc:  # the model's fault, not the client's
+            raise ModelRunError(str(exc)) from None
         if tensor.shape[0] != output.channels:
             raise ModelRunError(
                 f"{what} has {tensor.shape[0]} channel(s); the model declares {output.channels}"

@@ -198,9 +198,9 @@ def _add_field(pair: Any, key: str, value: object) -> None:
             assert isinstance(child, ResultObject)
             pair.children.append(object_message(child))
             pair.children[-1].name = key
-    elif isinstance(first, bool | int):
+    elif all(isinstance(v, bool | int) for v in items):
         pair.int_attributes.add(name=key, values=[int(v) for v in items])  # type: ignore[call-overload]
-    elif isinstance(first, float):
-        pair.float_attributes.add(name=key, values=list(items))
+    elif all(isinstance(v, bool | int | float) for v in items):
+        pair.float_attributes.add(name=key, values=[float(v) for v in items])  # type: ignore[arg-type]
     else:
         pair.string_attributes.add(name=key, values=list(items))

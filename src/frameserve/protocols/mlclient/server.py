@@ -239,6 +239,13 @@ class MLClientServer:
         exchange.model = model.name or "-"
         entry = self.registry.get(model.name)
         assert entry.spec is not None
+        limit = self.settings.max_frame_bytes
+        for index, image in enumerate(decoded.images):
+            if image.nbytes > limit:
+                raise RequestTooLargeError(
+                    f"image {index} holds {image.nbytes} bytes, above the limit of {limit} "
+                    "bytes per frame (--max-frame-bytes)"
+                )
         frames = [
             frame_from_wire(body, image, what=f"image {index}")
             for index, image in enumerate(decoded.images)

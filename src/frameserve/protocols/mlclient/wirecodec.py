@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
+_MAX_GROUP_DEPTH = 100  # as protobuf's own parsers
 
 
 @dataclass(frozen=True)
@@ -163,34 +164,38 @@ def _fields(body: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, An
 
 
 def _skip_group(body: memoryview, pos: int, end: int, group: int) -> int:
+    """Return the position after the end tag of ``group`` (nested groups skipped too)."""
+    open_groups = [group]
     while pos < end:
-        tag, after = _varint(body, pos, end)
-        if tag & 7 == _EGROUP:
-            if tag >> 3 != group:
-                raise ProtocolError(f"request message closes group {tag >> 3} inside group {group}")
-            return after
-        pos = _next_field(body, pos, end)
+        tag, pos = _varint(body, pos, end)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == _EGROUP:
+            if number != open_groups[-1]:
+                raise ProtocolError(
+                    f"request message closes group {number} inside group {open_groups[-1]}"
+                )
+            open_groups.pop()
+            if not open_groups:
+                return pos
+        elif wire_type == _SGROUP:
+            if len(open_groups) >= _MAX_GROUP_DEPTH:
+                raise ProtocolError(f"request message nests groups deeper than {_MAX_GROUP_DEPTH}")
+            open_groups.append(number)
+        elif wire_type == _VARINT:
+            pos = _varint(body, pos, end)[1]
+        elif wire_type == _LEN:
+            length, pos = _varint(body, pos, end)
+            if length > end - pos:
+                raise ProtocolError("request message is truncated inside a group")
+            pos += length
+        elif wire_type in (_I64, _I32):
+            size = 8 if wire_type == _I64 else 4
+            if size > end - pos:
+                raise ProtocolError("request message is truncated inside a group")
+            pos += size
+        else:
+            raise ProtocolError(f"request message uses wire type {wire_type} inside a group")
     raise ProtocolError(f"request message never closes group {group}")
-
-
-def _next_field(body: memoryview, pos: int, end: int) -> int:
-    tag, pos = _varint(body, pos, end)
-    wire_type = tag & 7
-    if wire_type == _VARINT:
-        return _varint(body, pos, end)[1]
-    if wire_type == _LEN:
-        length, pos = _varint(body, pos, end)
-        if length > end - pos:
-            raise ProtocolError("request message is truncated inside a group")
-        return pos + length
-    if wire_type in (_I64, _I32):
-        size = 8 if wire_type == _I64 else 4
-        if size > end - pos:
-            raise ProtocolError("request message is truncated inside a group")
-        return pos + size
-    if wire_type == _SGROUP:
-        return _skip_group(body, pos, end, tag >> 3)
-    raise ProtocolError(f"request message uses wire type {wire_type} inside a group")
 
 
 def _encode_varint(value: int) -> bytes:
