@@ -13,7 +13,8 @@ protocol knows (an MLClient ``Error`` message, later an HTTP status).
     │   │   └── RequestTooLargeError
     │   ├── ModelNotFoundError   no model has that id
     │   ├── KnobError            unknown knob, wrong type, out of range
-    │   └── FrameError           wrong number of frames, bad size, channels or byte count
+    │   ├── FrameError           wrong number of frames, bad size, channels or byte count
+    │   └── ColourError          an unknown colourspace, or a conversion that cannot be made
     ├── ModelError               the model failed (the server's or the plug-in's fault)
     │   ├── ModelLoadError       a plug-in could not be imported or declares itself wrongly
     │   ├── ModelSetupError      its setup step (loading weights) raised
@@ -25,6 +26,7 @@ protocol knows (an MLClient ``Error`` message, later an HTTP status).
 from __future__ import annotations
 
 __all__ = [
+    "ColourError",
     "ConfigError",
     "FrameError",
     "FrameServeError",
@@ -72,6 +74,10 @@ class KnobError(RequestError):
 
 class FrameError(RequestError):
     """Frames do not match what the model declares (count, size, channels, bytes)."""
+
+
+class ColourError(RequestError):
+    """A colourspace is unknown to the colour configuration, or cannot be converted."""
 
 
 class ModelError(FrameServeError):

@@ -22,21 +22,14 @@ from hypothesis import strategies as st
 from frameserve.errors import ProtocolError
 from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.convert import frame_from_wire, frame_to_wire, sent_knobs
-from frameserve.protocols.mlclient.framing import (
-    HEADER_SIZE,
-    ClientGone,
-    ClientStalled,
-    parse_request_header,
-    recv_exact_into,
-    reply_header,
-    send_buffers,
-)
+from frameserve.protocols.mlclient.framing import HEADER_SIZE, parse_request_header, reply_header
 from frameserve.protocols.mlclient.wirecodec import (
     DecodedRequest,
     WirePixels,
     decode_request,
     encode_inference_reply,
 )
+from frameserve.protocols.sockets import ClientGone, ClientStalled, recv_exact_into, send_buffers
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 
@@ -551,7 +544,7 @@ def test_send_buffers_sends_every_part_in_order(
     frame = np.random.default_rng(8).standard_normal((3, 300, 700)).astype(np.float32)
     pixels = frame_to_wire(torch.from_numpy(frame))  # 900 row views: more than one sendmsg
     floats = np.arange(10, dtype=np.float32)
-    parts = [b"head", pixels, b"", bytearray(b"mid"), memoryview(floats), b"tail"]
+    parts = [b"head", *pixels.views, b"", bytearray(b"mid"), memoryview(floats), b"tail"]
     expected = b"head" + frame[:, ::-1].tobytes() + b"mid" + floats.tobytes() + b"tail"
     received = bytearray()
 

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,18 +37,20 @@ from frameserve.protocols.mlclient.convert import (
 )
 from frameserve.protocols.mlclient.framing import (
     HEADER_SIZE,
-    ClientGone,
-    ClientStalled,
     parse_request_header,
-    recv_exact_into,
     reply_header,
-    send_buffers,
 )
 from frameserve.protocols.mlclient.wirecodec import (
     DecodedRequest,
     WirePixels,
     decode_request,
     encode_inference_reply,
+)
+from frameserve.protocols.sockets import (
+    ClientGone,
+    ClientStalled,
+    recv_exact_into,
+    send_buffers,
 )
 from frameserve.registry import ModelRegistry
 from frameserve.request import InferenceRequest, InferenceResult, build_request
@@ -271,7 +274,10 @@ class MLClientServer:
         objects = [object_message(obj).SerializeToString() for obj in result.objects]
         buffers, length = encode_inference_reply(images, objects)
         conn.settimeout(self.settings.read_timeout)
-        send_buffers(conn, [reply_header(length), *buffers])
+        parts: list[Any] = [reply_header(length)]
+        for part in buffers:  # pixel rows are gathered by the kernel, never joined here
+            parts.extend(part.views if isinstance(part, WirePixels) else (part,))
+        send_buffers(conn, parts)
 
     def _send_error(self, conn: socket.socket, message: str) -> bool:
         """Answer with an ``Error`` reply; return whether it could be sent."""
