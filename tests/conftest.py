@@ -20,6 +20,7 @@ def start_server(**overrides: object) -> FrameServer:
     options: dict[str, object] = {
         "host": "127.0.0.1",
         "port": 0,
+        "http_port": 0,
         "model_folders": (TEST_MODELS,),
         "read_timeout": 2.0,
     }

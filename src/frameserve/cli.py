@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port", type=int, default=55555, help="MLClient TCP port (0: any free port)"
     )
+    serve.add_argument("--http-port", type=int, default=8000, help="HTTP API port (0: no HTTP API)")
     serve.add_argument("--device", default="cpu", help="torch device to run models on")
     serve.add_argument("--workers", type=int, default=2, help="requests run at once")
     serve.add_argument(
@@ -132,6 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         host=args.host,
         port=args.port,
+        http_port=args.http_port or None,
         model_folders=tuple(Path(p) for p in args.models),
         builtin_models=not args.no_builtins,
         device=args.device,

@@ -16,6 +16,7 @@ import logging
 import threading
 from types import TracebackType
 
+from frameserve.protocols.http.server import HttpServer
 from frameserve.protocols.mlclient.server import MLClientServer
 from frameserve.registry import ModelRegistry, model_folders_from_env
 from frameserve.runner import Runner
@@ -39,12 +40,38 @@ class FrameServer:
         self.mlclient = MLClientServer(
             registry=self.registry, scheduler=self.scheduler, settings=self.settings
         )
+        self.http: HttpServer | None = None
+        if self.settings.http_port is not None:
+            self.http = HttpServer(
+                registry=self.registry,
+                scheduler=self.scheduler,
+                settings=self.settings,
+                is_ready=self.is_ready,
+            )
+        self._ready = threading.Event()
         self._stopped = threading.Event()
 
     @property
     def mlclient_address(self) -> tuple[str, int]:
         """Host and port of the MLClient door."""
         return self.mlclient.address
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        """Host and port of the HTTP door."""
+        if self.http is None:
+            raise RuntimeError("this server serves no HTTP (http_port is None)")
+        return self.http.address
+
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:8000``."""
+        host, port = self.http_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def is_ready(self) -> bool:
+        """Whether the server is started and not shutting down."""
+        return self._ready.is_set()
 
     def start(self) -> FrameServer:
         """Open every front door; return self."""
@@ -54,6 +81,9 @@ class FrameServer:
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
         self.mlclient.start()
+        if self.http is not None:
+            self.http.start()
+        self._ready.set()
         return self
 
     def wait(self) -> None:
@@ -62,6 +92,9 @@ class FrameServer:
 
     def close(self) -> None:
         """Close every front door and stop the workers."""
+        self._ready.clear()
+        if self.http is not None:
+            self.http.close()
         self.mlclient.close()
         self.scheduler.close()
         self._stopped.set()

@@ -28,6 +28,8 @@ class ServerSettings:
         host: address the MLClient door listens on; loopback unless told otherwise (the
             MLClient protocol has no authentication).
         port: MLClient TCP port; 0 picks a free one.
+        http_port: HTTP API port (Open Inference Protocol v2); 0 picks a free one, ``None``
+            serves no HTTP.
         model_folders: model folders besides the built-ins (and ``$FRAMESERVE_MODELS``).
         builtin_models: whether to serve the built-in models.
         device: torch device models run on.
@@ -41,6 +43,7 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 55555
+    http_port: int | None = 8000
     model_folders: tuple[Path, ...] = field(default_factory=tuple)
     builtin_models: bool = True
     device: str = "cpu"
@@ -52,8 +55,10 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port {self.port} is outside 0..65535")
+        for name in ("port", "http_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ConfigError(f"{name} {value} is outside 0..65535")
         for name in ("workers", "max_frame_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from frameserve.errors import (
     RequestError,
     RequestTooLargeError,
 )
+from frameserve.protocols.listener import ConnectionListener
 from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.convert import (
     frame_from_wire,
@@ -86,64 +86,27 @@ class MLClientServer:
         self.registry = registry
         self.scheduler = scheduler
         self.settings = settings
-        self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._listener = ConnectionListener(
+            name="MLClient protocol",
+            host=settings.host,
+            port=settings.port,
+            serve=self._serve_connection,
+            refuse=self._refuse,
+            max_connections=settings.max_connections,
+        )
 
     @property
     def address(self) -> tuple[str, int]:
         """The host and port actually listened on (useful with port 0)."""
-        if self._listener is None:
-            raise RuntimeError("the MLClient server is not started")
-        host, port = self._listener.getsockname()[:2]
-        return str(host), int(port)
+        return self._listener.address
 
     def start(self) -> None:
         """Bind, listen and accept connections on a background thread."""
-        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.settings.host, self.settings.port))
-        listener.listen(128)
-        listener.settimeout(0.2)
-        self._listener = listener
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name="mlclient-accept", daemon=True
-        )
-        self._accept_thread.start()
-        log.info("MLClient protocol listening on %s:%d", *self.address)
+        self._listener.start()
 
     def close(self) -> None:
         """Stop accepting connections; connections in progress finish on their own."""
-        self._closing.set()
-        if self._accept_thread is not None:
-            self._accept_thread.join(timeout=5)
-        if self._listener is not None:
-            self._listener.close()
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._closing.is_set():
-            try:
-                conn, peer = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._closing.is_set():
-                    return
-                log.exception("accepting a connection failed")
-                continue
-            client = f"{peer[0]}:{peer[1]}"
-            if not self._slots.acquire(blocking=False):
-                threading.Thread(target=self._refuse, args=(conn, client), daemon=True).start()
-                continue
-            threading.Thread(
-                target=self._serve_connection,
-                args=(conn, client),
-                name=f"mlclient {client}",
-                daemon=True,
-            ).start()
+        self._listener.close()
 
     def _refuse(self, conn: socket.socket, client: str) -> None:
         limit = self.settings.max_connections
@@ -188,7 +151,6 @@ class MLClientServer:
             replied = self._send_error(conn, f"internal server error: {type(exc).__name__}: {exc}")
         finally:
             self._finish(conn, drain=replied and not exchange.outcome.startswith("ok"))
-            self._slots.release()
             self._log(exchange)
 
     def _read_request(self, conn: socket.socket) -> np.ndarray | None:

@@ -1,0 +1,331 @@
+"""The Open Inference Protocol v2 endpoints: routing, and each endpoint's answer.
+
+Protocol-neutral work happens elsewhere: requests are built by :func:`build_request` and run by
+the scheduler, exactly as for the MLClient door. This module only maps paths and JSON to those
+calls and their results back to JSON and tensors. ``docs/http-api.md`` is the user's guide.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from frameserve import __version__
+from frameserve.errors import (
+    FrameError,
+    ModelNotFoundError,
+    ProtocolError,
+    RequestError,
+    RequestTooLargeError,
+    ServerBusyError,
+)
+from frameserve.model import ModelSpec
+from frameserve.protocols.http.tensors import (
+    OutputTensor,
+    frames_from_tensor,
+    parse_infer_body,
+    tensor_from_frames,
+)
+from frameserve.protocols.http.wire import HttpRequest, HttpResponse
+from frameserve.registry import ModelEntry, ModelRegistry
+from frameserve.request import InferenceResult, build_request
+from frameserve.scheduler import Scheduler
+from frameserve.settings import ServerSettings
+
+__all__ = ["OBJECTS_OUTPUT", "HttpApi", "error_response", "json_response", "status_for"]
+
+log = logging.getLogger(__name__)
+
+#: Version every model serves today.
+MODEL_VERSION = "1"
+#: Name of the BYTES output that carries result objects as JSON documents.
+OBJECTS_OUTPUT = "objects"
+#: Request parameters that are not knobs.
+RESERVED_PARAMETERS = frozenset({"binary_data_output", "colourspace", "colorspace"})
+_SMALL_BODY = 1 << 20
+_MODEL_PATH = re.compile(
+    r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?"
+)
+
+
+def json_response(status: int, data: object) -> HttpResponse:
+    """Return a JSON response."""
+    return HttpResponse(status, [json.dumps(data).encode()])
+
+
+def error_response(status: int, message: str) -> HttpResponse:
+    """Return the ``{"error": ...}`` answer every failure gets."""
+    return json_response(status, {"error": message})
+
+
+class HttpApi:
+    """Answers OIP v2 requests from the registry and the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        scheduler: Scheduler,
+        settings: ServerSettings,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        self.registry = registry
+        self.scheduler = scheduler
+        self.settings = settings
+        self.is_ready = is_ready
+
+    def body_limit(self, method: str, path: str) -> int:
+        """Largest body accepted: frames for ``infer``, a little JSON for everything else."""
+        if method == "POST" and path.endswith("/infer"):
+            return self.settings.max_request_bytes(self.registry.largest_input_count())
+        return _SMALL_BODY
+
+    def handle(self, request: HttpRequest, client: str) -> tuple[HttpResponse, str]:
+        """Answer ``request``; also return the model it concerned (for the log line)."""
+        path = request.path.rstrip("/") or "/"
+        simple: dict[str, Callable[[], HttpResponse]] = {
+            "/v2/health/live": lambda: json_response(200, {"live": True}),
+            "/v2/health/ready": self._server_ready,
+            "/v2": self._server_metadata,
+        }
+        if path in simple:
+            return _only(request, "GET", simple[path]), "-"
+        if path == "/v2/repository/index":
+            return _only(request, "POST", self._repository_index), "-"
+        match = _MODEL_PATH.fullmatch(path)
+        if match is None:
+            return error_response(404, f"no such path {request.path!r}; see docs/http-api.md"), "-"
+        name, version, action = match["name"], match["version"], match["action"] or ""
+        if version is not None and version != MODEL_VERSION:
+            return error_response(
+                404, f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}"
+            ), name
+        if action == "/infer":
+            return _only(request, "POST", lambda: self._infer(name, request, client)), name
+        handlers = {
+            "": self._model_metadata,
+            "/ready": self._model_ready,
+            "/config": self._model_config,
+        }
+        return _only(request, "GET", lambda: handlers[action](name)), name
+
+    # -- server --------------------------------------------------------------------------------
+
+    def _server_ready(self) -> HttpResponse:
+        ready = self.is_ready()
+        return json_response(200 if ready else 503, {"ready": ready})
+
+    def _server_metadata(self) -> HttpResponse:
+        return json_response(
+            200,
+            {
+                "name": "frameserve",
+                "version": __version__,
+                "extensions": ["binary_tensor_data", "model_repository", "frameserve_knobs"],
+            },
+        )
+
+    def _repository_index(self) -> HttpResponse:
+        index = []
+        for entry in self.registry.entries():
+            item = {"name": entry.id, "version": MODEL_VERSION}
+            item["state"] = "READY" if entry.ok else "UNAVAILABLE"
+            item["reason"] = entry.error or ""
+            index.append(item)
+        return json_response(200, index)
+
+    # -- models --------------------------------------------------------------------------------
+
+    def _entry(self, name: str) -> ModelEntry:
+        """The model called ``name``; a model that failed to load is a 503, not a 404."""
+        for entry in self.registry.entries():
+            if entry.id == name and not entry.ok:
+                raise _Unavailable(f"model {name!r} failed to load: {entry.error}")
+        return self.registry.get(name)
+
+    def _model_ready(self, name: str) -> HttpResponse:
+        self._entry(name)
+        return json_response(200, {"name": name, "ready": True})
+
+    def _model_metadata(self, name: str) -> HttpResponse:
+        spec = _spec(self._entry(name))
+        return json_response(
+            200,
+            {
+                "name": spec.id,
+                "versions": [MODEL_VERSION],
+                "platform": "frameserve",
+                "inputs": [_tensor_metadata(i.name, i.channels) for i in spec.inputs],
+                "outputs": [_tensor_metadata(o.name, o.channels) for o in spec.outputs],
+            },
+        )
+
+    def _model_config(self, name: str) -> HttpResponse:
+        entry = self._entry(name)
+        data = _spec(entry).describe()
+        data.update(name=entry.id, version=MODEL_VERSION, layout="HWC")
+        return json_response(200, data)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _infer(self, name: str, request: HttpRequest, client: str) -> HttpResponse:
+        spec = _spec(self._entry(name))
+        header_length = _header_length(request)
+        body, inputs = parse_infer_body(request.body, header_length)
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ProtocolError("request 'parameters' must be a JSON object")
+        knobs = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+        by_name = {tensor.name: tensor for tensor in inputs}
+        if len(by_name) != len(inputs):
+            raise FrameError("an input is sent twice")
+        unknown = [n for n in by_name if n not in {i.name for i in spec.inputs}]
+        if unknown:
+            declared = ", ".join(repr(i.name) for i in spec.inputs)
+            raise FrameError(f"model {spec.id!r} has no input {unknown[0]!r}; inputs: {declared}")
+        missing = [i.name for i in spec.inputs if i.name not in by_name]
+        if missing:
+            raise FrameError(f"model {spec.id!r} also needs input {missing[0]!r}")
+        per_input = [frames_from_tensor(by_name[i.name], i.channels) for i in spec.inputs]
+        counts = {len(frames) for frames in per_input}
+        if len(counts) != 1:
+            raise FrameError("every input must hold the same number of frames")
+        batched = any(by_name[i.name].array.ndim == 4 for i in spec.inputs)
+        requests = [
+            build_request(spec, list(frames), knobs, client=client, protocol="http")
+            for frames in zip(*per_input, strict=True)
+        ]
+        del inputs, by_name, per_input  # the frames hold their own copies: free the body early
+        futures: list[Future[InferenceResult]] = [self.scheduler.submit(r) for r in requests]
+        results = [future.result() for future in futures]
+        outputs = _outputs(spec, results, body, batched=batched)
+        return _infer_response(spec, body, outputs)
+
+
+class _Unavailable(Exception):
+    """A model exists but cannot serve (it failed to load): answered with 503."""
+
+
+def _only(request: HttpRequest, method: str, answer: Callable[[], HttpResponse]) -> HttpResponse:
+    if request.method == method or (method == "GET" and request.method == "HEAD"):
+        return answer()
+    return error_response(405, f"{request.path} takes {method}, not {request.method}")
+
+
+def _spec(entry: ModelEntry) -> ModelSpec:
+    assert entry.spec is not None
+    return entry.spec
+
+
+def _tensor_metadata(name: str, channels: int) -> dict[str, Any]:
+    return {"name": name, "datatype": "FP32", "shape": [-1, -1, channels]}
+
+
+def _header_length(request: HttpRequest) -> int | None:
+    text = request.headers.get("inference-header-content-length")
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise ProtocolError(f"Inference-Header-Content-Length must be a number, got {text[:40]!r}")
+    return int(text)
+
+
+def _requested_outputs(spec: ModelSpec, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    raw = body.get("outputs")
+    if raw is None:
+        return [(o.name, {}) for o in spec.outputs]
+    if not isinstance(raw, list):
+        raise ProtocolError("'outputs' must be a list")
+    declared = {o.name for o in spec.outputs} | {OBJECTS_OUTPUT}
+    requested = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ProtocolError("each of 'outputs' must be an object with a 'name'")
+        if item["name"] not in declared:
+            raise FrameError(
+                f"model {spec.id!r} has no output {item['name']!r}; "
+                f"outputs: {', '.join(sorted(declared))}"
+            )
+        parameters = item.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ProtocolError(f"output {item['name']!r}: 'parameters' must be an object")
+        requested.append((item["name"], parameters))
+    return requested
+
+
+def _outputs(
+    spec: ModelSpec, results: list[InferenceResult], body: dict[str, Any], *, batched: bool
+) -> list[tuple[OutputTensor, bool]]:
+    """The tensors to send, each with whether it goes as binary data."""
+    binary_default = bool((body.get("parameters") or {}).get("binary_data_output", False))
+    outputs: list[tuple[OutputTensor, bool]] = []
+    for name, parameters in _requested_outputs(spec, body):
+        if name == OBJECTS_OUTPUT:
+            continue
+        frames = [result.frames[name] for result in results if name in result.frames]
+        if len(frames) != len(results):
+            continue  # the model did not produce this optional output
+        datatype = parameters.get("datatype", "FP32")
+        binary = bool(parameters.get("binary_data", binary_default))
+        outputs.append((tensor_from_frames(name, frames, datatype, batched=batched), binary))
+    documents = [json.dumps(obj.to_data()) for result in results for obj in result.objects]
+    if documents:
+        objects = OutputTensor(OBJECTS_OUTPUT, "BYTES", [len(documents)], strings=documents)
+        outputs.append((objects, False))
+    return outputs
+
+
+def _infer_response(
+    spec: ModelSpec, body: dict[str, Any], outputs: list[tuple[OutputTensor, bool]]
+) -> HttpResponse:
+    described = []
+    binary_parts: list[Any] = []
+    for tensor, binary in outputs:
+        item: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": tensor.shape,
+        }
+        if tensor.strings is not None:
+            item["data"] = tensor.strings
+        elif binary:
+            assert tensor.array is not None
+            item["parameters"] = {"binary_data_size": tensor.array.nbytes}
+            binary_parts.append(tensor.array.reshape(-1).view("u1").data)
+        else:
+            assert tensor.array is not None
+            item["data"] = tensor.array.reshape(-1).tolist()
+        described.append(item)
+    header: dict[str, Any] = {
+        "model_name": spec.id,
+        "model_version": MODEL_VERSION,
+        "outputs": described,
+    }
+    if "id" in body:
+        header["id"] = body["id"]
+    header_bytes = json.dumps(header).encode()
+    if not binary_parts:
+        return HttpResponse(200, [header_bytes])
+    return HttpResponse(
+        200,
+        [header_bytes, *binary_parts],
+        content_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header_bytes))},
+    )
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status an exception raised while answering maps to."""
+    if isinstance(exc, _Unavailable | ServerBusyError):
+        return 503
+    if isinstance(exc, RequestTooLargeError):
+        return 413
+    if isinstance(exc, ModelNotFoundError):
+        return 404
+    if isinstance(exc, RequestError):
+        return 400
+    return 500

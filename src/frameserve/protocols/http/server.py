@@ -1,0 +1,137 @@
+"""The HTTP front door: Open Inference Protocol v2 over kept-alive HTTP/1.1 connections.
+
+Each connection has its own thread and serves requests one after another until the client
+closes, stays idle for ``read_timeout`` seconds or asks to close. Every failure is answered with
+a JSON ``{"error": ...}`` and the right status; after a framing error the connection is closed,
+because the next request's start can no longer be found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from frameserve.errors import FrameServeError, ProtocolError, RequestTooLargeError
+from frameserve.protocols.http.api import HttpApi, error_response, status_for
+from frameserve.protocols.http.wire import HttpConnection, HttpResponse, write_response
+from frameserve.protocols.listener import ConnectionListener
+from frameserve.protocols.sockets import ClientGone, ClientStalled
+from frameserve.registry import ModelRegistry
+from frameserve.scheduler import Scheduler
+from frameserve.settings import ServerSettings
+
+__all__ = ["HttpServer"]
+
+log = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """Serves the HTTP API on ``settings.host:settings.http_port``."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        scheduler: Scheduler,
+        settings: ServerSettings,
+        is_ready: Callable[[], bool],
+    ) -> None:
+        assert settings.http_port is not None
+        self.settings = settings
+        self.api = HttpApi(
+            registry=registry, scheduler=scheduler, settings=settings, is_ready=is_ready
+        )
+        self._listener = ConnectionListener(
+            name="HTTP API",
+            host=settings.host,
+            port=settings.http_port,
+            serve=self._serve_connection,
+            refuse=self._refuse,
+            max_connections=settings.max_connections,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port actually listened on."""
+        return self._listener.address
+
+    def start(self) -> None:
+        """Bind, listen and accept on a background thread."""
+        self._listener.start()
+
+    def close(self) -> None:
+        """Stop accepting connections."""
+        self._listener.close()
+
+    def _refuse(self, conn: socket.socket, client: str) -> None:
+        message = f"server busy: {self.settings.max_connections} connections are open already"
+        log.warning("%s refused: %s", client, message)
+        with conn:
+            conn.settimeout(self.settings.read_timeout)
+            with contextlib.suppress(OSError):
+                write_response(conn, error_response(503, message), keep_alive=False)
+
+    def _serve_connection(self, conn: socket.socket, client: str) -> None:
+        connection = HttpConnection(
+            conn,
+            idle_timeout=self.settings.read_timeout,
+            request_timeout=self.settings.request_timeout,
+        )
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while self._serve_one(connection, client):
+                pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _serve_one(self, connection: HttpConnection, client: str) -> bool:
+        """Read and answer one request; return whether the connection stays open."""
+        started = time.perf_counter()
+        model = "-"
+        target = "-"
+        keep_alive = False
+        try:
+            request = connection.read_request(self.api.body_limit)
+            if request is None:
+                return False
+            target = f"{request.method} {request.path}"
+            keep_alive = request.keep_alive
+            try:
+                response, model = self.api.handle(request, client)
+            except FrameServeError as exc:
+                response = error_response(status_for(exc), str(exc))
+            except Exception as exc:  # the server keeps serving whatever a request does
+                log.exception("%s %s: unexpected failure", client, target)
+                response = error_response(
+                    500, f"internal server error: {type(exc).__name__}: {exc}"
+                )
+        except (ProtocolError, RequestTooLargeError) as exc:
+            response = error_response(status_for(exc), str(exc))
+            keep_alive = False  # the next request's start cannot be found any more
+        except ClientStalled as exc:
+            response = error_response(408, f"request incomplete: {exc}")
+            keep_alive = False
+        except (ClientGone, OSError) as exc:
+            log.info("%s %s dropped: %s", client, target, exc)
+            return False
+        try:
+            write_response(connection.sock, response, keep_alive=keep_alive)
+        except OSError as exc:
+            log.info("%s %s: reply not delivered: %s", client, target, exc)
+            return False
+        elapsed = (time.perf_counter() - started) * 1000
+        outcome = "ok" if response.status < 400 else f"error: {_message(response)}"
+        log.info(
+            "%s %s model=%s %d %.1f ms %s", client, target, model, response.status, elapsed, outcome
+        )
+        return keep_alive
+
+
+def _message(response: HttpResponse) -> str:
+    first = response.parts[0] if response.parts else b""
+    return bytes(first[:300]).decode("utf-8", "replace")
