@@ -255,6 +255,8 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "inputs": [{"name": "image", "channels": 3}],
         "outputs": [{"name": "image", "channels": 3}],
         "knobs": [Good.knobs[0].describe(), Good.knobs[1].describe()],
+        "colourspace_in": "scene_linear",
+        "colourspace_out": "scene_linear",
     }
 
 

@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--http-port", type=int, default=8000, help="HTTP API port (0: no HTTP API)")
     serve.add_argument("--device", default="cpu", help="torch device to run models on")
+    serve.add_argument(
+        "--ocio",
+        default=None,
+        help="OpenColorIO config for colour conversions (default: $OCIO, "
+        "else the built-in ACES config)",
+    )
     serve.add_argument("--workers", type=int, default=2, help="requests run at once")
     serve.add_argument(
         "--max-frame-bytes",
@@ -137,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_folders=tuple(Path(p) for p in args.models),
         builtin_models=not args.no_builtins,
         device=args.device,
+        ocio=args.ocio,
         workers=args.workers,
         max_frame_bytes=args.max_frame_bytes,
         read_timeout=args.read_timeout,

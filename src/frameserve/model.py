@@ -28,6 +28,11 @@ top row first, scene-linear values (never clipped: values above 1 and below 0 ar
 server converts every wire format to this form and back; a model never sees protobuf, byte
 order or Nuke's bottom-up rows.
 
+**Colour**: a model declares the colourspace it wants its inputs in and gives its outputs in
+(``colourspace_in`` / ``colourspace_out``, names from the OpenColorIO config; scene-linear by
+default). Networks trained on photographs usually want ``"srgb"``: sRGB-encoded values. The
+runner converts from the request's colourspace and back (see ``docs/colour.md``).
+
 **Knobs** arrive as a read-only mapping holding exactly this request's values (defaults for the
 rest). Never store them on ``self``: one instance serves every artist at once.
 
@@ -48,7 +53,10 @@ from frameserve.errors import ConfigError
 from frameserve.knobs import KnobSpec, KnobValues, check_knob_specs
 from frameserve.objects import ResultObject
 
-__all__ = ["ImageSpec", "Model", "ModelSpec", "Prediction"]
+__all__ = ["SCENE_LINEAR", "ImageSpec", "Model", "ModelSpec", "Prediction"]
+
+#: The OpenColorIO role of the working space: what Nuke sends, and the default everywhere.
+SCENE_LINEAR = "scene_linear"
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 MAX_CHANNELS = 64
@@ -90,6 +98,8 @@ class ModelSpec:
     inputs: tuple[ImageSpec, ...]
     outputs: tuple[ImageSpec, ...]
     knobs: tuple[KnobSpec, ...]
+    colourspace_in: str = SCENE_LINEAR
+    colourspace_out: str = SCENE_LINEAR
 
     def knob(self, name: str) -> KnobSpec | None:
         """Return the knob spec called ``name``, or ``None``."""
@@ -104,6 +114,8 @@ class ModelSpec:
             "inputs": [{"name": i.name, "channels": i.channels} for i in self.inputs],
             "outputs": [{"name": o.name, "channels": o.channels} for o in self.outputs],
             "knobs": [knob.describe() for knob in self.knobs],
+            "colourspace_in": self.colourspace_in,
+            "colourspace_out": self.colourspace_out,
         }
 
 
@@ -116,6 +128,8 @@ class Model:
         description: one paragraph for TDs (shown by ``frameserve models``).
         inputs / outputs: :class:`ImageSpec` list; frames arrive and leave in this order.
         knobs: knob specs (:mod:`frameserve.knobs`).
+        colourspace_in / colourspace_out: the colourspace inputs arrive in and outputs are
+            given in (OpenColorIO names or aliases such as ``"srgb"``; scene-linear by default).
     """
 
     id: ClassVar[str] = ""
@@ -124,6 +138,8 @@ class Model:
     inputs: ClassVar[Sequence[ImageSpec]] = (ImageSpec("image", 3),)
     outputs: ClassVar[Sequence[ImageSpec]] = (ImageSpec("image", 3),)
     knobs: ClassVar[Sequence[KnobSpec]] = ()
+    colourspace_in: ClassVar[str] = SCENE_LINEAR
+    colourspace_out: ClassVar[str] = SCENE_LINEAR
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -159,6 +175,9 @@ class Model:
         outputs = _image_specs(cls.outputs, owner=owner, what="outputs")
         if not outputs:
             raise ConfigError(f"{owner}: it must declare at least one output")
+        for name in ("colourspace_in", "colourspace_out"):
+            if not isinstance(getattr(cls, name), str) or not getattr(cls, name):
+                raise ConfigError(f"{owner}: {name} must be a colourspace name")
         return ModelSpec(
             id=cls.id,
             label=str(cls.label or cls.id),
@@ -166,6 +185,8 @@ class Model:
             inputs=inputs,
             outputs=outputs,
             knobs=check_knob_specs(_as_tuple(cls.knobs, owner=owner, what="knobs"), owner=owner),
+            colourspace_in=cls.colourspace_in,
+            colourspace_out=cls.colourspace_out,
         )
 
 

@@ -16,7 +16,7 @@ import torch
 from frameserve.errors import FrameError
 from frameserve.frames import check_frame
 from frameserve.knobs import KnobValues, resolve_knobs
-from frameserve.model import ModelSpec
+from frameserve.model import SCENE_LINEAR, ModelSpec
 from frameserve.objects import ResultObject
 
 __all__ = ["InferenceRequest", "InferenceResult", "build_request"]
@@ -26,11 +26,15 @@ _request_ids = itertools.count(1)
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceRequest:
-    """One inference: a model, its input frames by name and this request's knob values."""
+    """One inference: a model, its input frames by name and this request's knob values.
+
+    ``colourspace`` is the colourspace the frames are in, and the one outputs come back in.
+    """
 
     model_id: str
     frames: Mapping[str, torch.Tensor]
     knobs: KnobValues
+    colourspace: str = SCENE_LINEAR
     client: str = ""
     protocol: str = ""
     id: int = field(default_factory=lambda: next(_request_ids))
@@ -55,6 +59,7 @@ def build_request(
     frames: Sequence[torch.Tensor],
     knobs: Mapping[str, object],
     *,
+    colourspace: str | None = None,
     client: str = "",
     protocol: str = "",
 ) -> InferenceRequest:
@@ -85,5 +90,10 @@ def build_request(
         by_name[declared.name] = frame[: declared.channels]
     values = resolve_knobs(spec.knobs, knobs)
     return InferenceRequest(
-        model_id=spec.id, frames=by_name, knobs=values, client=client, protocol=protocol
+        model_id=spec.id,
+        frames=by_name,
+        knobs=values,
+        colourspace=colourspace or SCENE_LINEAR,
+        client=client,
+        protocol=protocol,
     )

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
+from frameserve.colour import ColourManager, default_manager
 from frameserve.errors import FrameError, FrameServeError, ModelRunError, ModelSetupError
 from frameserve.frames import check_frame
 from frameserve.model import Model, ModelSpec, Prediction
@@ -27,11 +28,22 @@ log = logging.getLogger(__name__)
 
 
 class Runner:
-    """Runs requests on the models of a registry, on one device."""
+    """Runs requests on the models of a registry, on one device.
 
-    def __init__(self, registry: ModelRegistry, *, device: str | torch.device = "cpu") -> None:
+    Frames are converted from the request's colourspace to the one the model declares, and its
+    outputs back, with ``colour`` (the default OpenColorIO config unless given).
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        device: str | torch.device = "cpu",
+        colour: ColourManager | None = None,
+    ) -> None:
         self.registry = registry
         self.device = torch.device(device)
+        self._colour = colour
         self._instances: dict[str, Model] = {}
         self._lock = threading.Lock()
         self._setup_locks: dict[str, threading.Lock] = {}
@@ -40,8 +52,12 @@ class Runner:
         """Run ``request``; raise :class:`ModelError` subclasses when the model fails."""
         entry = self.registry.get(request.model_id)
         assert entry.spec is not None
+        spec = entry.spec
         model = self._instance(entry.id)
-        frames = {name: t.to(self.device, non_blocking=True) for name, t in request.frames.items()}
+        frames = {
+            name: self._convert(t, request.colourspace, spec.colourspace_in).to(self.device)
+            for name, t in request.frames.items()
+        }
         try:
             with torch.inference_mode():
                 raw = model.predict(frames, request.knobs)
@@ -50,7 +66,24 @@ class Runner:
         except Exception as exc:
             log.exception("model %s raised while predicting", entry.id)
             raise ModelRunError(f"model {entry.id!r} failed: {type(exc).__name__}: {exc}") from exc
-        return _checked_result(entry.spec, raw)
+        result = _checked_result(spec, raw)
+        converted = {
+            name: self._convert(frame, spec.colourspace_out, request.colourspace)
+            for name, frame in result.frames.items()
+        }
+        return InferenceResult(frames=converted, objects=result.objects)
+
+    @property
+    def colour(self) -> ColourManager:
+        """The colour configuration conversions use (the default one, loaded on first use)."""
+        if self._colour is None:
+            self._colour = default_manager()
+        return self._colour
+
+    def _convert(self, frame: torch.Tensor, source: str, target: str) -> torch.Tensor:
+        if source == target:
+            return frame  # the common case needs no colour configuration at all
+        return self.colour.convert(frame, source, target)
 
     def loaded_models(self) -> list[str]:
         """Return the ids of the models whose setup has run."""

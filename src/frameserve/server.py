@@ -16,6 +16,7 @@ import logging
 import threading
 from types import TracebackType
 
+from frameserve.colour import ColourManager
 from frameserve.protocols.http.server import HttpServer
 from frameserve.protocols.mlclient.server import MLClientServer
 from frameserve.registry import ModelRegistry, model_folders_from_env
@@ -35,7 +36,8 @@ class FrameServer:
         self.settings = settings or ServerSettings()
         folders = [*self.settings.model_folders, *model_folders_from_env()]
         self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
-        self.runner = Runner(self.registry, device=self.settings.device)
+        colour = ColourManager(self.settings.ocio) if self.settings.ocio else None
+        self.runner = Runner(self.registry, device=self.settings.device, colour=colour)
         self.scheduler = Scheduler(self.runner, workers=self.settings.workers)
         self.mlclient = MLClientServer(
             registry=self.registry, scheduler=self.scheduler, settings=self.settings

@@ -33,6 +33,8 @@ class ServerSettings:
         model_folders: model folders besides the built-ins (and ``$FRAMESERVE_MODELS``).
         builtin_models: whether to serve the built-in models.
         device: torch device models run on.
+        ocio: OpenColorIO config (a path or an ``ocio://`` URI) for colour conversions;
+            ``None`` means ``$OCIO``, else OpenColorIO's built-in ACES config.
         workers: requests run at once.
         max_frame_bytes: largest frame accepted per model input; a request may carry this
             times the most inputs any model takes, plus a little for the message.
@@ -47,6 +49,7 @@ class ServerSettings:
     model_folders: tuple[Path, ...] = field(default_factory=tuple)
     builtin_models: bool = True
     device: str = "cpu"
+    ocio: str | None = None
     workers: int = 2
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     read_timeout: float = 30.0

@@ -195,8 +195,13 @@ class HttpApi:
         if len(counts) != 1:
             raise FrameError("every input must hold the same number of frames")
         batched = any(by_name[i.name].array.ndim == 4 for i in spec.inputs)
+        colourspace = parameters.get("colourspace", parameters.get("colorspace"))
+        if colourspace is not None and (not isinstance(colourspace, str) or not colourspace):
+            raise ProtocolError("parameter 'colourspace' must be a colourspace name")
         requests = [
-            build_request(spec, list(frames), knobs, client=client, protocol="http")
+            build_request(
+                spec, list(frames), knobs, colourspace=colourspace, client=client, protocol="http"
+            )
             for frames in zip(*per_input, strict=True)
         ]
         del inputs, by_name, per_input  # the frames hold their own copies: free the body early
