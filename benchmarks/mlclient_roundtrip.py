@@ -220,10 +220,13 @@ def wait_for_info(
 
 
 @contextmanager
-def started_server(port: int) -> Iterator[None]:
-    """Run ``python -m frameserve serve`` on 127.0.0.1:port until the block exits."""
+def started_server(port: int, *, http_port: int = 0) -> Iterator[None]:
+    """Run ``python -m frameserve serve`` on 127.0.0.1:port until the block exits.
+
+    ``http_port`` 0 leaves the HTTP API off.
+    """
     command = [sys.executable, "-m", "frameserve", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port)]
+    command += ["--port", str(port), "--http-port", str(http_port)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")])

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from frameserve import __version__
+from frameserve.cli_run import add_run_parser
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.registry import MODELS_ENV, ModelEntry, ModelRegistry, model_folders_from_env
 from frameserve.settings import DEFAULT_MAX_FRAME_BYTES, ServerSettings
@@ -104,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--device", default="cpu", help="torch device to run the model on")
     infer.set_defaults(run=_infer)
+
+    add_run_parser(commands)  # adds its own --models, --no-builtins and -v
 
     for sub in (serve, models, infer):
         sub.add_argument(

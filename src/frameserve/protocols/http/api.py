@@ -17,6 +17,8 @@ from typing import Any
 from frameserve import __version__
 from frameserve.errors import (
     FrameError,
+    FrameServeError,
+    ModelLoadError,
     ModelNotFoundError,
     ProtocolError,
     RequestError,
@@ -47,6 +49,7 @@ OBJECTS_OUTPUT = "objects"
 #: Request parameters that are not knobs.
 RESERVED_PARAMETERS = frozenset({"binary_data_output", "colourspace", "colorspace"})
 _SMALL_BODY = 1 << 20
+_DIGITS = re.compile(r"[0-9]+")
 _MODEL_PATH = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?"
 )
@@ -85,7 +88,18 @@ class HttpApi:
         return _SMALL_BODY
 
     def handle(self, request: HttpRequest, client: str) -> tuple[HttpResponse, str]:
-        """Answer ``request``; also return the model it concerned (for the log line)."""
+        """Answer ``request``; also return the model it concerned (for the log line).
+
+        Every :class:`FrameServeError` becomes its JSON error answer here.
+        """
+        match = _MODEL_PATH.fullmatch(request.path.rstrip("/"))
+        model = match["name"] if match else "-"
+        try:
+            return self._route(request, client), model
+        except FrameServeError as exc:
+            return error_response(status_for(exc), str(exc)), model
+
+    def _route(self, request: HttpRequest, client: str) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
         simple: dict[str, Callable[[], HttpResponse]] = {
             "/v2/health/live": lambda: json_response(200, {"live": True}),
@@ -93,25 +107,25 @@ class HttpApi:
             "/v2": self._server_metadata,
         }
         if path in simple:
-            return _only(request, "GET", simple[path]), "-"
+            return _only(request, "GET", simple[path])
         if path == "/v2/repository/index":
-            return _only(request, "POST", self._repository_index), "-"
+            return _only(request, "POST", self._repository_index)
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
-            return error_response(404, f"no such path {request.path!r}; see docs/http-api.md"), "-"
+            return error_response(404, f"no such path {request.path!r}; see docs/http-api.md")
         name, version, action = match["name"], match["version"], match["action"] or ""
         if version is not None and version != MODEL_VERSION:
             return error_response(
                 404, f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}"
-            ), name
+            )
         if action == "/infer":
-            return _only(request, "POST", lambda: self._infer(name, request, client)), name
+            return _only(request, "POST", lambda: self._infer(name, request, client))
         handlers = {
             "": self._model_metadata,
             "/ready": self._model_ready,
             "/config": self._model_config,
         }
-        return _only(request, "GET", lambda: handlers[action](name)), name
+        return _only(request, "GET", lambda: handlers[action](name))
 
     # -- server --------------------------------------------------------------------------------
 
@@ -144,7 +158,7 @@ class HttpApi:
         """The model called ``name``; a model that failed to load is a 503, not a 404."""
         for entry in self.registry.entries():
             if entry.id == name and not entry.ok:
-                raise _Unavailable(f"model {name!r} failed to load: {entry.error}")
+                raise ModelLoadError(f"model {name!r} failed to load: {entry.error}")
         return self.registry.get(name)
 
     def _model_ready(self, name: str) -> HttpResponse:
@@ -211,10 +225,6 @@ class HttpApi:
         return _infer_response(spec, body, outputs)
 
 
-class _Unavailable(Exception):
-    """A model exists but cannot serve (it failed to load): answered with 503."""
-
-
 def _only(request: HttpRequest, method: str, answer: Callable[[], HttpResponse]) -> HttpResponse:
     if request.method == method or (method == "GET" and request.method == "HEAD"):
         return answer()
@@ -234,7 +244,7 @@ def _header_length(request: HttpRequest) -> int | None:
     text = request.headers.get("inference-header-content-length")
     if text is None:
         return None
-    if not text.strip().isdigit():
+    if not _DIGITS.fullmatch(text.strip()):
         raise ProtocolError(f"Inference-Header-Content-Length must be a number, got {text[:40]!r}")
     return int(text)
 
@@ -325,7 +335,7 @@ def _infer_response(
 
 def status_for(exc: BaseException) -> int:
     """The HTTP status an exception raised while answering maps to."""
-    if isinstance(exc, _Unavailable | ServerBusyError):
+    if isinstance(exc, ModelLoadError | ServerBusyError):
         return 503
     if isinstance(exc, RequestTooLargeError):
         return 413

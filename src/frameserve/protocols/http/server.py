@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from frameserve.errors import FrameServeError, ProtocolError, RequestTooLargeError
+from frameserve.errors import ProtocolError, RequestTooLargeError
 from frameserve.protocols.http.api import HttpApi, error_response, status_for
 from frameserve.protocols.http.wire import HttpConnection, HttpResponse, write_response
 from frameserve.protocols.listener import ConnectionListener
@@ -103,8 +103,6 @@ class HttpServer:
             keep_alive = request.keep_alive
             try:
                 response, model = self.api.handle(request, client)
-            except FrameServeError as exc:
-                response = error_response(status_for(exc), str(exc))
             except Exception as exc:  # the server keeps serving whatever a request does
                 log.exception("%s %s: unexpected failure", client, target)
                 response = error_response(
@@ -120,7 +118,8 @@ class HttpServer:
             log.info("%s %s dropped: %s", client, target, exc)
             return False
         try:
-            write_response(connection.sock, response, keep_alive=keep_alive)
+            head_only = target.startswith("HEAD ")
+            write_response(connection.sock, response, keep_alive=keep_alive, head_only=head_only)
         except OSError as exc:
             log.info("%s %s: reply not delivered: %s", client, target, exc)
             return False

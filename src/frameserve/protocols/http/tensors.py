@@ -166,7 +166,7 @@ def frames_from_tensor(tensor: InputTensor, channels: int) -> list[torch.Tensor]
             f"got shape {list(tensor.array.shape)}"
         )
     count, height, width, depth = array.shape
-    if depth > MAX_CHANNELS and array.shape[1] <= MAX_CHANNELS:
+    if (depth != channels and height == channels) or depth > MAX_CHANNELS >= height:
         raise FrameError(
             f"{what}: shape {list(tensor.array.shape)} looks like [C, H, W]; frames travel as "
             "[H, W, C], channels last"

@@ -8,6 +8,7 @@ a response's parts are gathered by the kernel rather than joined.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,8 @@ from frameserve.protocols.sockets import ClientGone, ClientStalled, recv_exact_i
 __all__ = ["HttpConnection", "HttpRequest", "HttpResponse", "write_response"]
 
 MAX_HEAD_BYTES = 64 << 10
+_DIGITS = re.compile(r"[0-9]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _CHUNK = 1 << 16
 
 
@@ -170,10 +173,9 @@ class HttpConnection:
         total = 0
         while True:
             size_text = self._read_line(deadline).split(b";")[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+            if not _HEX.fullmatch(size_text):
+                raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while self._read_line(deadline):  # trailers, up to the blank line
                     pass
@@ -215,13 +217,18 @@ def _parse_head(head: bytes) -> HttpRequest:
 
 def _content_length(headers: dict[str, str]) -> int:
     text = headers.get("content-length", "0").strip()
-    if not text.isdigit():
+    if not _DIGITS.fullmatch(text):
         raise ProtocolError(f"Content-Length must be a whole number of bytes, got {text[:40]!r}")
     return int(text)
 
 
-def write_response(sock: socket.socket, response: HttpResponse, *, keep_alive: bool) -> None:
-    """Send ``response``; its body parts are gathered by the kernel, not joined."""
+def write_response(
+    sock: socket.socket, response: HttpResponse, *, keep_alive: bool, head_only: bool = False
+) -> None:
+    """Send ``response``; its body parts are gathered by the kernel, not joined.
+
+    ``head_only`` (a HEAD request) sends the headers of the response without its body.
+    """
     reason = HTTPStatus(response.status).phrase
     lines = [
         f"HTTP/1.1 {response.status} {reason}",
@@ -231,4 +238,4 @@ def write_response(sock: socket.socket, response: HttpResponse, *, keep_alive: b
         *(f"{name}: {value}" for name, value in response.headers.items()),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    send_buffers(sock, [head, *response.parts])
+    send_buffers(sock, [head] if head_only else [head, *response.parts])
