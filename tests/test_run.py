@@ -26,17 +26,9 @@ import skimage.data
 import torch
 
 from frameserve import cli
+from frameserve.backends import LocalBackend, knob_spec_from_config
 from frameserve.builtin_models.blur.model import gaussian_blur
-from frameserve.cli_run import (
-    LocalBackend,
-    Progress,
-    RunOptions,
-    RunReport,
-    add_run_parser,
-    knob_spec_from_config,
-    parse_channels,
-    run_sequence,
-)
+from frameserve.cli_run import add_run_parser, parse_channels
 from frameserve.colour import SCENE_LINEAR, default_manager
 from frameserve.errors import (
     ColourError,
@@ -47,7 +39,9 @@ from frameserve.errors import (
 )
 from frameserve.imageio import read_image, write_image
 from frameserve.model import ModelSpec
+from frameserve.progress import Progress
 from frameserve.registry import ModelRegistry
+from frameserve.sequence_runner import RunOptions, RunReport, run_sequence
 from frameserve.sequences import FramePattern
 from frameserve.server import FrameServer
 from frameserve.settings import ServerSettings
