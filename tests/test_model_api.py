@@ -257,6 +257,15 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "knobs": [Good.knobs[0].describe(), Good.knobs[1].describe()],
         "colourspace_in": "scene_linear",
         "colourspace_out": "scene_linear",
+        "spatial": {
+            "fully_convolutional": False,
+            "size_multiple": 1,
+            "overlap": 0,
+            "max_size": None,
+        },
+        "max_batch_size": 1,
+        "half_precision": False,
+        "cacheable": True,
     }
 
 

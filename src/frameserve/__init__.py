@@ -18,7 +18,7 @@ from frameserve.knobs import (
     KnobValues,
     StringKnob,
 )
-from frameserve.model import ImageSpec, Model, ModelSpec, Prediction
+from frameserve.model import ImageSpec, Model, ModelSpec, Prediction, SpatialNeeds
 from frameserve.objects import ResultObject, python_script
 
 __version__ = "0.1.0"
@@ -37,6 +37,7 @@ __all__ = [
     "ModelSpec",
     "Prediction",
     "ResultObject",
+    "SpatialNeeds",
     "StringKnob",
     "__version__",
     "python_script",

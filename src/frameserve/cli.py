@@ -64,7 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenColorIO config for colour conversions (default: $OCIO, "
         "else the built-in ACES config)",
     )
-    serve.add_argument("--workers", type=int, default=2, help="requests run at once")
+    serve.add_argument(
+        "--workers", type=int, default=2, help="interactive requests run at once (default 2)"
+    )
+    serve.add_argument(
+        "--batch-workers", type=int, default=1, help="batch requests run at once (default 1)"
+    )
+    serve.add_argument(
+        "--cache-mb", type=int, default=1024, help="result cache size in MiB (0: no cache)"
+    )
     serve.add_argument(
         "--max-frame-bytes",
         type=int,
@@ -148,6 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         ocio=args.ocio,
         workers=args.workers,
+        batch_workers=args.batch_workers,
+        cache_bytes=args.cache_mb << 20,
         max_frame_bytes=args.max_frame_bytes,
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,

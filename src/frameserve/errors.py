@@ -14,13 +14,15 @@ protocol knows (an MLClient ``Error`` message, later an HTTP status).
     │   ├── ModelNotFoundError   no model has that id
     │   ├── KnobError            unknown knob, wrong type, out of range
     │   ├── FrameError           wrong number of frames, bad size, channels or byte count
-    │   └── ColourError          an unknown colourspace, or a conversion that cannot be made
+    │   ├── ColourError          an unknown colourspace, or a conversion that cannot be made
+    │   └── DeadlineExceededError  the request's deadline passed before it could run
     ├── ModelError               the model failed (the server's or the plug-in's fault)
     │   ├── ModelLoadError       a plug-in could not be imported or declares itself wrongly
     │   ├── ModelSetupError      its setup step (loading weights) raised
     │   └── ModelRunError        predict raised or returned something other than declared
     ├── ImageIOError             an image file could not be read or written
-    └── ServerBusyError          too many connections or requests right now
+    ├── ServerBusyError          too many connections or requests right now
+    └── RequestCancelledError    the client went away, or the server is shutting down
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "ColourError",
     "ConfigError",
+    "DeadlineExceededError",
     "FrameError",
     "FrameServeError",
     "ImageIOError",
@@ -38,6 +41,7 @@ __all__ = [
     "ModelRunError",
     "ModelSetupError",
     "ProtocolError",
+    "RequestCancelledError",
     "RequestError",
     "RequestTooLargeError",
     "ServerBusyError",
@@ -102,3 +106,11 @@ class ImageIOError(FrameServeError):
 
 class ServerBusyError(FrameServeError):
     """The server has no room for another connection or request right now."""
+
+
+class DeadlineExceededError(RequestError):
+    """The request's deadline passed before it could run; it was dropped unrun."""
+
+
+class RequestCancelledError(FrameServeError):
+    """The request was dropped unrun: its client went away, or the server is shutting down."""

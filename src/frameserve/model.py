@@ -38,6 +38,23 @@ rest). Never store them on ``self``: one instance serves every artist at once.
 
 ``predict`` returns one tensor (for the first output), a mapping of output name to tensor, or a
 :class:`Prediction` with frames and :class:`~frameserve.objects.ResultObject` items.
+
+**Big frames, batches and precision** are declared, not coded: with ``spatial``
+(:class:`SpatialNeeds`) the engine pads frames to a size multiple and cuts big frames into
+overlapping tiles, so ``predict`` only sees frames it can take; with ``max_batch_size`` it
+calls ``predict_batch`` with several requests at once. Two rules for model code:
+
+- A model that writes ``predict_batch`` gets every request there (a single one as a batch of
+  one), and if it holds a ``torch.nn.Conv2d`` its ``(N, C, H, W)`` frames may have
+  channels-last strides (much faster). Use ``.reshape``, not ``.view``, on them, or
+  ``.contiguous()`` first. (If the first batch on such frames raises, the model gets
+  contiguous frames from then on.) ``predict`` always gets contiguous ``(C, H, W)`` frames.
+- ``half_precision = True`` means, on a GPU: after ``setup``, every ``torch.nn.Module`` that is
+  an attribute of the instance (``self.net = ...``; keep modules that live in lists or dicts in
+  an ``nn.ModuleList`` or ``nn.ModuleDict``) is converted with ``.half()``; frames arrive as
+  float16; ``predict`` runs under ``torch.autocast(float16)``, so float32 tensors kept
+  elsewhere still mix in; outputs may be float16 or float32 and leave as float32. Make plain
+  tensors follow the frame with ``.to(image)``.
 """
 
 from __future__ import annotations
@@ -53,7 +70,7 @@ from frameserve.errors import ConfigError
 from frameserve.knobs import KnobSpec, KnobValues, check_knob_specs
 from frameserve.objects import ResultObject
 
-__all__ = ["SCENE_LINEAR", "ImageSpec", "Model", "ModelSpec", "Prediction"]
+__all__ = ["SCENE_LINEAR", "ImageSpec", "Model", "ModelSpec", "Prediction", "SpatialNeeds"]
 
 #: The OpenColorIO role of the working space: what Nuke sends, and the default everywhere.
 SCENE_LINEAR = "scene_linear"
@@ -81,6 +98,59 @@ class ImageSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SpatialNeeds:
+    """How a model copes with frame sizes; the engine pads and tiles so the model never has to.
+
+    Attributes:
+        fully_convolutional: each output pixel depends only on a neighbourhood of input pixels,
+            so a big frame may be cut into overlapping tiles and stitched back.
+        size_multiple: height and width must be multiples of this; the engine pads the frame
+            (mirroring its edges) and crops the outputs back.
+        overlap: how far, in pixels, an output pixel sees (its receptive field radius); each
+            tile reaches this far past the part of it that is kept, and neighbouring tiles are
+            blended over a band as wide (see :mod:`frameserve.tiling`).
+        max_size: the largest height or width the model takes in one piece (``None``: any);
+            fully convolutional models get tiles no larger, others an error. For a fully
+            convolutional model it must leave room for a tile: at least
+            ``2 * overlap + size_multiple``, once rounded down to a multiple of
+            ``size_multiple``.
+
+    ::
+
+        spatial = SpatialNeeds(fully_convolutional=True, size_multiple=8, overlap=16,
+                               max_size=1024)
+    """
+
+    fully_convolutional: bool = False
+    size_multiple: int = 1
+    overlap: int = 0
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size_multiple < 1:
+            raise ConfigError(f"size_multiple must be at least 1, got {self.size_multiple}")
+        if self.overlap < 0:
+            raise ConfigError(f"overlap must be 0 or more pixels, got {self.overlap}")
+        if self.max_size is not None and self.max_size <= 2 * self.overlap:
+            raise ConfigError(
+                f"max_size {self.max_size} leaves no room inside an overlap of {self.overlap}"
+            )
+        if self.max_size is not None and self.max_size < self.size_multiple:
+            raise ConfigError(
+                f"max_size {self.max_size} is below size_multiple {self.size_multiple}"
+            )
+        if self.max_size is not None and self.fully_convolutional:
+            tile = self.max_size // self.size_multiple * self.size_multiple
+            smallest = 2 * self.overlap + self.size_multiple
+            if tile < smallest:
+                raise ConfigError(
+                    f"max_size {self.max_size} leaves no room for tiles: a tile ({tile} pixels, "
+                    f"a multiple of size_multiple) must be at least 2 x overlap + size_multiple "
+                    f"= {smallest} pixels"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Prediction:
     """What ``predict`` may return: output frames by name, and result objects."""
 
@@ -100,6 +170,11 @@ class ModelSpec:
     knobs: tuple[KnobSpec, ...]
     colourspace_in: str = SCENE_LINEAR
     colourspace_out: str = SCENE_LINEAR
+    spatial: SpatialNeeds = SpatialNeeds()
+    max_batch_size: int = 1
+    batch_window_ms: float = 2.0
+    half_precision: bool = False
+    cacheable: bool = True
 
     def knob(self, name: str) -> KnobSpec | None:
         """Return the knob spec called ``name``, or ``None``."""
@@ -116,6 +191,15 @@ class ModelSpec:
             "knobs": [knob.describe() for knob in self.knobs],
             "colourspace_in": self.colourspace_in,
             "colourspace_out": self.colourspace_out,
+            "spatial": {
+                "fully_convolutional": self.spatial.fully_convolutional,
+                "size_multiple": self.spatial.size_multiple,
+                "overlap": self.spatial.overlap,
+                "max_size": self.spatial.max_size,
+            },
+            "max_batch_size": self.max_batch_size,
+            "half_precision": self.half_precision,
+            "cacheable": self.cacheable,
         }
 
 
@@ -130,6 +214,14 @@ class Model:
         knobs: knob specs (:mod:`frameserve.knobs`).
         colourspace_in / colourspace_out: the colourspace inputs arrive in and outputs are
             given in (OpenColorIO names or aliases such as ``"srgb"``; scene-linear by default).
+        spatial: :class:`SpatialNeeds`: size multiple, receptive field, largest frame; the
+            engine pads and tiles accordingly.
+        max_batch_size / batch_window_ms: a model that can run several requests at once
+            (``predict_batch``) declares how many, and how long the engine may wait to gather
+            requests with the same knobs and frame size.
+        half_precision: whether float16 is safe for this model on a GPU.
+        cacheable: whether identical requests may be answered from the result cache (set it
+            to ``False`` for models whose answer changes between calls, such as live training).
     """
 
     id: ClassVar[str] = ""
@@ -140,6 +232,11 @@ class Model:
     knobs: ClassVar[Sequence[KnobSpec]] = ()
     colourspace_in: ClassVar[str] = SCENE_LINEAR
     colourspace_out: ClassVar[str] = SCENE_LINEAR
+    spatial: ClassVar[SpatialNeeds] = SpatialNeeds()
+    max_batch_size: ClassVar[int] = 1
+    batch_window_ms: ClassVar[float] = 2.0
+    half_precision: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = True
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -160,6 +257,26 @@ class Model:
         """
         raise NotImplementedError(f"model {type(self).id!r} does not implement predict")
 
+    def predict_batch(
+        self, frames: Mapping[str, torch.Tensor], knobs: KnobValues
+    ) -> Sequence[torch.Tensor | Mapping[str, torch.Tensor] | Prediction]:
+        """Compute several requests that share knob values and frame size, at once.
+
+        Args:
+            frames: one float32 ``(N, C, H, W)`` tensor per input, by input name.
+            knobs: the knob values all N requests share.
+
+        Returns:
+            N results, each of a form ``predict`` may return. The default runs ``predict`` on
+            each request in turn; a model that declares ``max_batch_size`` above 1 overrides it
+            to run the network once on the whole batch.
+        """
+        count = next(iter(frames.values())).shape[0] if frames else 0
+        return [
+            self.predict({name: batch[index] for name, batch in frames.items()}, knobs)
+            for index in range(count)
+        ]
+
     @classmethod
     def spec(cls) -> ModelSpec:
         """Return the checked declaration of this class; raise :class:`ConfigError` if wrong."""
@@ -178,6 +295,12 @@ class Model:
         for name in ("colourspace_in", "colourspace_out"):
             if not isinstance(getattr(cls, name), str) or not getattr(cls, name):
                 raise ConfigError(f"{owner}: {name} must be a colourspace name")
+        if not isinstance(cls.spatial, SpatialNeeds):
+            raise ConfigError(f"{owner}: spatial must be a SpatialNeeds(...)")
+        if not isinstance(cls.max_batch_size, int) or cls.max_batch_size < 1:
+            raise ConfigError(f"{owner}: max_batch_size must be a whole number of at least 1")
+        if not cls.batch_window_ms >= 0:
+            raise ConfigError(f"{owner}: batch_window_ms must be 0 or more")
         return ModelSpec(
             id=cls.id,
             label=str(cls.label or cls.id),
@@ -187,6 +310,11 @@ class Model:
             knobs=check_knob_specs(_as_tuple(cls.knobs, owner=owner, what="knobs"), owner=owner),
             colourspace_in=cls.colourspace_in,
             colourspace_out=cls.colourspace_out,
+            spatial=cls.spatial,
+            max_batch_size=cls.max_batch_size,
+            batch_window_ms=float(cls.batch_window_ms),
+            half_precision=bool(cls.half_precision),
+            cacheable=bool(cls.cacheable),
         )
 
 

@@ -110,6 +110,10 @@ class ModelRegistry:
         """Return the models that loaded and can serve, in discovery order."""
         return list(self._entries.values())
 
+    def __contains__(self, model_id: object) -> bool:
+        """Whether a loaded model has this id."""
+        return model_id in self._entries
+
     def get(self, model_id: str) -> ModelEntry:
         """Return the loaded model called ``model_id``; raise :class:`ModelNotFoundError`."""
         entry = self._entries.get(model_id)

@@ -7,37 +7,69 @@ everything downstream can trust the request.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from frameserve.errors import FrameError
+from frameserve.errors import FrameError, RequestError
 from frameserve.frames import check_frame
 from frameserve.knobs import KnobValues, resolve_knobs
 from frameserve.model import SCENE_LINEAR, ModelSpec
 from frameserve.objects import ResultObject
 
-__all__ = ["InferenceRequest", "InferenceResult", "build_request"]
+__all__ = ["InferenceRequest", "InferenceResult", "Priority", "build_request"]
 
 _request_ids = itertools.count(1)
+
+
+class Priority(enum.IntEnum):
+    """How urgent a request is: interactive work overtakes queued batch work."""
+
+    INTERACTIVE = 0  #: an artist waiting in the viewer (MLClient, single HTTP requests)
+    BATCH = 1  #: farm and sequence jobs (``frameserve run``, HTTP ``"priority": "batch"``)
+
+    @classmethod
+    def parse(cls, text: object) -> Priority:
+        """Return the priority named ``text`` (``"interactive"`` or ``"batch"``)."""
+        if isinstance(text, str) and text.strip().upper() in cls.__members__:
+            return cls[text.strip().upper()]
+        raise RequestError(f"priority {text!r} is not allowed; use 'interactive' or 'batch'")
 
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceRequest:
     """One inference: a model, its input frames by name and this request's knob values.
 
-    ``colourspace`` is the colourspace the frames are in, and the one outputs come back in.
+    Attributes:
+        colourspace: the colourspace the frames are in, and the one outputs come back in.
+        priority: interactive requests overtake queued batch requests.
+        client: who asked (for logs); ``group`` is whom the scheduler shares the server
+            fairly between (a client id the caller names, else its host).
+        deadline: a ``time.monotonic()`` time after which the request is dropped unrun.
+        cache_key: identifies the request's model, knobs, colourspace and frame bytes for the
+            result cache (the front door may compute it from the bytes it received).
     """
 
     model_id: str
     frames: Mapping[str, torch.Tensor]
     knobs: KnobValues
     colourspace: str = SCENE_LINEAR
+    priority: Priority = Priority.INTERACTIVE
     client: str = ""
+    group: str = ""
     protocol: str = ""
+    deadline: float | None = None
+    cache_key: bytes | None = None
     id: int = field(default_factory=lambda: next(_request_ids))
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal batch keys may run as one batch: model, knobs, sizes, colour."""
+        sizes = tuple((name, tuple(t.shape)) for name, t in self.frames.items())
+        return (self.model_id, self.knobs, self.colourspace, sizes)
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -60,8 +92,12 @@ def build_request(
     knobs: Mapping[str, object],
     *,
     colourspace: str | None = None,
+    priority: Priority = Priority.INTERACTIVE,
     client: str = "",
+    group: str = "",
     protocol: str = "",
+    deadline: float | None = None,
+    cache_key: bytes | None = None,
 ) -> InferenceRequest:
     """Check ``frames`` (in input order) and ``knobs`` against ``spec``; return the request.
 
@@ -94,6 +130,10 @@ def build_request(
         frames=by_name,
         knobs=values,
         colourspace=colourspace or SCENE_LINEAR,
+        priority=priority,
         client=client,
+        group=group or client.rpartition(":")[0] or client,
         protocol=protocol,
+        deadline=deadline,
+        cache_key=cache_key,
     )

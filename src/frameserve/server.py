@@ -16,10 +16,13 @@ import logging
 import threading
 from types import TracebackType
 
+from frameserve.cache import ResultCache
 from frameserve.colour import ColourManager
+from frameserve.metrics import Metrics
 from frameserve.protocols.http.server import HttpServer
 from frameserve.protocols.mlclient.server import MLClientServer
 from frameserve.registry import ModelRegistry, model_folders_from_env
+from frameserve.request import Priority
 from frameserve.runner import Runner
 from frameserve.scheduler import Scheduler
 from frameserve.settings import ServerSettings
@@ -38,7 +41,17 @@ class FrameServer:
         self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
         colour = ColourManager(self.settings.ocio) if self.settings.ocio else None
         self.runner = Runner(self.registry, device=self.settings.device, colour=colour)
-        self.scheduler = Scheduler(self.runner, workers=self.settings.workers)
+        self.metrics = Metrics()
+        cache_bytes = self.settings.cache_bytes
+        self.cache = ResultCache(cache_bytes) if cache_bytes else None
+        self.scheduler = Scheduler(
+            self.runner,
+            workers=self.settings.workers,
+            batch_workers=self.settings.batch_workers,
+            cache=self.cache,
+            metrics=self.metrics,
+        )
+        self._register_gauges()
         self.mlclient = MLClientServer(
             registry=self.registry, scheduler=self.scheduler, settings=self.settings
         )
@@ -70,6 +83,36 @@ class FrameServer:
         """Base URL of the HTTP API, e.g. ``http://127.0.0.1:8000``."""
         host, port = self.http_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def _register_gauges(self) -> None:
+        metrics = self.metrics
+        metrics.gauge(
+            "frameserve_queue_depth",
+            "Requests waiting to run, by priority.",
+            lambda: [
+                ((("priority", p.name.lower()),), self.scheduler.queue_depth(p)) for p in Priority
+            ],
+        )
+        metrics.gauge(
+            "frameserve_models_loaded",
+            "Models whose setup has run and that are held in memory.",
+            lambda: [((), len(self.runner.loaded_models()))],
+        )
+        metrics.gauge(
+            "frameserve_model_memory_bytes",
+            "Memory held by loaded models (parameters and buffers).",
+            lambda: [((), self.runner.memory_in_use())],
+        )
+        metrics.gauge(
+            "frameserve_cache_bytes",
+            "Bytes of frames held by the result cache.",
+            lambda: [((), self.cache.bytes_used if self.cache else 0)],
+        )
+        metrics.gauge(
+            "frameserve_cache_entries",
+            "Results held by the result cache.",
+            lambda: [((), len(self.cache) if self.cache else 0)],
+        )
 
     def is_ready(self) -> bool:
         """Whether the server is started and not shutting down."""

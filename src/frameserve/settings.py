@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frameserve.devices import check_device_name
 from frameserve.errors import ConfigError
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "ServerSettings"]
 
 #: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
 DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
+#: Default result cache: about 40 1080p RGB float results.
+DEFAULT_CACHE_BYTES = 1 << 30
 #: Room for the message around the frames (model, options, field headers).
 MESSAGE_OVERHEAD_BYTES = 1 << 20
 
@@ -32,10 +35,16 @@ class ServerSettings:
             serves no HTTP.
         model_folders: model folders besides the built-ins (and ``$FRAMESERVE_MODELS``).
         builtin_models: whether to serve the built-in models.
-        device: torch device models run on.
+        device: torch device models run on: ``"auto"`` (a CUDA GPU when there is one, else
+            the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        model_memory_budget_bytes: memory loaded models may hold before the least recently
+            used are unloaded; ``None``: 80% of the GPU's memory on CUDA, half the RAM on the
+            CPU (see :mod:`frameserve.model_pool`).
         ocio: OpenColorIO config (a path or an ``ocio://`` URI) for colour conversions;
             ``None`` means ``$OCIO``, else OpenColorIO's built-in ACES config.
-        workers: requests run at once.
+        workers: interactive requests (or batches) run at once.
+        batch_workers: batch-priority requests run at once (at a lower CPU priority).
+        cache_bytes: memory for the result cache (frames of answered requests); 0 turns it off.
         max_frame_bytes: largest frame accepted per model input; a request may carry this
             times the most inputs any model takes, plus a little for the message.
         read_timeout: seconds a client may stay silent while sending a request.
@@ -48,9 +57,12 @@ class ServerSettings:
     http_port: int | None = 8000
     model_folders: tuple[Path, ...] = field(default_factory=tuple)
     builtin_models: bool = True
-    device: str = "cpu"
+    device: str = "auto"
+    model_memory_budget_bytes: int | None = None
     ocio: str | None = None
     workers: int = 2
+    batch_workers: int = 1
+    cache_bytes: int = DEFAULT_CACHE_BYTES
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     read_timeout: float = 30.0
     request_timeout: float = 600.0
@@ -62,7 +74,13 @@ class ServerSettings:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ConfigError(f"{name} {value} is outside 0..65535")
-        for name in ("workers", "max_frame_bytes", "max_connections"):
+        check_device_name(self.device)
+        budget = self.model_memory_budget_bytes
+        if budget is not None and budget < 1:
+            raise ConfigError(f"model_memory_budget_bytes must be at least 1, got {budget}")
+        if self.cache_bytes < 0:
+            raise ConfigError(f"cache_bytes must be 0 (off) or more, got {self.cache_bytes}")
+        for name in ("workers", "batch_workers", "max_frame_bytes", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("read_timeout", "request_timeout"):

@@ -6,12 +6,26 @@ Reads go straight into a preallocated buffer; writes hand the kernel a list of b
 
 from __future__ import annotations
 
+import select
 import socket
 import time
 from collections.abc import Iterable
-from typing import Any
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
-__all__ = ["ClientGone", "ClientStalled", "recv_exact_into", "send_buffers"]
+T = TypeVar("T")
+#: How often a waiting front door checks whether its client is still there.
+_POLL_SECONDS = 0.05
+
+__all__ = [
+    "ClientGone",
+    "ClientStalled",
+    "peer_closed",
+    "recv_exact_into",
+    "send_buffers",
+    "wait_while_connected",
+]
 
 _MAX_IOV = 512
 
@@ -76,3 +90,31 @@ def send_buffers(sock: socket.socket, buffers: Iterable[Any]) -> None:
 def _byte_view(buffer: Any) -> memoryview:
     view = memoryview(buffer)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer has closed (or reset) the connection; bytes it sent are left unread."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+def wait_while_connected(sock: socket.socket, future: Future[T]) -> T:
+    """Wait for ``future``; if the client goes away first, cancel it and raise ClientGone.
+
+    A cancelled request still queued is dropped before it reaches a model (Nuke aborts
+    renders this way while the artist scrubs).
+    """
+    while True:
+        try:
+            return future.result(timeout=_POLL_SECONDS)
+        except FutureTimeout:
+            if peer_closed(sock):
+                future.cancel()
+                raise ClientGone(0, 0) from None

@@ -13,6 +13,7 @@ class Slow(Model):
     """Returns its input after about ``seconds`` of matrix multiplications."""
 
     id = "slow"
+    cacheable = False  # every request must really compute (concurrency tests)
     inputs = (ImageSpec("image", channels=3),)
     outputs = (ImageSpec("image", channels=3),)
     knobs = (FloatKnob("seconds", default=1.0, min=0.0, max=30.0),)

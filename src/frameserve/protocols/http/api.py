@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from frameserve import __version__
 from frameserve.errors import (
+    DeadlineExceededError,
     FrameError,
     FrameServeError,
     ModelLoadError,
@@ -33,8 +35,9 @@ from frameserve.protocols.http.tensors import (
     tensor_from_frames,
 )
 from frameserve.protocols.http.wire import HttpRequest, HttpResponse
+from frameserve.protocols.sockets import wait_while_connected
 from frameserve.registry import ModelEntry, ModelRegistry
-from frameserve.request import InferenceResult, build_request
+from frameserve.request import InferenceResult, Priority, build_request
 from frameserve.scheduler import Scheduler
 from frameserve.settings import ServerSettings
 
@@ -47,7 +50,9 @@ MODEL_VERSION = "1"
 #: Name of the BYTES output that carries result objects as JSON documents.
 OBJECTS_OUTPUT = "objects"
 #: Request parameters that are not knobs.
-RESERVED_PARAMETERS = frozenset({"binary_data_output", "colourspace", "colorspace"})
+RESERVED_PARAMETERS = frozenset(
+    {"binary_data_output", "colourspace", "colorspace", "priority", "deadline_ms", "client_id"}
+)
 _SMALL_BODY = 1 << 20
 _DIGITS = re.compile(r"[0-9]+")
 _MODEL_PATH = re.compile(
@@ -105,6 +110,7 @@ class HttpApi:
             "/v2/health/live": lambda: json_response(200, {"live": True}),
             "/v2/health/ready": self._server_ready,
             "/v2": self._server_metadata,
+            "/metrics": self._metrics,
         }
         if path in simple:
             return _only(request, "GET", simple[path])
@@ -209,20 +215,59 @@ class HttpApi:
         if len(counts) != 1:
             raise FrameError("every input must hold the same number of frames")
         batched = any(by_name[i.name].array.ndim == 4 for i in spec.inputs)
-        colourspace = parameters.get("colourspace", parameters.get("colorspace"))
-        if colourspace is not None and (not isinstance(colourspace, str) or not colourspace):
-            raise ProtocolError("parameter 'colourspace' must be a colourspace name")
+        colourspace = _text_parameter(parameters, "colourspace") or _text_parameter(
+            parameters, "colorspace"
+        )
+        priority = Priority.parse(parameters.get("priority", "interactive"))
         requests = [
             build_request(
-                spec, list(frames), knobs, colourspace=colourspace, client=client, protocol="http"
+                spec,
+                list(frames),
+                knobs,
+                colourspace=colourspace,
+                priority=priority,
+                client=client,
+                group=_text_parameter(parameters, "client_id") or "",
+                protocol="http",
+                deadline=_deadline(parameters),
             )
             for frames in zip(*per_input, strict=True)
         ]
         del inputs, by_name, per_input  # the frames hold their own copies: free the body early
         futures: list[Future[InferenceResult]] = [self.scheduler.submit(r) for r in requests]
-        results = [future.result() for future in futures]
+        try:
+            results = [self._wait(request, future) for future in futures]
+        finally:
+            for future in futures:  # the client left, or one frame failed: drop the rest
+                future.cancel()
         outputs = _outputs(spec, results, body, batched=batched)
         return _infer_response(spec, body, outputs)
+
+    def _wait(self, request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:
+        if request.sock is None:
+            return future.result()
+        return wait_while_connected(request.sock, future)
+
+    def _metrics(self) -> HttpResponse:
+        text = self.scheduler.metrics.render().encode()
+        return HttpResponse(200, [text], content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _text_parameter(parameters: dict[str, Any], name: str) -> str | None:
+    value = parameters.get(name)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ProtocolError(f"parameter {name!r} must be a non-empty string")
+    return value
+
+
+def _deadline(parameters: dict[str, Any]) -> float | None:
+    """The monotonic time a request's ``deadline_ms`` parameter ends at."""
+    value = parameters.get("deadline_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ProtocolError(f"parameter 'deadline_ms' must be a positive number, got {value!r}")
+    return time.monotonic() + value / 1000.0
 
 
 def _only(request: HttpRequest, method: str, answer: Callable[[], HttpResponse]) -> HttpResponse:
@@ -339,6 +384,8 @@ def status_for(exc: BaseException) -> int:
         return 503
     if isinstance(exc, RequestTooLargeError):
         return 413
+    if isinstance(exc, DeadlineExceededError):
+        return 504
     if isinstance(exc, ModelNotFoundError):
         return 404
     if isinstance(exc, RequestError):

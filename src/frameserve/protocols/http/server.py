@@ -103,6 +103,8 @@ class HttpServer:
             keep_alive = request.keep_alive
             try:
                 response, model = self.api.handle(request, client)
+            except ClientGone:
+                raise  # the client left while its request waited: nothing to answer
             except Exception as exc:  # the server keeps serving whatever a request does
                 log.exception("%s %s: unexpected failure", client, target)
                 response = error_response(
@@ -125,6 +127,13 @@ class HttpServer:
             return False
         elapsed = (time.perf_counter() - started) * 1000
         outcome = "ok" if response.status < 400 else f"error: {_message(response)}"
+        if model != "-":
+            self.api.scheduler.metrics.request(
+                model=model if model in self.api.registry else "unknown",
+                protocol="http",
+                outcome="ok" if response.status < 400 else str(response.status),
+                seconds=elapsed / 1000,
+            )
         log.info(
             "%s %s model=%s %d %.1f ms %s", client, target, model, response.status, elapsed, outcome
         )

@@ -40,6 +40,7 @@ class HttpRequest:
     version: str
     headers: dict[str, str]
     body: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
+    sock: socket.socket | None = None  #: the connection, to notice a client that leaves
 
     @property
     def keep_alive(self) -> bool:
@@ -89,6 +90,7 @@ class HttpConnection:
         if head is None:
             return None
         request = _parse_head(head)
+        request.sock = self.sock
         limit = body_limit(request.method, request.path)
         if "chunked" in request.headers.get("transfer-encoding", "").lower():
             self._continue(request)

@@ -34,6 +34,7 @@ from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.wirecodec import WireImage, WirePixels
 
 __all__ = [
+    "check_wire_image",
     "frame_from_wire",
     "frame_to_wire",
     "model_message",
@@ -110,10 +111,8 @@ def sent_knobs(model: Any) -> dict[str, object]:
     return values
 
 
-def frame_from_wire(body: np.ndarray, image: WireImage, *, what: str) -> torch.Tensor:
-    """Return the internal frame for ``image``, whose pixels are a slice of ``body``.
-
-    Copies once: the bottom-to-top rows are flipped into a new top-row-first tensor.
+def check_wire_image(image: WireImage, *, what: str) -> None:
+    """Check an image's sizes and byte count.
 
     Raises:
         FrameError: sizes that are zero, negative or too large, or a byte count that is not
@@ -136,6 +135,19 @@ def frame_from_wire(body: np.ndarray, image: WireImage, *, what: str) -> torch.T
             f"{what}: {width}x{height} with {channels} channel(s) of float32 needs {expected} "
             f"bytes, the image holds {image.nbytes}"
         )
+
+
+def frame_from_wire(body: np.ndarray, image: WireImage, *, what: str) -> torch.Tensor:
+    """Return the internal frame for ``image``, whose pixels are a slice of ``body``.
+
+    Copies once: the bottom-to-top rows are flipped into a new top-row-first tensor.
+
+    Raises:
+        FrameError: sizes that are zero, negative or too large, or a byte count that is not
+            width × height × channels × 4.
+    """
+    check_wire_image(image, what=what)
+    width, height, channels = image.width, image.height, image.channels
     planes = np.frombuffer(
         body, dtype=_WIRE_FLOAT, count=width * height * channels, offset=image.start
     ).reshape(channels, height, width)

@@ -20,15 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from frameserve.cache import frame_digest, request_key
 from frameserve.errors import (
     ModelError,
     ProtocolError,
     RequestError,
     RequestTooLargeError,
 )
+from frameserve.knobs import resolve_knobs
+from frameserve.model import SCENE_LINEAR, ModelSpec
 from frameserve.protocols.listener import ConnectionListener
 from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.convert import (
+    check_wire_image,
     frame_from_wire,
     frame_to_wire,
     model_message,
@@ -51,10 +55,11 @@ from frameserve.protocols.sockets import (
     ClientStalled,
     recv_exact_into,
     send_buffers,
+    wait_while_connected,
 )
 from frameserve.registry import ModelRegistry
 from frameserve.request import InferenceRequest, InferenceResult, build_request
-from frameserve.scheduler import Scheduler
+from frameserve.scheduler import MODEL_VERSION, Scheduler
 from frameserve.settings import ServerSettings
 
 __all__ = ["MLClientServer"]
@@ -131,10 +136,13 @@ class MLClientServer:
                 self._answer_info(conn)
             else:
                 exchange.kind = "infer"
-                inference = self._inference_request(body, decoded, exchange)
+                work, size = self._inference_request(body, decoded, exchange)
                 del body, decoded  # the frames hold their own copies: free the request bytes
-                result = self.scheduler.submit(inference).result()
-                self._send_result(conn, result, _size(inference))
+                if isinstance(work, InferenceRequest):
+                    work = wait_while_connected(conn, self.scheduler.submit(work))
+                else:
+                    exchange.outcome = "ok (cached)"
+                self._send_result(conn, work, size)
             replied = True
         except (ClientGone, ClientStalled) as exc:
             exchange.outcome = f"dropped: {exc}"
@@ -193,8 +201,13 @@ class MLClientServer:
 
     def _inference_request(
         self, body: np.ndarray, decoded: DecodedRequest, exchange: _Exchange
-    ) -> InferenceRequest:
-        """Turn a decoded inference message into a checked request (frames copied out)."""
+    ) -> tuple[InferenceRequest | InferenceResult, tuple[int, int] | None]:
+        """Turn a decoded inference message into a checked request (frames copied out).
+
+        An identical request answered before is found in the result cache by the digest of
+        the bytes as received, before any frame is converted: then its result comes back
+        instead. Also returns the size (height, width) the node needs its output in.
+        """
         model = pb.Model()
         try:
             for part in decoded.model_parts:
@@ -211,15 +224,41 @@ class MLClientServer:
                     f"image {index} holds {image.nbytes} bytes, above the limit of {limit} "
                     "bytes per frame (--max-frame-bytes)"
                 )
+        for index, image in enumerate(decoded.images):
+            check_wire_image(image, what=f"image {index}")
+        size = (decoded.images[0].height, decoded.images[0].width) if decoded.images else None
+        if size is not None:
+            exchange.size = f"{size[1]}x{size[0]}"
+        knobs = sent_knobs(model)
+        key = self._cache_key(body, decoded, entry.spec, knobs)
+        cached = self.scheduler.cached(key) if key is not None else None
+        if cached is not None:
+            return cached, size
         frames = [
             frame_from_wire(body, image, what=f"image {index}")
             for index, image in enumerate(decoded.images)
         ]
-        if frames:
-            exchange.size = f"{frames[0].shape[2]}x{frames[0].shape[1]}"
-        return build_request(
-            entry.spec, frames, sent_knobs(model), client=exchange.client, protocol="mlclient"
+        request = build_request(
+            entry.spec, frames, knobs, client=exchange.client, protocol="mlclient", cache_key=key
         )
+        return request, size
+
+    def _cache_key(
+        self, body: np.ndarray, decoded: DecodedRequest, spec: ModelSpec, knobs: dict[str, object]
+    ) -> bytes | None:
+        """The result cache key of this request, from the image bytes as they arrived."""
+        if not self.scheduler.caching or not spec.cacheable:
+            return None
+        values = resolve_knobs(spec.knobs, knobs)
+        digests = [
+            frame_digest(
+                body.data[image.start : image.end],
+                layout="mlclient:planar-bottom-up-f32",
+                shape=(image.channels, image.height, image.width),
+            )
+            for image in decoded.images
+        ]
+        return request_key(spec.id, MODEL_VERSION, values, SCENE_LINEAR, digests)
 
     def _send_result(
         self, conn: socket.socket, result: InferenceResult, size: tuple[int, ...] | None
@@ -269,6 +308,13 @@ class MLClientServer:
 
     def _log(self, exchange: _Exchange) -> None:
         elapsed = (time.perf_counter() - exchange.started) * 1000
+        if exchange.kind == "infer":
+            self.scheduler.metrics.request(
+                model=exchange.model if exchange.model in self.registry else "unknown",
+                protocol="mlclient",
+                outcome="ok" if exchange.outcome.startswith("ok") else "error",
+                seconds=elapsed / 1000,
+            )
         level = logging.INFO if exchange.kind != "-" or exchange.outcome != "ok" else logging.DEBUG
         log.log(
             level,
@@ -280,12 +326,6 @@ class MLClientServer:
             elapsed,
             exchange.outcome,
         )
-
-
-def _size(request: InferenceRequest) -> tuple[int, int] | None:
-    """Height and width the node expects back: its format, the size of the first input."""
-    first = next(iter(request.frames.values()), None)
-    return None if first is None else (int(first.shape[1]), int(first.shape[2]))
 
 
 def _drain(conn: socket.socket) -> None:
