@@ -57,7 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         "--port", type=int, default=55555, help="MLClient TCP port (0: any free port)"
     )
     serve.add_argument("--http-port", type=int, default=8000, help="HTTP API port (0: no HTTP API)")
-    serve.add_argument("--device", default="cpu", help="torch device to run models on")
+    serve.add_argument(
+        "--device",
+        default="auto",
+        help="torch device to run models on: auto (a CUDA GPU if there is one), cpu, cuda, cuda:1",
+    )
+    serve.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=None,
+        help="memory loaded models may hold before the least recently used is unloaded "
+        "(default: most of the GPU's memory, or a share of RAM)",
+    )
     serve.add_argument(
         "--ocio",
         default=None,
@@ -111,7 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="knob value (repeatable)"
     )
-    infer.add_argument("--device", default="cpu", help="torch device to run the model on")
+    infer.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if there is one), cpu, cuda"
+    )
     infer.set_defaults(run=_infer)
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
@@ -154,6 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
         model_folders=tuple(Path(p) for p in args.models),
         builtin_models=not args.no_builtins,
         device=args.device,
+        model_memory_budget_bytes=(
+            None if args.memory_budget_mb is None else args.memory_budget_mb << 20
+        ),
         ocio=args.ocio,
         workers=args.workers,
         batch_workers=args.batch_workers,

@@ -177,7 +177,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="SECONDS",
         help="with --server: seconds to wait for one frame's answer (default 600)",
     )
-    run.add_argument("--device", help="torch device to run the model on (local runs; default cpu)")
+    run.add_argument("--device", help="torch device to run the model on (local runs; default auto)")
     run.add_argument(
         "--models",
         action="append",
@@ -208,7 +208,7 @@ def _backend(args: argparse.Namespace) -> Backend:
         registry = ModelRegistry(
             [*args.models, *model_folders_from_env()], builtins=not args.no_builtins
         )
-        return LocalBackend(registry, device=args.device or "cpu")
+        return LocalBackend(registry, device=args.device or "auto")
     ignored = [
         flag
         for flag, given in (

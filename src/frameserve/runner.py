@@ -13,8 +13,8 @@ request, or each batch of requests the scheduler grouped, it:
    ``max_size`` into overlapping tiles when the model is fully convolutional
    (:class:`~frameserve.tiling.TileGrid`); each tile goes to the device, through the model
    under ``torch.inference_mode``, and is blended back into a frame on the CPU;
-5. checks what came back against the declared outputs, crops the padding off, and converts it
-   back to the request's colourspace.
+5. checks what came back against the declared outputs (:mod:`frameserve.outputs`), crops the
+   padding off, and converts it back to the request's colourspace.
 
 **Running out of memory** (``torch.OutOfMemoryError``, ``MemoryError``, an allocator's "out of
 memory" ``RuntimeError``): a batch is run again one request at a time; a fully convolutional
@@ -50,8 +50,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
@@ -63,14 +62,13 @@ from frameserve.devices import (
     resolve_device,
 )
 from frameserve.errors import FrameError, FrameServeError, ModelRunError
-from frameserve.frames import check_frame
 from frameserve.knobs import KnobValues
-from frameserve.model import Model, ModelSpec, Prediction
+from frameserve.model import Model, ModelSpec
 from frameserve.model_pool import LoadedModel, ModelPool, model_modules
-from frameserve.objects import ResultObject
+from frameserve.outputs import ModelOutputs, StitchedOutputs, split_batch, whole_outputs
 from frameserve.registry import ModelRegistry
 from frameserve.request import InferenceRequest, InferenceResult
-from frameserve.tiling import Tile, TileGrid, smaller_tile_size
+from frameserve.tiling import TileGrid, smaller_tile_size
 
 __all__ = ["CHANNELS_LAST_ON_CPU", "Runner"]
 
@@ -227,7 +225,7 @@ class Runner:
         ]
 
     def _finish(
-        self, spec: ModelSpec, item: _Item | FrameServeError, request: InferenceRequest
+        self, spec: ModelSpec, item: ModelOutputs | FrameServeError, request: InferenceRequest
     ) -> Outcome:
         if isinstance(item, FrameServeError):
             return item
@@ -259,11 +257,12 @@ class Runner:
         size: tuple[int, int] | None,
         single: bool,
         count: int,
-    ) -> list[_Item | FrameServeError]:
+    ) -> list[ModelOutputs | FrameServeError]:
         needs = spec.spatial
+        tried: int | None = None  # the tile size this call fell back to (only ever smaller)
         while True:
             grid = None
-            limit = _smallest(needs.max_size, loaded.tile_limit)
+            limit = _smallest(needs.max_size, loaded.tile_limit, tried)
             if size is not None:
                 grid = TileGrid(
                     *size,
@@ -308,9 +307,14 @@ class Runner:
                 whole = grid.is_whole or limit is None
                 tile = max(grid.tile_height, grid.tile_width) if whole else limit
             if not needs.fully_convolutional or tile is None:
+                why = (
+                    "it does not declare itself fully convolutional"
+                    if not needs.fully_convolutional
+                    else "its inputs differ in size"
+                )
                 raise ModelRunError(
                     f"model {spec.id!r} ran out of memory on {self.device} with {where} and "
-                    f"cannot be tiled (it does not declare itself fully convolutional): {reason}"
+                    f"cannot be tiled ({why}): {reason}"
                 )
             smaller = smaller_tile_size(tile, multiple=needs.size_multiple, overlap=needs.overlap)
             if smaller is None:
@@ -330,7 +334,8 @@ class Runner:
                 smaller,
                 reason,
             )
-            loaded.tile_limit = smaller
+            tried = smaller
+            loaded.tile_limit = _smallest(loaded.tile_limit, smaller)
 
     def _run_grid(
         self,
@@ -341,19 +346,21 @@ class Runner:
         grid: TileGrid | None,
         single: bool,
         count: int,
-    ) -> list[_Item | FrameServeError]:
+    ) -> list[ModelOutputs | FrameServeError]:
         if grid is None or grid.is_whole:
             frames = inputs if grid is None else {n: grid.pad(x) for n, x in inputs.items()}
             raws = self._predict(loaded, spec, frames, knobs, single, count)
-            items: list[_Item | FrameServeError] = []
+            items: list[ModelOutputs | FrameServeError] = []
             for raw in raws:
                 try:
-                    items.append(_whole_item(spec, raw, grid))
+                    items.append(whole_outputs(spec, raw, grid))
                 except ModelRunError as exc:
                     items.append(exc)
             return items
         padded = {name: grid.pad(x) for name, x in inputs.items()}
-        stitched: list[_Stitched | FrameServeError] = [_Stitched() for _ in range(count)]
+        stitched: list[StitchedOutputs | FrameServeError] = [
+            StitchedOutputs() for _ in range(count)
+        ]
         for tile in grid.tiles:
             window = (..., *tile.window)
             raws = self._predict(
@@ -361,14 +368,14 @@ class Runner:
             )
             for index, raw in enumerate(raws):
                 target = stitched[index]
-                if isinstance(target, _Stitched):
+                if isinstance(target, StitchedOutputs):
                     try:
                         target.add(spec, grid, tile, raw)
                     except ModelRunError as exc:
                         stitched[index] = exc
             if all(isinstance(s, FrameServeError) for s in stitched):
                 break
-        return [s if isinstance(s, FrameServeError) else s.item() for s in stitched]
+        return [s if isinstance(s, FrameServeError) else s.outputs() for s in stitched]
 
     # -- the call into model code --------------------------------------------------------------
 
@@ -451,7 +458,7 @@ class Runner:
             if is_out_of_memory(exc):
                 raise _OutOfMemory(f"{type(exc).__name__}: {exc}") from None
             raise ModelRunError(f"model {spec.id!r} failed: {type(exc).__name__}: {exc}") from exc
-        return _split_batch(spec, raw, count)
+        return split_batch(spec, raw, count)
 
     def _to_device(self, frames: torch.Tensor, half: bool, channels_last: bool) -> torch.Tensor:
         moved = frames.to(self.device, torch.float16 if half else torch.float32)
@@ -461,42 +468,6 @@ class Runner:
 
 class _OutOfMemory(Exception):
     """The model, or the runner around it, ran out of memory (internal: it is retried)."""
-
-
-@dataclass(frozen=True)
-class _Item:
-    """One request's checked output frames (CPU, float32) and result objects."""
-
-    frames: dict[str, torch.Tensor]
-    objects: tuple[ResultObject, ...]
-
-
-class _Stitched:
-    """One request's outputs being blended together tile by tile."""
-
-    def __init__(self) -> None:
-        self.frames: dict[str, torch.Tensor] = {}
-        self.objects: list[ResultObject] = []
-
-    def add(self, spec: ModelSpec, grid: TileGrid, tile: Tile, raw: object) -> None:
-        frames, objects = _normalise(spec, raw)
-        for name, value in frames.items():
-            output = _output(spec, name, value, contiguous=False)
-            channels, height, width = output.shape
-            if (height, width) != (tile.height, tile.width):
-                raise ModelRunError(
-                    f"output {name!r} of model {spec.id!r} is {width}x{height} for a "
-                    f"{tile.width}x{tile.height} tile; tiling needs outputs of the size of "
-                    "their inputs"
-                )
-            canvas = self.frames.get(name)
-            if canvas is None:
-                canvas = self.frames[name] = torch.zeros(channels, grid.height, grid.width)
-            grid.blend_into(canvas, tile, output)
-        self.objects += [obj for obj in objects if obj not in self.objects]
-
-    def item(self) -> _Item:
-        return _Item(frames=self.frames, objects=tuple(self.objects))
 
 
 def _frame_size(spec: ModelSpec, request: InferenceRequest) -> tuple[int, int] | None:
@@ -530,111 +501,6 @@ def _frame_size(spec: ModelSpec, request: InferenceRequest) -> tuple[int, int] |
 def _stack(frames: list[torch.Tensor]) -> torch.Tensor:
     """Return ``frames`` (``(C, H, W)`` each) as one ``(N, C, H, W)`` tensor; a view for one."""
     return frames[0][None] if len(frames) == 1 else torch.stack(frames)
-
-
-def _split_batch(spec: ModelSpec, raw: object, count: int) -> list[object]:
-    """Split what ``predict_batch`` returned into ``count`` per-request results."""
-    forms = (
-        f"a sequence of {count} results, an (N, C, H, W) tensor or a mapping of output name to "
-        "(N, ...) tensors"
-    )
-    if isinstance(raw, torch.Tensor):
-        if raw.dim() != 4 or raw.shape[0] != count:
-            raise ModelRunError(
-                f"model {spec.id!r}: predict_batch returned a tensor of shape "
-                f"{tuple(raw.shape)} for a batch of {count}; expected ({count}, C, H, W)"
-            )
-        return list(raw.unbind(0))
-    if isinstance(raw, Mapping) and not isinstance(raw, Prediction):
-        for name, value in raw.items():
-            if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != count:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
-                raise ModelRunError(
-                    f"model {spec.id!r}: predict_batch returned {name!r} as {shape} for a batch "
-                    f"of {count}; expected a tensor of shape ({count}, ...)"
-                )
-        return [{name: value[index] for name, value in raw.items()} for index in range(count)]
-    if isinstance(raw, Sequence) and not isinstance(raw, str | bytes):
-        if len(raw) != count:
-            raise ModelRunError(
-                f"model {spec.id!r}: predict_batch returned {len(raw)} result(s) for a batch of "
-                f"{count}"
-            )
-        return list(raw)
-    raise ModelRunError(
-        f"model {spec.id!r}: predict_batch returned {type(raw).__name__}; expected {forms}"
-    )
-
-
-def _normalise(spec: ModelSpec, raw: object) -> tuple[dict[str, object], tuple[ResultObject, ...]]:
-    """Return the output frames (declared order) and objects of what ``predict`` returned."""
-    objects: tuple[object, ...] = ()
-    if isinstance(raw, Prediction):
-        frames_out: Mapping[str, object] = raw.frames
-        objects = tuple(raw.objects)
-    elif isinstance(raw, torch.Tensor):
-        frames_out = {spec.outputs[0].name: raw}
-    elif isinstance(raw, Mapping):
-        frames_out = raw
-    else:
-        raise ModelRunError(
-            f"model {spec.id!r} returned {type(raw).__name__}; expected a tensor, a mapping of "
-            "output name to tensor, or a Prediction"
-        )
-    declared = [output.name for output in spec.outputs]
-    unknown = [name for name in frames_out if name not in declared]
-    if unknown:
-        raise ModelRunError(
-            f"model {spec.id!r} returned an undeclared output {unknown[0]!r}; "
-            f"declared: {', '.join(declared)}"
-        )
-    checked: list[ResultObject] = []
-    for obj in objects:
-        if not isinstance(obj, ResultObject):
-            raise ModelRunError(f"model {spec.id!r} returned an object that is not a ResultObject")
-        checked.append(obj)
-    return {name: frames_out[name] for name in declared if name in frames_out}, tuple(checked)
-
-
-def _output(spec: ModelSpec, name: str, value: object, *, contiguous: bool) -> torch.Tensor:
-    """Return output ``name`` as a checked float32 ``(C, H, W)`` CPU tensor."""
-    what = f"output {name!r} of model {spec.id!r}"
-    tensor = value
-    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-        tensor = tensor.to("cpu", torch.float32)
-        if contiguous:  # the one internal form (a copy only after channels-last or a view)
-            tensor = tensor.contiguous()
-    try:
-        tensor = check_frame(tensor, what=what)
-    except FrameError as exc:  # the model's fault, not the client's
-        raise ModelRunError(str(exc)) from None
-    declared = next(output for output in spec.outputs if output.name == name)
-    if tensor.shape[0] != declared.channels:
-        raise ModelRunError(
-            f"{what} has {tensor.shape[0]} channel(s); the model declares {declared.channels}"
-        )
-    return tensor
-
-
-def _whole_item(spec: ModelSpec, raw: object, grid: TileGrid | None) -> _Item:
-    """Check the outputs of a frame run in one piece; crop off the padding."""
-    frames, objects = _normalise(spec, raw)
-    checked = {}
-    for name, value in frames.items():
-        output = _output(spec, name, value, contiguous=True)
-        if grid is not None and grid.is_padded:
-            height, width = output.shape[-2:]
-            scale = grid.output_scale(height, width)
-            if scale is None:
-                padded = (grid.padded_height, grid.padded_width)
-                raise ModelRunError(
-                    f"output {name!r} of model {spec.id!r} is {_wxh((height, width))} for an "
-                    f"input padded to {_wxh(padded)}; to crop the padding off, outputs must be "
-                    "the padded size or a whole multiple of it"
-                )
-            output = grid.crop(output, scale).contiguous()
-        checked[name] = output
-    return _Item(frames=checked, objects=objects)
 
 
 def _smallest(*limits: int | None) -> int | None:

@@ -40,7 +40,12 @@ class FrameServer:
         folders = [*self.settings.model_folders, *model_folders_from_env()]
         self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
         colour = ColourManager(self.settings.ocio) if self.settings.ocio else None
-        self.runner = Runner(self.registry, device=self.settings.device, colour=colour)
+        self.runner = Runner(
+            self.registry,
+            device=self.settings.device,
+            colour=colour,
+            memory_budget_bytes=self.settings.model_memory_budget_bytes,
+        )
         self.metrics = Metrics()
         cache_bytes = self.settings.cache_bytes
         self.cache = ResultCache(cache_bytes) if cache_bytes else None
