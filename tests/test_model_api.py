@@ -266,6 +266,7 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "max_batch_size": 1,
         "half_precision": False,
         "cacheable": True,
+        "temporal_window": [0, 0],
     }
 
 

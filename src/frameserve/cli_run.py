@@ -224,8 +224,10 @@ def _backend(args: argparse.Namespace) -> Backend:
 
 
 def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
-    inputs = _patterns(args.inputs, [i.name for i in spec.inputs], "--input", spec.id)
-    missing = [i.name for i in spec.inputs if i.name not in inputs]
+    # A temporal model's neighbour inputs (NAME@-1 ...) come from NAME's sequence.
+    names = [i.name for i in spec.inputs if spec.input_source(i.name)[1] == 0]
+    inputs = _patterns(args.inputs, names, "--input", spec.id)
+    missing = [name for name in names if name not in inputs]
     if missing:
         raise ConfigError(
             f"model {spec.id!r} needs a sequence for input(s) {', '.join(map(repr, missing))}: "

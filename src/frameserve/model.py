@@ -175,6 +175,18 @@ class ModelSpec:
     batch_window_ms: float = 2.0
     half_precision: bool = False
     cacheable: bool = True
+    temporal_window: tuple[int, int] = (0, 0)
+
+    def input_source(self, name: str) -> tuple[str, int]:
+        """Return the declared input and frame offset an (expanded) input name stands for.
+
+        ``"image@-1"`` is input ``image`` one frame before the current one; ``"image"`` is the
+        current frame.
+        """
+        base, sep, offset = name.rpartition("@")
+        if sep and base and offset[:1] in "+-" and offset[1:].isdigit():
+            return base, int(offset)
+        return name, 0
 
     def knob(self, name: str) -> KnobSpec | None:
         """Return the knob spec called ``name``, or ``None``."""
@@ -200,6 +212,7 @@ class ModelSpec:
             "max_batch_size": self.max_batch_size,
             "half_precision": self.half_precision,
             "cacheable": self.cacheable,
+            "temporal_window": list(self.temporal_window),
         }
 
 
@@ -222,6 +235,10 @@ class Model:
         half_precision: whether float16 is safe for this model on a GPU.
         cacheable: whether identical requests may be answered from the result cache (set it
             to ``False`` for models whose answer changes between calls, such as live training).
+        temporal_window: ``(before, after)``: how many neighbouring frames of every input the
+            model needs. Each neighbour becomes an input of its own named ``NAME@-1``,
+            ``NAME@+1``…, after the current frame's ``NAME``; ``frameserve run`` reads them
+            from the sequence, HTTP clients send them, MLClient artists connect them.
     """
 
     id: ClassVar[str] = ""
@@ -237,6 +254,7 @@ class Model:
     batch_window_ms: ClassVar[float] = 2.0
     half_precision: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
+    temporal_window: ClassVar[tuple[int, int]] = (0, 0)
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -288,7 +306,11 @@ class Model:
             )
         if cls.predict is Model.predict:
             raise ConfigError(f"{owner}: it must implement predict(frames, knobs)")
-        inputs = _image_specs(cls.inputs, owner=owner, what="inputs")
+        declared = _image_specs(cls.inputs, owner=owner, what="inputs")
+        if any("@" in image.name for image in declared):
+            raise ConfigError(f"{owner}: input names may not hold '@' (it marks neighbour frames)")
+        window = _temporal_window(cls.temporal_window, owner=owner)
+        inputs = _with_neighbours(declared, window)
         outputs = _image_specs(cls.outputs, owner=owner, what="outputs")
         if not outputs:
             raise ConfigError(f"{owner}: it must declare at least one output")
@@ -315,6 +337,7 @@ class Model:
             batch_window_ms=float(cls.batch_window_ms),
             half_precision=bool(cls.half_precision),
             cacheable=bool(cls.cacheable),
+            temporal_window=window,
         )
 
 
@@ -332,3 +355,28 @@ def _as_tuple(items: object, *, owner: str, what: str) -> tuple[Any, ...]:
     if not isinstance(items, list | tuple):
         raise ConfigError(f"{owner}: {what} must be a list, got {type(items).__name__}")
     return tuple(items)
+
+
+def _temporal_window(window: object, *, owner: str) -> tuple[int, int]:
+    if (
+        not isinstance(window, tuple | list)
+        or len(window) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 16 for n in window)
+    ):
+        raise ConfigError(
+            f"{owner}: temporal_window must be (before, after), two whole numbers in 0..16"
+        )
+    return int(window[0]), int(window[1])
+
+
+def _with_neighbours(
+    inputs: tuple[ImageSpec, ...], window: tuple[int, int]
+) -> tuple[ImageSpec, ...]:
+    """Each declared input, then one input per neighbouring frame: ``NAME@-1``, ``NAME@+1``…"""
+    before, after = window
+    expanded: list[ImageSpec] = []
+    for image in inputs:
+        expanded.append(image)
+        for offset in (*range(-before, 0), *range(1, after + 1)):
+            expanded.append(ImageSpec(f"{image.name}@{offset:+d}", image.channels))
+    return tuple(expanded)

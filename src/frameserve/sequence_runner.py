@@ -87,7 +87,8 @@ class RunOptions:
 
     Attributes:
         model: the model id.
-        inputs: a pattern per declared input, by input name (every input has one).
+        inputs: a pattern per declared input, by input name (every input has one; a temporal
+            model's neighbour frames come from their input's pattern).
         outputs: a pattern per output to write, by output name; outputs left out are dropped.
         frames: the frames to process, sorted.
         knobs: typed knob values (see :func:`frameserve.cli_infer.parse_knob_texts`).
@@ -127,8 +128,8 @@ class RunOptions:
 class FrameTask:
     """The files of one frame: what to read and what to write.
 
-    A temporal model will need neighbour frames: ``inputs`` then grows to hold the paths of
-    ``frame - n .. frame + n`` per input, and only :class:`_FrameProcessor` reads them.
+    ``inputs`` holds a path per model input; for a temporal model that includes the
+    neighbour frames (``NAME@-1`` ...), found by :func:`neighbour_path`.
     """
 
     frame: int
@@ -174,7 +175,7 @@ def run_sequence(
         KeyboardInterrupt: after stopping the workers; frames in flight write nothing more.
     """
     report = RunReport(total=len(options.frames))
-    tasks = [_task(options, frame) for frame in options.frames]
+    tasks = [_task(options, spec, frame) for frame in options.frames]
     todo: list[FrameTask] = []
     for task in tasks:
         if not options.overwrite and all(path.exists() for path in task.outputs.values()):
@@ -247,15 +248,34 @@ def run_sequence(
     return report
 
 
-def _task(options: RunOptions, frame: int) -> FrameTask:
+def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
     outputs = {name: pattern.path(frame) for name, pattern in options.outputs.items()}
     first = next(iter(options.outputs.values()))
+    inputs = {}
+    for declared in spec.inputs:
+        base, offset = spec.input_source(declared.name)
+        inputs[declared.name] = neighbour_path(options.inputs[base], frame, offset)
     return FrameTask(
         frame=frame,
-        inputs={name: pattern.path(frame) for name, pattern in options.inputs.items()},
+        inputs=inputs,
         outputs=outputs,
         objects=_objects_pattern(first).path(frame),
     )
+
+
+def neighbour_path(pattern: FramePattern, frame: int, offset: int) -> Path:
+    """The file of ``frame + offset`` for a temporal model, with the fallback at shot ends.
+
+    A neighbour that does not exist on disk is replaced by the nearest existing frame between
+    it and the current frame: at the first frame of a shot, ``frame - 1`` is the first frame
+    itself; at the last, ``frame + 1`` is the last frame.
+    """
+    step = -1 if offset > 0 else 1
+    for candidate in range(frame + offset, frame, step):
+        path = pattern.path(candidate)
+        if path.is_file():
+            return path
+    return pattern.path(frame)
 
 
 def _drop_missing(todo: list[FrameTask], options: RunOptions, report: RunReport) -> list[FrameTask]:
@@ -296,10 +316,12 @@ class _FrameProcessor:
         if self.stop.is_set():
             return
         started = time.perf_counter()
-        files = {
-            name: read_image(path, channels=self.options.channels)
-            for name, path in task.inputs.items()
-        }
+        read: dict[Path, ImageFile] = {}  # a neighbour may be the same file as another input
+        files = {}
+        for name, path in task.inputs.items():
+            if path not in read:
+                read[path] = read_image(path, channels=self.options.channels)
+            files[name] = read[path]
         frames = {
             declared.name: _fit_channels(declared, files[declared.name])
             for declared in self.spec.inputs
