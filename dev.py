@@ -67,9 +67,20 @@ def main(argv: list[str]) -> int:
         if command == "serve":
             _run(BIN / "frameserve", "serve", *rest)
         else:
-            _run(_python(), "-m", "ruff", "check", "src", "tests", "benchmarks", "dev.py")
             _run(
-                _python(), "-m", "ruff", "format", "--check", "src", "tests", "benchmarks", "dev.py"
+                _python(), "-m", "ruff", "check", "src", "tests", "benchmarks", "examples", "dev.py"
+            )
+            _run(
+                _python(),
+                "-m",
+                "ruff",
+                "format",
+                "--check",
+                "src",
+                "tests",
+                "benchmarks",
+                "examples",
+                "dev.py",
             )
             _run(_python(), "-m", "mypy")
             _run(_python(), "-m", "pytest", *rest)

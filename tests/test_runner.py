@@ -57,7 +57,7 @@ def image_of(outcome: InferenceResult | FrameServeError) -> torch.Tensor:
 
 
 def loaded_model(runner: Runner, model_id: str) -> Model:
-    return runner._pool._loaded[model_id].model  # type: ignore[attr-defined, no-any-return]
+    return runner._pool._loaded[runner.registry.get(model_id).key].model  # type: ignore[attr-defined, no-any-return]
 
 
 # -- batches -----------------------------------------------------------------------------------

@@ -285,7 +285,7 @@ def test_the_runner_tiles_big_frames_invisibly_and_exactly(runner: Runner) -> No
     whole = run(runner, "convnet_whole", frame)
     assert tiled.shape == whole.shape == (3, 301, 437)
     assert float((tiled - whole).abs().max()) < 1e-4
-    model = runner._pool._loaded["convnet"].model  # type: ignore[attr-defined]
+    model = runner._pool._loaded[runner.registry.get("convnet").key].model  # type: ignore[attr-defined]
     assert len(model.calls) > 1  # tiles, each checked by the model: <= 256, multiples of 4
     assert all(h <= 256 and w <= 256 and h % 4 == 0 and w % 4 == 0 for *_, h, w in model.calls)
 
@@ -417,7 +417,7 @@ def test_running_out_of_memory_retries_in_smaller_tiles(
     whole = run(oom_runner, "convnet_whole", frame)
     assert float((out - whole).abs().max()) < 1e-4
     # the tile size that worked is remembered: the next frame runs out of memory no more
-    model = oom_runner._pool._loaded[model_id].model  # type: ignore[attr-defined]
+    model = oom_runner._pool._loaded[oom_runner.registry.get(model_id).key].model  # type: ignore[attr-defined]
     failures = model.failures
     run(oom_runner, model_id, frame)
     assert model.failures == failures

@@ -1,9 +1,11 @@
 """The result cache: identical requests are answered from memory instead of run again.
 
-Two requests are identical when their model (and its version), knob values, colourspace and
-input frame bytes are. The key hashes each frame once with a fast non-cryptographic 128-bit
-hash (xxHash3, several GB/s), so building it costs little next to any inference. The cache is
-bounded by the bytes of the frames it holds and evicts the least recently used results first.
+Two requests are identical when their model (its id, version and token, which changes
+whenever the model's files do), knob values, colourspace and input frame bytes are. The key
+hashes each frame once with a fast non-cryptographic 128-bit hash (xxHash3, several GB/s), so
+building it costs little next to any inference. The cache is bounded by the bytes of the
+frames it holds and evicts the least recently used results first. Results of a replaced model
+are never looked up again (its token is gone) and age out like any others.
 """
 
 from __future__ import annotations
@@ -33,17 +35,28 @@ def frame_digest(data: Any, *, layout: str, shape: Iterable[int]) -> bytes:
 
 
 def request_key(
-    model: str, version: str, knobs: object, colourspace: str, digests: Iterable[bytes]
+    model: str,
+    version: str,
+    knobs: object,
+    colourspace: str,
+    digests: Iterable[bytes],
+    *,
+    token: str = "",
 ) -> bytes:
-    """Return the cache key of a request from its parts and its frames' digests."""
+    """Return the cache key of a request from its parts and its frames' digests.
+
+    ``version`` and ``token`` are those of the model's registry entry, so results of a model
+    version, or of a model before its files changed, are never served for another.
+    """
     digest = xxhash.xxh3_128()
-    digest.update(repr((model, version, sorted(dict(knobs).items()), colourspace)).encode())  # type: ignore[call-overload]
+    parts = (model, version, token, sorted(dict(knobs).items()), colourspace)  # type: ignore[call-overload]
+    digest.update(repr(parts).encode())
     for part in digests:
         digest.update(part)
     return digest.digest()
 
 
-def internal_key(request: InferenceRequest, version: str) -> bytes:
+def internal_key(request: InferenceRequest, version: str, *, token: str = "") -> bytes:
     """Return the cache key of a request from its internal frames (when no door gave one)."""
     digests = []
     for name, frame in request.frames.items():
@@ -51,7 +64,9 @@ def internal_key(request: InferenceRequest, version: str) -> bytes:
         digests.append(
             frame_digest(contiguous.numpy().data, layout=f"chw:{name}", shape=contiguous.shape)
         )
-    return request_key(request.model_id, version, request.knobs, request.colourspace, digests)
+    return request_key(
+        request.model_id, version, request.knobs, request.colourspace, digests, token=token
+    )
 
 
 def result_bytes(result: InferenceResult) -> int:

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from frameserve import __version__
+from frameserve.cli_package import add_package_parsers
 from frameserve.cli_run import add_run_parser
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.registry import MODELS_ENV, ModelEntry, ModelRegistry, model_folders_from_env
 from frameserve.settings import DEFAULT_MAX_FRAME_BYTES, ServerSettings
+from frameserve.watcher import DEFAULT_RELOAD_INTERVAL
 
 __all__ = ["main"]
 
@@ -99,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-connections", type=int, default=256, help="connections served at once"
     )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=DEFAULT_RELOAD_INTERVAL,
+        metavar="S",
+        help="look for added, changed or removed models every S seconds and reload them "
+        f"(default {DEFAULT_RELOAD_INTERVAL:g}; 0: no hot reload)",
+    )
     serve.set_defaults(run=_serve)
 
     models = commands.add_parser("models", help="list the models, without starting a server")
@@ -128,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.set_defaults(run=_infer)
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
+    add_package_parsers(commands)  # package and check; their own --device, --json and -v
 
     for sub in (serve, models, infer):
         sub.add_argument(
@@ -177,6 +188,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes,
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,
+        reload_interval=args.reload_interval or None,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
@@ -210,7 +222,12 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _entry_data(entry: ModelEntry) -> dict[str, Any]:
-    data: dict[str, Any] = {"id": entry.id, "source": entry.source, "builtin": entry.builtin}
+    data: dict[str, Any] = {
+        "id": entry.id,
+        "version": entry.version,
+        "source": entry.source,
+        "builtin": entry.builtin,
+    }
     if entry.spec is not None:
         data.update(entry.spec.describe())
     data["error"] = entry.error
@@ -220,9 +237,12 @@ def _entry_data(entry: ModelEntry) -> dict[str, Any]:
 def _entry_text(entry: ModelEntry) -> str:
     where = "built-in" if entry.builtin else entry.source
     if entry.spec is None:
-        return f"{entry.id}  FAILED TO LOAD ({where})\n    error: {entry.error}\n"
+        return (
+            f"{entry.id}  FAILED TO LOAD  version {entry.version}  ({where})\n"
+            f"    error: {entry.error}\n"
+        )
     spec = entry.spec
-    lines = [f"{spec.id}  {spec.label!r}  ({where})"]
+    lines = [f"{spec.id}  {spec.label!r}  version {entry.version}  ({where})"]
     if spec.description:
         lines.append(f"    {spec.description}")
     lines.append("    inputs:  " + ", ".join(f"{i.name} ({i.channels} ch)" for i in spec.inputs))

@@ -222,6 +222,9 @@ class Model:
     Class attributes:
         id: unique name used on the wire (letters, digits, ``_ . -``).
         label: what artists see in the node's model menu (defaults to ``id``).
+        version: which version of the model this is (``"1"`` by default; letters, digits,
+            ``. _ + -``); in a numbered version folder (``models/NAME/2/``) the folder's
+            number is the version instead (see :mod:`frameserve.registry`).
         description: one paragraph for TDs (shown by ``frameserve models``).
         inputs / outputs: :class:`ImageSpec` list; frames arrive and leave in this order.
         knobs: knob specs (:mod:`frameserve.knobs`).
@@ -243,6 +246,7 @@ class Model:
 
     id: ClassVar[str] = ""
     label: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
     inputs: ClassVar[Sequence[ImageSpec]] = (ImageSpec("image", 3),)
     outputs: ClassVar[Sequence[ImageSpec]] = (ImageSpec("image", 3),)

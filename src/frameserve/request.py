@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from frameserve.errors import FrameError, RequestError
+from frameserve.errors import FrameError, ModelNotFoundError, RequestError
 from frameserve.frames import check_frame
 from frameserve.knobs import KnobValues, resolve_knobs
 from frameserve.model import SCENE_LINEAR, ModelSpec
+from frameserve.model_folders import ModelEntry
 from frameserve.objects import ResultObject
 
 __all__ = ["InferenceRequest", "InferenceResult", "Priority", "build_request"]
@@ -51,6 +52,8 @@ class InferenceRequest:
         deadline: a ``time.monotonic()`` time after which the request is dropped unrun.
         cache_key: identifies the request's model, knobs, colourspace and frame bytes for the
             result cache (the front door may compute it from the bytes it received).
+        entry: the exact model version the request was checked against and runs on, whatever
+            the registry reloads meanwhile; ``None``: the newest version when it is queued.
     """
 
     model_id: str
@@ -63,13 +66,15 @@ class InferenceRequest:
     protocol: str = ""
     deadline: float | None = None
     cache_key: bytes | None = None
+    entry: ModelEntry | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_request_ids))
 
     @property
     def batch_key(self) -> tuple[object, ...]:
         """Requests with equal batch keys may run as one batch: model, knobs, sizes, colour."""
         sizes = tuple((name, tuple(t.shape)) for name, t in self.frames.items())
-        return (self.model_id, self.knobs, self.colourspace, sizes)
+        model = self.entry.key if self.entry is not None else (self.model_id,)
+        return (model, self.knobs, self.colourspace, sizes)
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -87,7 +92,7 @@ class InferenceResult:
 
 
 def build_request(
-    spec: ModelSpec,
+    model: ModelSpec | ModelEntry,
     frames: Sequence[torch.Tensor],
     knobs: Mapping[str, object],
     *,
@@ -99,7 +104,10 @@ def build_request(
     deadline: float | None = None,
     cache_key: bytes | None = None,
 ) -> InferenceRequest:
-    """Check ``frames`` (in input order) and ``knobs`` against ``spec``; return the request.
+    """Check ``frames`` (in input order) and ``knobs`` against ``model``; return the request.
+
+    ``model`` is a model's declaration, or its registry entry: then the request runs on
+    exactly that version, even if the registry reloads the model before it runs.
 
     Frames with more channels than an input declares are cut to the declared channels (the
     MLClient node always sends RGB); fewer channels are an error.
@@ -107,7 +115,15 @@ def build_request(
     Raises:
         FrameError: wrong number of frames, or a frame of the wrong form.
         KnobError: an unknown knob, a value of the wrong type or out of range.
+        ModelNotFoundError: an entry of a model that failed to load.
     """
+    entry = model if isinstance(model, ModelEntry) else None
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif model.spec is not None:
+        spec = model.spec
+    else:
+        raise ModelNotFoundError(f"model {model.id!r} failed to load: {model.error}")
     if len(frames) != len(spec.inputs):
         names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
         raise FrameError(
@@ -136,4 +152,5 @@ def build_request(
         protocol=protocol,
         deadline=deadline,
         cache_key=cache_key,
+        entry=entry,
     )

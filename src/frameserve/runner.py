@@ -8,7 +8,9 @@ request, or each batch of requests the scheduler grouped, it:
 2. converts the frames from the request's colourspace to the model's (on the CPU) and stacks
    them into one ``(N, C, H, W)`` tensor per input;
 3. takes the model from its :class:`~frameserve.model_pool.ModelPool` (``setup`` on first use,
-   within the memory budget; a model in use is never unloaded);
+   within the memory budget; a model in use is never unloaded): the exact version the request
+   holds (:attr:`InferenceRequest.entry`, pinned by the front door or the scheduler), else the
+   registry's newest, so a model reloaded meanwhile never mixes into a request;
 4. pads the frames to the model's ``size_multiple`` by mirroring, and cuts frames larger than
    ``max_size`` into overlapping tiles when the model is fully convolutional
    (:class:`~frameserve.tiling.TileGrid`); each tile goes to the device, through the model
@@ -66,7 +68,7 @@ from frameserve.knobs import KnobValues
 from frameserve.model import Model, ModelSpec
 from frameserve.model_pool import LoadedModel, ModelPool, model_modules
 from frameserve.outputs import ModelOutputs, StitchedOutputs, split_batch, whole_outputs
-from frameserve.registry import ModelRegistry
+from frameserve.registry import ModelEntry, ModelRegistry
 from frameserve.request import InferenceRequest, InferenceResult
 from frameserve.tiling import TileGrid, smaller_tile_size
 
@@ -125,6 +127,7 @@ class Runner:
         self._pool = ModelPool(
             registry, self.device, budget_bytes=memory_budget_bytes, prepare=self._prepare
         )
+        registry.add_listener(self._pool.retire_stale)  # drop replaced models once idle
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -180,9 +183,12 @@ class Runner:
         """Return the bytes the loaded models hold (see :mod:`frameserve.model_pool`)."""
         return self._pool.bytes_in_use()
 
-    def unload(self, model_id: str) -> bool:
-        """Unload ``model_id`` now unless it is running; return whether it was unloaded."""
-        return self._pool.unload(model_id)
+    def unload(self, model_id: str, version: str | None = None) -> bool:
+        """Unload ``model_id`` (every version, or ``version``) now where it is not running.
+
+        Returns whether an instance was unloaded.
+        """
+        return self._pool.unload(model_id, version)
 
     # -- one group of compatible requests ------------------------------------------------------
 
@@ -192,21 +198,26 @@ class Runner:
             groups[request.batch_key].append(index)
         batches = []
         for indices in groups.values():
-            size = self._max_batch_size(requests[indices[0]].model_id)
+            size = self._max_batch_size(requests[indices[0]])
             batches += [indices[i : i + size] for i in range(0, len(indices), size)]
         return batches
 
-    def _max_batch_size(self, model_id: str) -> int:
+    def _max_batch_size(self, request: InferenceRequest) -> int:
         try:
-            spec = self.registry.get(model_id).spec
+            spec = self._entry(request).spec
         except FrameServeError:
             return 1  # the group fails with the registry's error when it runs
         return 1 if spec is None or not spec.inputs else spec.max_batch_size
 
+    def _entry(self, request: InferenceRequest) -> ModelEntry:
+        """The model version ``request`` runs on: the one it holds, else the newest."""
+        return request.entry or self.registry.get(request.model_id)
+
     def _run_group(self, requests: list[InferenceRequest], *, single: bool) -> list[Outcome]:
         first = requests[0]
-        spec = self.registry.get(first.model_id).spec
-        assert spec is not None  # get() returns loaded plug-ins only
+        entry = self._entry(first)
+        spec = entry.spec
+        assert spec is not None  # the registry serves loaded plug-ins only
         size = _frame_size(spec, first)
         names = [declared.name for declared in spec.inputs]
         inputs = {
@@ -218,7 +229,7 @@ class Runner:
             )
             for name in names
         }
-        with self._pool.use(spec.id) as loaded:
+        with self._pool.use(entry) as loaded:
             items = self._execute(loaded, spec, inputs, first.knobs, size, single, len(requests))
         return [
             self._finish(spec, item, request) for item, request in zip(items, requests, strict=True)
@@ -381,8 +392,7 @@ class Runner:
 
     def _prepare(self, loaded: LoadedModel) -> None:
         """Convert a freshly set-up model for this device (the pool calls it after setup)."""
-        spec = self.registry.get(loaded.id).spec
-        assert spec is not None
+        spec = loaded.spec
         modules = model_modules(loaded.model)
         loaded.half = self.half_precision and spec.half_precision
         if loaded.half:

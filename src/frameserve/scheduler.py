@@ -3,8 +3,11 @@
 Front doors ``submit`` a checked :class:`InferenceRequest` and wait on the returned future;
 they never call the runner themselves. The rules, in order:
 
-1. **Cache**: a request identical to one answered before (model and version, knob values,
-   colourspace, frame bytes) is answered at once from the :class:`ResultCache`.
+1. **Cache**: a request identical to one answered before (model, version and token, knob
+   values, colourspace, frame bytes) is answered at once from the :class:`ResultCache`. A
+   request that names no exact model version is given the registry's newest when it arrives
+   (:attr:`InferenceRequest.entry`), so it runs on the version its cache key names even if the
+   model is reloaded while it waits.
 2. **Priority**: interactive requests (an artist in the viewer) and batch requests (farm and
    sequence jobs) have workers of their own, so interactive work never queues behind batch
    work. Batch workers run at a lower operating-system priority (``nice``), so while both
@@ -23,6 +26,7 @@ the GIL, so the front doors keep answering while models compute).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from frameserve.cache import ResultCache, internal_key
 from frameserve.errors import DeadlineExceededError, FrameServeError, RequestCancelledError
 from frameserve.metrics import Metrics
+from frameserve.model import ModelSpec
 from frameserve.request import InferenceRequest, InferenceResult, Priority
 from frameserve.runner import Runner
 
@@ -41,8 +46,6 @@ __all__ = ["Scheduler"]
 
 log = logging.getLogger(__name__)
 
-#: Every model serves version 1 until packages bring versions.
-MODEL_VERSION = "1"
 #: How much lower (in ``nice`` steps) batch workers run than interactive ones.
 BATCH_NICENESS = 10
 
@@ -156,9 +159,11 @@ class Scheduler:
         result is stored under that key. Others are keyed and looked up here.
         """
         future: Future[InferenceResult] = Future()
+        request = self._pinned(request)
         key = request.cache_key
-        if key is None and self.cache is not None and self._cacheable(request.model_id):
-            key = internal_key(request, MODEL_VERSION)
+        entry = request.entry
+        if key is None and self.cache is not None and entry is not None and _cacheable(entry.spec):
+            key = internal_key(request, entry.version, token=entry.token)
             cached = self.cached(key)
             if cached is not None:
                 future.set_running_or_notify_cancel()
@@ -208,7 +213,7 @@ class Scheduler:
                     return None
                 self._condition.wait()
             batch = [ticket]
-            limit, window = self._batching(ticket.request.model_id)
+            limit, window = self._batching(ticket.request)
             if limit > 1:
                 deadline = time.monotonic() + window
                 while True:
@@ -250,18 +255,18 @@ class Scheduler:
             return False
         return True
 
-    def _cacheable(self, model_id: str) -> bool:
+    def _pinned(self, request: InferenceRequest) -> InferenceRequest:
+        """``request`` holding the model version it runs on (the newest, if it names none)."""
+        if request.entry is not None:
+            return request
         try:
-            spec = self.runner.registry.get(model_id).spec
+            entry = self.runner.registry.get(request.model_id)
         except FrameServeError:
-            return False
-        return spec is not None and spec.cacheable
+            return request  # it fails with the registry's error when it runs
+        return dataclasses.replace(request, entry=entry)
 
-    def _batching(self, model_id: str) -> tuple[int, float]:
-        try:
-            spec = self.runner.registry.get(model_id).spec
-        except FrameServeError:
-            return 1, 0.0
+    def _batching(self, request: InferenceRequest) -> tuple[int, float]:
+        spec = request.entry.spec if request.entry is not None else None
         if spec is None:
             return 1, 0.0
         return spec.max_batch_size, spec.batch_window_ms / 1000.0
@@ -291,6 +296,10 @@ class Scheduler:
             if ticket.cache_key is not None and self.cache is not None:
                 self.cache.put(ticket.cache_key, outcome)
             ticket.future.set_result(outcome)
+
+
+def _cacheable(spec: ModelSpec | None) -> bool:
+    return spec is not None and spec.cacheable
 
 
 def _lower_thread_priority() -> None:

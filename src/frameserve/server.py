@@ -7,7 +7,9 @@
         ...
 
 The data path reads top to bottom: front door (protocol) → request → scheduler → runner →
-model, and back. Front doors (the MLClient TCP door now, HTTP next) only translate.
+model, and back. Front doors (MLClient, HTTP) only translate. Unless
+``settings.reload_interval`` is ``None``, a :class:`~frameserve.watcher.ModelWatcher` reloads
+model folders that are added, changed or removed while the server runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from frameserve.request import Priority
 from frameserve.runner import Runner
 from frameserve.scheduler import Scheduler
 from frameserve.settings import ServerSettings
+from frameserve.watcher import ModelWatcher
 
 __all__ = ["FrameServer"]
 
@@ -68,6 +71,9 @@ class FrameServer:
                 settings=self.settings,
                 is_ready=self.is_ready,
             )
+        self.watcher: ModelWatcher | None = None
+        if self.settings.reload_interval is not None:
+            self.watcher = ModelWatcher(self.registry, interval=self.settings.reload_interval)
         self._ready = threading.Event()
         self._stopped = threading.Event()
 
@@ -124,15 +130,17 @@ class FrameServer:
         return self._ready.is_set()
 
     def start(self) -> FrameServer:
-        """Open every front door; return self."""
-        ready = [e.id for e in self.registry.available()]
-        failed = [e.id for e in self.registry.entries() if not e.ok]
+        """Open every front door and start watching the model folders; return self."""
+        ready = [_named(e.id, e.version) for e in self.registry.available()]
+        failed = [_named(e.id, e.version) for e in self.registry.entries() if not e.ok]
         log.info("models: %s", ", ".join(ready) or "none")
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
         self.mlclient.start()
         if self.http is not None:
             self.http.start()
+        if self.watcher is not None:
+            self.watcher.start()
         self._ready.set()
         return self
 
@@ -143,6 +151,8 @@ class FrameServer:
     def close(self) -> None:
         """Close every front door and stop the workers."""
         self._ready.clear()
+        if self.watcher is not None:
+            self.watcher.close()
         if self.http is not None:
             self.http.close()
         self.mlclient.close()
@@ -159,3 +169,7 @@ class FrameServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _named(model_id: str, version: str) -> str:
+    return model_id if version == "1" else f"{model_id} v{version}"

@@ -50,6 +50,9 @@ class ServerSettings:
         read_timeout: seconds a client may stay silent while sending a request.
         request_timeout: seconds a client has to send a whole request.
         max_connections: connections served at once; more are answered with an error.
+        reload_interval: seconds between two looks at the model folders for added, changed
+            or removed models, which are then reloaded while the server runs
+            (:mod:`frameserve.watcher`); ``None`` turns hot reload off.
     """
 
     host: str = "127.0.0.1"
@@ -67,6 +70,7 @@ class ServerSettings:
     read_timeout: float = 30.0
     request_timeout: float = 600.0
     max_connections: int = 256
+    reload_interval: float | None = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
@@ -86,6 +90,11 @@ class ServerSettings:
         for name in ("read_timeout", "request_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be above 0 seconds, got {getattr(self, name)}")
+        if self.reload_interval is not None and not self.reload_interval > 0:
+            raise ConfigError(
+                f"reload_interval must be above 0 seconds (or None: off), "
+                f"got {self.reload_interval}"
+            )
 
     def max_request_bytes(self, inputs: int) -> int:
         """Return the largest request body accepted when a model takes ``inputs`` images."""

@@ -3,6 +3,10 @@
 Protocol-neutral work happens elsewhere: requests are built by :func:`build_request` and run by
 the scheduler, exactly as for the MLClient door. This module only maps paths and JSON to those
 calls and their results back to JSON and tensors. ``docs/http-api.md`` is the user's guide.
+
+Every model path also exists under ``/v2/models/{name}/versions/{version}/...``: that version,
+where the plain path means the newest. Requests are built from the exact registry entry, so a
+model reloaded while one runs never mixes versions into it.
 """
 
 from __future__ import annotations
@@ -45,8 +49,6 @@ __all__ = ["OBJECTS_OUTPUT", "HttpApi", "error_response", "json_response", "stat
 
 log = logging.getLogger(__name__)
 
-#: Version every model serves today.
-MODEL_VERSION = "1"
 #: Name of the BYTES output that carries result objects as JSON documents.
 OBJECTS_OUTPUT = "objects"
 #: Request parameters that are not knobs.
@@ -120,18 +122,14 @@ class HttpApi:
         if match is None:
             return error_response(404, f"no such path {request.path!r}; see docs/http-api.md")
         name, version, action = match["name"], match["version"], match["action"] or ""
-        if version is not None and version != MODEL_VERSION:
-            return error_response(
-                404, f"model {name!r} has no version {version!r}; versions: {MODEL_VERSION}"
-            )
         if action == "/infer":
-            return _only(request, "POST", lambda: self._infer(name, request, client))
+            return _only(request, "POST", lambda: self._infer(name, version, request, client))
         handlers = {
             "": self._model_metadata,
             "/ready": self._model_ready,
             "/config": self._model_config,
         }
-        return _only(request, "GET", lambda: handlers[action](name))
+        return _only(request, "GET", lambda: handlers[action](name, version))
 
     # -- server --------------------------------------------------------------------------------
 
@@ -152,7 +150,7 @@ class HttpApi:
     def _repository_index(self) -> HttpResponse:
         index = []
         for entry in self.registry.entries():
-            item = {"name": entry.id, "version": MODEL_VERSION}
+            item = {"name": entry.id, "version": entry.version}
             item["state"] = "READY" if entry.ok else "UNAVAILABLE"
             item["reason"] = entry.error or ""
             index.append(item)
@@ -160,40 +158,51 @@ class HttpApi:
 
     # -- models --------------------------------------------------------------------------------
 
-    def _entry(self, name: str) -> ModelEntry:
-        """The model called ``name``; a model that failed to load is a 503, not a 404."""
-        for entry in self.registry.entries():
-            if entry.id == name and not entry.ok:
-                raise ModelLoadError(f"model {name!r} failed to load: {entry.error}")
-        return self.registry.get(name)
+    def _entry(self, name: str, version: str | None) -> ModelEntry:
+        """Model ``name`` in ``version`` (default: the newest).
 
-    def _model_ready(self, name: str) -> HttpResponse:
-        self._entry(name)
-        return json_response(200, {"name": name, "ready": True})
+        A model (or version) that failed to load is a 503, one that does not exist a 404 that
+        lists the versions there are.
+        """
+        try:
+            return self.registry.get(name, version)
+        except ModelNotFoundError as exc:
+            if self.registry.failure(name, version) is not None:
+                raise ModelLoadError(str(exc)) from None
+            raise
 
-    def _model_metadata(self, name: str) -> HttpResponse:
-        spec = _spec(self._entry(name))
+    def _model_ready(self, name: str, version: str | None) -> HttpResponse:
+        entry = self._entry(name, version)
+        return json_response(200, {"name": name, "version": entry.version, "ready": True})
+
+    def _model_metadata(self, name: str, version: str | None) -> HttpResponse:
+        entry = self._entry(name, version)
+        spec = _spec(entry)
+        versions = [e.version for e in self.registry.available() if e.id == name]
         return json_response(
             200,
             {
                 "name": spec.id,
-                "versions": [MODEL_VERSION],
+                "versions": versions or [entry.version],
                 "platform": "frameserve",
                 "inputs": [_tensor_metadata(i.name, i.channels) for i in spec.inputs],
                 "outputs": [_tensor_metadata(o.name, o.channels) for o in spec.outputs],
             },
         )
 
-    def _model_config(self, name: str) -> HttpResponse:
-        entry = self._entry(name)
+    def _model_config(self, name: str, version: str | None) -> HttpResponse:
+        entry = self._entry(name, version)
         data = _spec(entry).describe()
-        data.update(name=entry.id, version=MODEL_VERSION, layout="HWC")
+        data.update(name=entry.id, version=entry.version, layout="HWC")
         return json_response(200, data)
 
     # -- inference -----------------------------------------------------------------------------
 
-    def _infer(self, name: str, request: HttpRequest, client: str) -> HttpResponse:
-        spec = _spec(self._entry(name))
+    def _infer(
+        self, name: str, version: str | None, request: HttpRequest, client: str
+    ) -> HttpResponse:
+        entry = self._entry(name, version)
+        spec = _spec(entry)
         header_length = _header_length(request)
         body, inputs = parse_infer_body(request.body, header_length)
         parameters = body.get("parameters") or {}
@@ -221,7 +230,7 @@ class HttpApi:
         priority = Priority.parse(parameters.get("priority", "interactive"))
         requests = [
             build_request(
-                spec,
+                entry,
                 list(frames),
                 knobs,
                 colourspace=colourspace,
@@ -241,7 +250,7 @@ class HttpApi:
             for future in futures:  # the client left, or one frame failed: drop the rest
                 future.cancel()
         outputs = _outputs(spec, results, body, batched=batched)
-        return _infer_response(spec, body, outputs)
+        return _infer_response(entry, body, outputs)
 
     def _wait(self, request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:
         if request.sock is None:
@@ -340,7 +349,7 @@ def _outputs(
 
 
 def _infer_response(
-    spec: ModelSpec, body: dict[str, Any], outputs: list[tuple[OutputTensor, bool]]
+    entry: ModelEntry, body: dict[str, Any], outputs: list[tuple[OutputTensor, bool]]
 ) -> HttpResponse:
     described = []
     binary_parts: list[Any] = []
@@ -361,8 +370,8 @@ def _infer_response(
             item["data"] = tensor.array.reshape(-1).tolist()
         described.append(item)
     header: dict[str, Any] = {
-        "model_name": spec.id,
-        "model_version": MODEL_VERSION,
+        "model_name": entry.id,
+        "model_version": entry.version,
         "outputs": described,
     }
     if "id" in body:

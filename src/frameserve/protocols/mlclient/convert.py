@@ -55,9 +55,12 @@ _OPTION_LISTS = (
 )
 
 
-def model_message(spec: ModelSpec) -> Any:
-    """Return the ``Model`` message that describes ``spec`` in an info reply."""
-    message = pb.Model(name=spec.id, label=spec.label)
+def model_message(spec: ModelSpec, *, label: str | None = None) -> Any:
+    """Return the ``Model`` message that describes ``spec`` in an info reply.
+
+    ``label`` replaces the model's own (the server adds the version to it).
+    """
+    message = pb.Model(name=spec.id, label=spec.label if label is None else label)
     for image in spec.inputs:
         message.inputs.add(name=image.name, channels=image.channels)
     for image in spec.outputs:

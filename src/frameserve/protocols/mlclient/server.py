@@ -5,6 +5,10 @@ preallocated buffer, answer an info request from the registry, or turn an infere
 into an :class:`~frameserve.request.InferenceRequest`, submit it to the scheduler and write the
 reply straight from the result's pixel buffers, then close.
 
+**Versions.** The node names models by id only, so the info reply lists, and inference runs,
+the newest version of each model. Where that is not the only version ``"1"`` — the model has
+several versions, or declares another — the menu label says which: ``Gaussian Blur (v2)``.
+
 Each connection has its own thread, so a silent or slow client never blocks another; it is
 dropped after ``read_timeout`` seconds of silence. Every failure the connection still allows
 is answered with an ``Error`` reply that the node shows as the node's error.
@@ -28,7 +32,7 @@ from frameserve.errors import (
     RequestTooLargeError,
 )
 from frameserve.knobs import resolve_knobs
-from frameserve.model import SCENE_LINEAR, ModelSpec
+from frameserve.model import SCENE_LINEAR
 from frameserve.protocols.listener import ConnectionListener
 from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.convert import (
@@ -57,9 +61,9 @@ from frameserve.protocols.sockets import (
     send_buffers,
     wait_while_connected,
 )
-from frameserve.registry import ModelRegistry
+from frameserve.registry import ModelEntry, ModelRegistry
 from frameserve.request import InferenceRequest, InferenceResult, build_request
-from frameserve.scheduler import MODEL_VERSION, Scheduler
+from frameserve.scheduler import Scheduler
 from frameserve.settings import ServerSettings
 
 __all__ = ["MLClientServer"]
@@ -193,7 +197,11 @@ class MLClientServer:
         return body
 
     def _answer_info(self, conn: socket.socket) -> None:
-        models = [model_message(e.spec) for e in self.registry.available() if e.spec]
+        models = [
+            model_message(entry.spec, label=label)
+            for entry, label in _menu_entries(self.registry.available())
+            if entry.spec
+        ]
         reply = pb.RespondWrapper(info=True, r1=pb.RespondInfo(num_models=len(models)))
         reply.r1.models.extend(models)
         body = reply.SerializeToString()
@@ -230,7 +238,7 @@ class MLClientServer:
         if size is not None:
             exchange.size = f"{size[1]}x{size[0]}"
         knobs = sent_knobs(model)
-        key = self._cache_key(body, decoded, entry.spec, knobs)
+        key = self._cache_key(body, decoded, entry, knobs)
         cached = self.scheduler.cached(key) if key is not None else None
         if cached is not None:
             return cached, size
@@ -239,14 +247,16 @@ class MLClientServer:
             for index, image in enumerate(decoded.images)
         ]
         request = build_request(
-            entry.spec, frames, knobs, client=exchange.client, protocol="mlclient", cache_key=key
+            entry, frames, knobs, client=exchange.client, protocol="mlclient", cache_key=key
         )
         return request, size
 
     def _cache_key(
-        self, body: np.ndarray, decoded: DecodedRequest, spec: ModelSpec, knobs: dict[str, object]
+        self, body: np.ndarray, decoded: DecodedRequest, entry: ModelEntry, knobs: dict[str, object]
     ) -> bytes | None:
         """The result cache key of this request, from the image bytes as they arrived."""
+        spec = entry.spec
+        assert spec is not None
         if not self.scheduler.caching or not spec.cacheable:
             return None
         values = resolve_knobs(spec.knobs, knobs)
@@ -258,7 +268,7 @@ class MLClientServer:
             )
             for image in decoded.images
         ]
-        return request_key(spec.id, MODEL_VERSION, values, SCENE_LINEAR, digests)
+        return request_key(spec.id, entry.version, values, SCENE_LINEAR, digests, token=entry.token)
 
     def _send_result(
         self, conn: socket.socket, result: InferenceResult, size: tuple[int, ...] | None
@@ -326,6 +336,25 @@ class MLClientServer:
             elapsed,
             exchange.outcome,
         )
+
+
+def _menu_entries(available: list[ModelEntry]) -> list[tuple[ModelEntry, str]]:
+    """Return the newest version of each model, with the label the node's menu shows.
+
+    The label names the version (``"Gaussian Blur (v2)"``) unless the model has one version,
+    ``"1"``. ``available`` is every loaded version, oldest first (one registry snapshot).
+    """
+    versions: dict[str, list[ModelEntry]] = {}
+    for entry in available:
+        versions.setdefault(entry.id, []).append(entry)
+    menu = []
+    for entries in versions.values():
+        newest = entries[-1]
+        label = newest.spec.label if newest.spec else newest.id
+        if len(entries) > 1 or newest.version != "1":
+            label = f"{label} (v{newest.version})"
+        menu.append((newest, label))
+    return menu
 
 
 def _drain(conn: socket.socket) -> None:
