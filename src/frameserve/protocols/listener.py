@@ -12,7 +12,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-__all__ = ["ConnectionListener"]
+__all__ = ["ConnectionListener", "FrontDoor"]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +99,40 @@ class ConnectionListener:
             self._serve(conn, client)
         finally:
             self._slots.release()
+
+
+class FrontDoor:
+    """A protocol server: a listener whose connections the subclass serves.
+
+    Subclasses write ``_serve_connection(conn, client)`` and ``_refuse(conn, client)`` (the
+    protocol's "busy" answer); starting, stopping and the address are the same for every door.
+    """
+
+    def __init__(self, *, name: str, host: str, port: int, max_connections: int) -> None:
+        self._listener = ConnectionListener(
+            name=name,
+            host=host,
+            port=port,
+            serve=self._serve_connection,
+            refuse=self._refuse,
+            max_connections=max_connections,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port actually listened on (useful with port 0)."""
+        return self._listener.address
+
+    def start(self) -> None:
+        """Bind, listen and accept connections on a background thread."""
+        self._listener.start()
+
+    def close(self) -> None:
+        """Stop accepting connections; connections in progress finish on their own."""
+        self._listener.close()
+
+    def _serve_connection(self, conn: socket.socket, client: str) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, conn: socket.socket, client: str) -> None:
+        raise NotImplementedError

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from frameserve.errors import ProtocolError, RequestTooLargeError
 from frameserve.protocols.http.api import HttpApi, error_response, status_for
 from frameserve.protocols.http.wire import HttpConnection, HttpResponse, write_response
-from frameserve.protocols.listener import ConnectionListener
+from frameserve.protocols.listener import FrontDoor
 from frameserve.protocols.sockets import ClientGone, ClientStalled
 from frameserve.registry import ModelRegistry
 from frameserve.scheduler import Scheduler
@@ -28,7 +28,7 @@ __all__ = ["HttpServer"]
 log = logging.getLogger(__name__)
 
 
-class HttpServer:
+class HttpServer(FrontDoor):
     """Serves the HTTP API on ``settings.host:settings.http_port``."""
 
     def __init__(
@@ -44,27 +44,12 @@ class HttpServer:
         self.api = HttpApi(
             registry=registry, scheduler=scheduler, settings=settings, is_ready=is_ready
         )
-        self._listener = ConnectionListener(
+        super().__init__(
             name="HTTP API",
             host=settings.host,
             port=settings.http_port,
-            serve=self._serve_connection,
-            refuse=self._refuse,
             max_connections=settings.max_connections,
         )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The host and port actually listened on."""
-        return self._listener.address
-
-    def start(self) -> None:
-        """Bind, listen and accept on a background thread."""
-        self._listener.start()
-
-    def close(self) -> None:
-        """Stop accepting connections."""
-        self._listener.close()
 
     def _refuse(self, conn: socket.socket, client: str) -> None:
         message = f"server busy: {self.settings.max_connections} connections are open already"

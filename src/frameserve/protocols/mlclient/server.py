@@ -33,7 +33,7 @@ from frameserve.errors import (
 )
 from frameserve.knobs import resolve_knobs
 from frameserve.model import SCENE_LINEAR
-from frameserve.protocols.listener import ConnectionListener
+from frameserve.protocols.listener import FrontDoor
 from frameserve.protocols.mlclient import messages as pb
 from frameserve.protocols.mlclient.convert import (
     check_wire_image,
@@ -86,7 +86,7 @@ class _Exchange:
     started: float = field(default_factory=time.perf_counter)
 
 
-class MLClientServer:
+class MLClientServer(FrontDoor):
     """Serves the MLClient protocol on ``settings.host:settings.port``."""
 
     def __init__(
@@ -95,27 +95,12 @@ class MLClientServer:
         self.registry = registry
         self.scheduler = scheduler
         self.settings = settings
-        self._listener = ConnectionListener(
+        super().__init__(
             name="MLClient protocol",
             host=settings.host,
             port=settings.port,
-            serve=self._serve_connection,
-            refuse=self._refuse,
             max_connections=settings.max_connections,
         )
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The host and port actually listened on (useful with port 0)."""
-        return self._listener.address
-
-    def start(self) -> None:
-        """Bind, listen and accept connections on a background thread."""
-        self._listener.start()
-
-    def close(self) -> None:
-        """Stop accepting connections; connections in progress finish on their own."""
-        self._listener.close()
 
     def _refuse(self, conn: socket.socket, client: str) -> None:
         limit = self.settings.max_connections
