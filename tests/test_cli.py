@@ -7,7 +7,6 @@ test are started together where they do not depend on each other.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -23,62 +22,22 @@ import torch
 
 from frameserve.builtin_models.blur.model import REC709_LUMA, gaussian_blur
 from frameserve.imageio import read_image, write_image
+from tests.support.commands import cli_env, command
+from tests.support.commands import frameserve as run_commands
 from tests.support.node_client import NodeClient, decode_image
 
 Frame = npt.NDArray[np.float32]
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+
 TEST_MODELS = Path(__file__).parent / "models"
 COMMAND_TIMEOUT = 120.0
 
 
-def cli_env() -> dict[str, str]:
-    """The environment for ``python -m frameserve``: this checkout's package first.
-
-    ``src`` goes first on ``PYTHONPATH`` so the checkout is what runs whether or not frameserve
-    is also installed (editable or not) in the interpreter's environment.
-    """
-    env = dict(os.environ)
-    env.pop("FRAMESERVE_MODELS", None)
-    paths = [str(SRC), str(REPO)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def command(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "frameserve", *(str(arg) for arg in args)]
-
-
 def frameserve(*commands: list[str | Path], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
     """Run ``frameserve`` once per argument list, all at once; return each finished process."""
-    started = [
-        subprocess.Popen(
-            command(*args),
-            cwd=cwd,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
-    finished = []
-    try:
-        for process in started:
-            out, err = process.communicate(timeout=COMMAND_TIMEOUT)
-            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    for result in finished:
-        assert "Traceback" not in result.stderr, f"{result.args}:\n{result.stderr}"
-    return finished
+    return run_commands(*commands, cwd=cwd, timeout=COMMAND_TIMEOUT)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

@@ -7,12 +7,10 @@ test are started together where they do not depend on each other.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 
 from frameserve.cli import main
 from frameserve.packages import MANIFEST_FILE
+from tests.support.commands import frameserve as run_commands
 from tests.support.package_networks import (
     EXAMPLE_PACKAGES,
     REPO,
@@ -35,32 +34,7 @@ TIMEOUT = 180.0
 
 def frameserve(*commands: list[str | Path]) -> list[subprocess.CompletedProcess[str]]:
     """Run ``python -m frameserve`` once per argument list, all at once; return each result."""
-    env = dict(os.environ)
-    env.pop("FRAMESERVE_MODELS", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
-    started = [
-        subprocess.Popen(
-            [sys.executable, "-m", "frameserve", *map(str, args)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
-    finished = []
-    try:
-        for process in started:
-            out, err = process.communicate(timeout=TIMEOUT)
-            finished.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    for result in finished:
-        assert "Traceback" not in result.stderr, f"{result.args}:\n{result.stderr}"
-    return finished
+    return run_commands(*commands, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
