@@ -29,7 +29,6 @@ from tests.support.node_client import NodeClient, decode_image
 Frame = npt.NDArray[np.float32]
 
 REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
 
 TEST_MODELS = Path(__file__).parent / "models"
 COMMAND_TIMEOUT = 120.0
