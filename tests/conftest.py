@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# Training jobs of test servers (and of commands the tests start) never touch ~/.frameserve.
+_JOBS = tempfile.mkdtemp(prefix="frameserve-test-jobs-")
+os.environ["FRAMESERVE_JOBS_FOLDER"] = _JOBS
+atexit.register(shutil.rmtree, _JOBS, True)
 
-from frameserve.server import FrameServer
-from frameserve.settings import ServerSettings
-from tests.support.node_client import NodeClient
+import pytest  # noqa: E402 - after the environment is set for the frameserve imports
+
+from frameserve.server import FrameServer  # noqa: E402
+from frameserve.settings import ServerSettings  # noqa: E402
+from tests.support.node_client import NodeClient  # noqa: E402
 
 #: Model folders the tests serve besides the built-ins (one of them fails to load on purpose).
 TEST_MODELS = Path(__file__).parent / "models"

@@ -17,9 +17,10 @@ from typing import Any
 from frameserve import __version__
 from frameserve.cli_package import add_package_parsers
 from frameserve.cli_run import add_run_parser
+from frameserve.cli_train import add_train_parsers
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.registry import MODELS_ENV, ModelEntry, ModelRegistry, model_folders_from_env
-from frameserve.settings import DEFAULT_MAX_FRAME_BYTES, ServerSettings
+from frameserve.settings import DEFAULT_JOBS_FOLDER, DEFAULT_MAX_FRAME_BYTES, ServerSettings
 from frameserve.watcher import DEFAULT_RELOAD_INTERVAL
 
 __all__ = ["main"]
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="start the server")
+    serve.add_argument(
+        "--jobs-folder",
+        type=Path,
+        default=DEFAULT_JOBS_FOLDER,
+        help=f"where training jobs live (default {DEFAULT_JOBS_FOLDER})",
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
     )
@@ -139,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
     add_package_parsers(commands)  # package and check; their own --device, --json and -v
+    add_train_parsers(commands)  # train, jobs, cancel, resume; their own --server and -v
 
     for sub in (serve, models, infer):
         sub.add_argument(
@@ -189,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,
         reload_interval=args.reload_interval or None,
+        jobs_folder=args.jobs_folder,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(

@@ -178,8 +178,13 @@ class Scheduler:
             self._condition.notify_all()
         return future
 
-    def close(self) -> None:
-        """Stop the workers; queued requests fail with :class:`RequestCancelledError`."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers; queued requests fail with :class:`RequestCancelledError`.
+
+        Waits up to ``timeout`` seconds for running requests to finish, so that no worker is
+        still inside a model while the interpreter shuts down (a daemon thread stopped inside
+        native code can abort the whole process).
+        """
         with self._condition:
             self._closing = True
             dropped: list[_Ticket] = []
@@ -189,6 +194,10 @@ class Scheduler:
             self._condition.notify_all()
         for ticket in dropped:
             _fail(ticket, RequestCancelledError("the server is shutting down"))
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ from types import TracebackType
 
 from frameserve.cache import ResultCache
 from frameserve.colour import ColourManager
+from frameserve.jobs import TrainingJobs
 from frameserve.metrics import Metrics
 from frameserve.protocols.http.server import HttpServer
+from frameserve.protocols.http.training_api import TrainingApi
 from frameserve.protocols.mlclient.server import MLClientServer
 from frameserve.registry import ModelRegistry, model_folders_from_env
 from frameserve.request import Priority
@@ -71,6 +73,13 @@ class FrameServer:
                 settings=self.settings,
                 is_ready=self.is_ready,
             )
+        self.jobs = TrainingJobs(
+            self.settings.jobs_folder,
+            registry=self.registry,
+            busy=lambda: self.scheduler.queue_depth(Priority.INTERACTIVE) > 0,
+        )
+        if self.http is not None:
+            self.http.api.extensions.append(TrainingApi(self.jobs).handle)
         self.watcher: ModelWatcher | None = None
         if self.settings.reload_interval is not None:
             self.watcher = ModelWatcher(self.registry, interval=self.settings.reload_interval)
@@ -153,6 +162,7 @@ class FrameServer:
         self._ready.clear()
         if self.watcher is not None:
             self.watcher.close()
+        self.jobs.close()
         if self.http is not None:
             self.http.close()
         self.mlclient.close()

@@ -7,13 +7,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from frameserve.devices import check_device_name
 from frameserve.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "ServerSettings"]
+__all__ = ["DEFAULT_JOBS_FOLDER", "DEFAULT_MAX_FRAME_BYTES", "JOBS_FOLDER_ENV", "ServerSettings"]
+
+#: Environment variable naming the training jobs folder (a deployment switch).
+JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
+#: Where training jobs live unless told otherwise (made at the first job): $FRAMESERVE_JOBS_FOLDER,
+#: else ~/.frameserve/jobs.
+DEFAULT_JOBS_FOLDER = Path(os.environ.get(JOBS_FOLDER_ENV) or "~/.frameserve/jobs")
 
 #: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
 DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
@@ -53,6 +60,8 @@ class ServerSettings:
         reload_interval: seconds between two looks at the model folders for added, changed
             or removed models, which are then reloaded while the server runs
             (:mod:`frameserve.watcher`); ``None`` turns hot reload off.
+        jobs_folder: where training jobs and their checkpoints live (:mod:`frameserve.jobs`);
+            ``~`` is expanded, and the folder is made at the first job.
     """
 
     host: str = "127.0.0.1"
@@ -71,9 +80,11 @@ class ServerSettings:
     request_timeout: float = 600.0
     max_connections: int = 256
     reload_interval: float | None = 1.0
+    jobs_folder: Path = DEFAULT_JOBS_FOLDER
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
+        object.__setattr__(self, "jobs_folder", Path(self.jobs_folder).expanduser())
         for name in ("port", "http_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:

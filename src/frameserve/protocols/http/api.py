@@ -87,6 +87,9 @@ class HttpApi:
         self.scheduler = scheduler
         self.settings = settings
         self.is_ready = is_ready
+        #: Extra endpoints (``frameserve.protocols.http.training_api``): each returns its
+        #: answer, or ``None`` for a path it does not serve.
+        self.extensions: list[Callable[[HttpRequest], HttpResponse | None]] = []
 
     def body_limit(self, method: str, path: str) -> int:
         """Largest body accepted: frames for ``infer``, a little JSON for everything else."""
@@ -118,6 +121,10 @@ class HttpApi:
             return _only(request, "GET", simple[path])
         if path == "/v2/repository/index":
             return _only(request, "POST", self._repository_index)
+        for extension in self.extensions:
+            answer = extension(request)
+            if answer is not None:
+                return answer
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}; see docs/http-api.md")

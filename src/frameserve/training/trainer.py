@@ -1,0 +1,455 @@
+"""The trainer: runs a job step by step, reports progress, saves checkpoints and contact sheets.
+
+::
+
+    trainer = Trainer(pairs, TrainingSettings(steps=2000), job_dir="jobs/degrain",
+                      name="degrain", on_progress=print)
+    trainer.run(should_stop=cancelled.is_set)     # returns at the end, or soon after a stop
+    ...
+    trainer = Trainer.resume("jobs/degrain")      # later, in another process: goes on
+    trainer.run()
+
+**Steps.** One step draws a batch of random crops (:mod:`frameserve.training.data`), runs the
+network, takes an Adam step with the scheduled learning rate, then does what is due at that
+step: a validation loss, a contact sheet, a checkpoint (and always a checkpoint when a run
+ends). Each step calls ``on_progress`` with a :class:`TrainingProgress`. ``run`` checks
+``should_stop`` before every step; a step of the default settings takes a fraction of a second
+on a 2-core CPU, so a cancel takes effect at once, and validation also checks it between
+batches.
+
+**Reproducible.** The weights are initialised from ``seed`` (without touching the process's
+global RNG for longer than that), every crop and augmentation comes from a numpy generator
+seeded with it, and no step draws other random numbers; on the CPU, the same seed and data
+give bit-identical weights (with the same number of torch threads: the CPU kernels used are
+deterministic, so no global ``torch.use_deterministic_algorithms`` switch is needed). On CUDA
+runs agree closely but not bit for bit (cuDNN's kernels are not all deterministic). A
+checkpoint holds the network, the optimiser, the step and the generator's state, so
+:meth:`Trainer.resume` goes on exactly as if the run had never stopped.
+
+**Crash-safe.** Checkpoints are written atomically (:mod:`frameserve.training.checkpoints`):
+a process killed with ``kill -9`` loses the steps since the last checkpoint, never a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from frameserve.devices import resolve_device
+from frameserve.errors import ConfigError
+from frameserve.training import checkpoints
+from frameserve.training.contact_sheet import write_contact_sheet
+from frameserve.training.data import ImagePairs
+from frameserve.training.labels import LabelledImages
+from frameserve.training.networks import NetworkSpec, build_network
+from frameserve.training.reload import reload_data
+from frameserve.training.settings import TrainingSettings
+from frameserve.training.tasks import Batch, TrainingTask, task_for
+
+__all__ = ["ProgressCallback", "Trainer", "TrainingProgress"]
+
+logger = logging.getLogger(__name__)
+
+_SMOOTHING = 0.9  # of the running training loss
+_RATE_WINDOW = 20  # steps the speed is measured over
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingProgress:
+    """Where a job stands after a step.
+
+    Attributes:
+        step / total_steps: steps done, and of the whole job.
+        loss: this step's training loss.
+        train_loss: the training loss smoothed over the last steps.
+        validation_loss: the latest validation loss (``None``: none yet, or no validation data).
+        learning_rate: the rate this step used.
+        steps_per_second: over the last steps, checkpoints and validation included.
+        eta_seconds: time left at that speed.
+        elapsed_seconds: training time of the job so far, across resumes.
+        checkpoint / contact_sheet: the file written at this step, if any.
+    """
+
+    step: int
+    total_steps: int
+    loss: float
+    train_loss: float
+    validation_loss: float | None
+    learning_rate: float
+    steps_per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+    checkpoint: Path | None = None
+    contact_sheet: Path | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has done all its steps."""
+        return self.step >= self.total_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the progress as JSON-friendly data (paths as text, an unknown ETA as None)."""
+        data = dataclasses.asdict(self)
+        data["finished"] = self.finished
+        data["eta_seconds"] = self.eta_seconds if math.isfinite(self.eta_seconds) else None
+        for name in ("checkpoint", "contact_sheet"):
+            data[name] = None if data[name] is None else str(data[name])
+        return data
+
+
+ProgressCallback = Callable[[TrainingProgress], object]
+
+
+class Trainer:
+    """Trains one job's network in ``job_dir``; see the module docstring.
+
+    Args:
+        data: :class:`ImagePairs` (image to image) or :class:`LabelledImages` (label, number).
+        settings: how to train (defaults: :class:`TrainingSettings()`).
+        job_dir: where checkpoints, contact sheets and ``job.json`` go; must hold no
+            checkpoint yet (use :meth:`resume` to go on with one).
+        name: the job's name (the served model's id is made from it).
+        on_progress: called after every step.
+
+    Raises:
+        ConfigError: settings that do not fit the data (a crop larger than a frame, a
+            residual network with different channels in and out), a job folder in use, an
+            unavailable device.
+    """
+
+    def __init__(
+        self,
+        data: ImagePairs | LabelledImages,
+        settings: TrainingSettings | None = None,
+        *,
+        job_dir: str | os.PathLike[str],
+        name: str = "",
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        job = Path(job_dir)
+        if checkpoints.list_checkpoints(job):
+            raise ConfigError(
+                f"job folder {str(job)!r} already holds checkpoints; resume it with "
+                "Trainer.resume(job_dir) or choose another folder"
+            )
+        self._build(data, settings or TrainingSettings(), job, name or job.name, on_progress)
+        checkpoints.write_job_file(job, self._description())
+
+    @classmethod
+    def resume(
+        cls,
+        job_dir: str | os.PathLike[str],
+        data: ImagePairs | LabelledImages | None = None,
+        *,
+        on_progress: ProgressCallback | None = None,
+        steps: int | None = None,
+    ) -> Trainer:
+        """Return a trainer that goes on from the newest checkpoint of ``job_dir``.
+
+        Args:
+            data: the job's data; ``None`` reads it again from the files the checkpoint
+                lists (jobs whose frames came from arrays must be given them).
+            steps: a new total of steps (at least the steps done); the schedule then spans
+                the new total, so the result differs from a job planned that long.
+
+        Raises:
+            ConfigError: no checkpoint, data that differs from what the job trained on, or
+                a new total below the steps done.
+        """
+        job = Path(job_dir)
+        path = checkpoints.resolve_checkpoint(job)
+        payload = checkpoints.load_checkpoint(path)
+        settings = TrainingSettings.from_dict(payload["settings"])
+        if steps is not None:
+            if steps < payload["step"]:
+                raise ConfigError(
+                    f"steps {steps} is below the {payload['step']} steps the job has done"
+                )
+            settings = dataclasses.replace(settings, steps=steps)
+        task_data = reload_data(payload["task"]) if data is None else data
+        trainer = cls.__new__(cls)
+        trainer._build(task_data, settings, job, payload["name"], on_progress)
+        trainer._check_same_frames(payload["task"]["frames"])
+        trainer._restore(payload)
+        checkpoints.write_job_file(job, trainer._description())
+        logger.info("resumed job %r at step %d from %s", trainer.name, trainer.step_count, path)
+        return trainer
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _build(
+        self,
+        data: ImagePairs | LabelledImages,
+        settings: TrainingSettings,
+        job_dir: Path,
+        name: str,
+        on_progress: ProgressCallback | None,
+    ) -> None:
+        self.settings = settings
+        self.job_dir = job_dir
+        self.name = name
+        self.on_progress = on_progress
+        self.task: TrainingTask = task_for(data)
+        self.task.check(settings)
+        self.device = resolve_device(settings.device)
+        self.network_spec: NetworkSpec = self.task.network_spec(settings)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            network = build_network(self.network_spec)
+        self.task.prepare(network)
+        self.network: nn.Module = network.to(self.device)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=settings.learning_rate)
+        self.rng = np.random.default_rng(settings.seed)
+        self.step_count = 0
+        self._elapsed = 0.0
+        self._train_loss = math.nan
+        self._validation_loss: float | None = None
+        self._validation: list[Batch] | None = None
+        self._sheet: Batch | bool | None = False  # False: not drawn yet
+        self._times: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW + 1)
+        self._last_saved = -1
+        self._should_stop: Callable[[], bool] | None = None
+        job_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.remove_temporaries(job_dir)
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        self.network.load_state_dict(payload["network_state"])
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        self.rng.bit_generator.state = payload["rng_state"]
+        self.step_count = int(payload["step"])
+        self._elapsed = float(payload["elapsed_seconds"])
+        self._train_loss = float(payload["train_loss"])
+        self._validation_loss = payload["validation_loss"]
+        self._last_saved = self.step_count
+        threads = payload.get("torch_threads")
+        if self.device.type == "cpu" and threads != torch.get_num_threads():
+            logger.warning(
+                "job %r was trained with %s torch threads and resumes with %d: the weights may "
+                "differ in the last bits from an uninterrupted run",
+                self.name,
+                threads,
+                torch.get_num_threads(),
+            )
+
+    def _check_same_frames(self, saved: list[dict[str, Any]]) -> None:
+        now = self.task.describe()["frames"]
+        if [f["digest"] for f in now] != [f["digest"] for f in saved]:
+            changed = [
+                s["name"] for s, n in zip(saved, now, strict=False) if s["digest"] != n["digest"]
+            ]
+            raise ConfigError(
+                f"the data differs from what job {self.name!r} trained on "
+                f"({len(saved)} frames saved, {len(now)} given; changed: "
+                f"{', '.join(changed) or 'none'}); start a new job to train on other frames"
+            )
+
+    @property
+    def finished(self) -> bool:
+        """Whether every step of the job is done."""
+        return self.step_count >= self.settings.steps
+
+    # -- running -----------------------------------------------------------------------------
+
+    def step(self) -> TrainingProgress:
+        """Run one training step and what is due after it; return the progress.
+
+        Raises:
+            ConfigError: the job is finished, or the loss became NaN or infinite (lower the
+                learning rate).
+        """
+        if self.finished:
+            raise ConfigError(f"job {self.name!r} has done all its {self.settings.steps} steps")
+        started = time.perf_counter()
+        if not self._times:
+            self._times.append((started, self.step_count))
+        rate = self.settings.learning_rate_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+        inputs, targets = self.task.sample(self.rng, self.settings)
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.network, self.network(inputs), targets, self.settings.loss)
+        value = float(loss.detach())
+        if not math.isfinite(value):  # checked before the weights change: they stay usable
+            raise ConfigError(
+                f"job {self.name!r} diverged at step {self.step_count + 1}: the loss is {value}; "
+                f"lower the learning rate (now {self.settings.learning_rate})"
+            )
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self.step_count += 1
+        self._train_loss = (
+            value
+            if math.isnan(self._train_loss)
+            else (_SMOOTHING * self._train_loss + (1 - _SMOOTHING) * value)
+        )
+        sheet = None
+        if self._due(self.settings.contact_sheet_interval):
+            sheet = self.write_contact_sheet()
+        if self._due(self.settings.validation_interval):
+            self.validate()
+        checkpoint = None
+        if self.finished or (
+            self.settings.checkpoint_interval
+            and self.step_count % self.settings.checkpoint_interval == 0
+        ):
+            checkpoint = self.save_checkpoint()
+        now = time.perf_counter()
+        self._elapsed += now - started
+        self._times.append((now, self.step_count))
+        progress = self._progress(value, rate, checkpoint, sheet)
+        if self.on_progress is not None:
+            self.on_progress(progress)
+        return progress
+
+    def run(
+        self, steps: int | None = None, *, should_stop: Callable[[], bool] | None = None
+    ) -> TrainingProgress | None:
+        """Run until the job is done, ``steps`` more steps are done, or ``should_stop()``.
+
+        ``should_stop`` is checked before every step (and between validation batches); the
+        run then ends with a checkpoint of the steps done. Returns the last progress
+        (``None`` if no step ran).
+        """
+        end = self.settings.steps
+        if steps is not None:
+            end = min(end, self.step_count + steps)
+        progress = None
+        self._should_stop = should_stop
+        self._times.clear()
+        try:
+            while self.step_count < end:
+                if should_stop is not None and should_stop():
+                    logger.info("job %r stopped at step %d", self.name, self.step_count)
+                    break
+                progress = self.step()
+        finally:
+            self._should_stop = None
+            if self.step_count > 0 and self._last_saved != self.step_count:
+                path = self.save_checkpoint()
+                if progress is not None:
+                    progress = dataclasses.replace(progress, checkpoint=path)
+        return progress
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Return the network's output for ``(N, C, H, W)`` inputs (any size; on the CPU).
+
+        Image jobs give frames; label jobs class scores ``(N, classes)``; number jobs
+        ``(N, 1)`` values.
+        """
+        self.network.eval()
+        with torch.inference_mode():
+            return self.task.predict(self.network, inputs.to(self.device)).cpu()
+
+    def validate(self) -> float | None:
+        """Compute, remember and return the validation loss (``None``: no validation data,
+        or stopped)."""
+        if self._validation is None:
+            self._validation = self.task.validation_set(self.settings)
+        if not self._validation:
+            return None
+        self.network.eval()
+        total = 0.0
+        with torch.inference_mode():
+            for inputs, targets in self._validation:
+                if self._should_stop is not None and self._should_stop():
+                    return None
+                prediction = self.task.predict(self.network, inputs.to(self.device))
+                loss = self.task.loss(
+                    self.network, prediction, targets.to(self.device), self.settings.loss
+                )
+                total += float(loss)
+        self._validation_loss = total / len(self._validation)
+        return self._validation_loss
+
+    def write_contact_sheet(self) -> Path | None:
+        """Write a contact sheet for the current step; return it (``None``: the job's kind
+        has none)."""
+        if self._sheet is False:
+            self._sheet = self.task.sheet_samples(self.settings)
+        if not isinstance(self._sheet, tuple):
+            return None
+        inputs, targets = self._sheet
+        predictions = self.predict(inputs)
+        rows = [
+            (inputs[i].numpy(), predictions[i].numpy(), targets[i].numpy())
+            for i in range(len(inputs))
+        ]
+        path = self.job_dir / checkpoints.CONTACT_SHEET_FOLDER / f"step_{self.step_count}.png"
+        return write_contact_sheet(path, rows, colourspace=self.task.colourspace)
+
+    def save_checkpoint(self) -> Path:
+        """Write a checkpoint of the current state, atomically; return its path."""
+        path = checkpoints.checkpoint_path(self.job_dir, self.step_count)
+        payload = {
+            **self._description(),
+            "format": checkpoints.FORMAT,
+            "step": self.step_count,
+            "finished": self.finished,
+            "network_state": self.network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "rng_state": self.rng.bit_generator.state,
+            "elapsed_seconds": self._elapsed,
+            "train_loss": self._train_loss,
+            "validation_loss": self._validation_loss,
+            "torch_version": str(torch.__version__),
+            "torch_threads": torch.get_num_threads(),
+        }
+        checkpoints.save_checkpoint(path, payload)
+        self._last_saved = self.step_count
+        checkpoints.prune_checkpoints(self.job_dir, self.settings.keep_checkpoints)
+        logger.info(
+            "job %r: checkpoint at step %d/%d (loss %.4g) in %s",
+            self.name,
+            self.step_count,
+            self.settings.steps,
+            self._train_loss,
+            path,
+        )
+        return path
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _due(self, interval: int) -> bool:
+        return bool(interval) and (self.step_count % interval == 0 or self.finished)
+
+    def _description(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "settings": self.settings.to_dict(),
+            "network": self.network_spec.to_dict(),
+            "task": self.task.describe(),
+        }
+
+    def _progress(
+        self, loss: float, rate: float, checkpoint: Path | None, sheet: Path | None
+    ) -> TrainingProgress:
+        (first_time, first_step), (last_time, last_step) = self._times[0], self._times[-1]
+        speed = (last_step - first_step) / max(last_time - first_time, 1e-9)
+        remaining = self.settings.steps - self.step_count
+        return TrainingProgress(
+            step=self.step_count,
+            total_steps=self.settings.steps,
+            loss=loss,
+            train_loss=self._train_loss,
+            validation_loss=self._validation_loss,
+            learning_rate=rate,
+            steps_per_second=speed,
+            eta_seconds=remaining / speed if speed > 0 else math.inf,
+            elapsed_seconds=self._elapsed,
+            checkpoint=checkpoint,
+            contact_sheet=sheet,
+        )
