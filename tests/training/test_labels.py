@@ -52,12 +52,17 @@ def test_training_a_classifier_reduces_the_loss_and_serves_labels(
 
     model = trained_model_class(tmp_path / "job")()
     model.setup(torch.device("cpu"))
-    answer = model.predict(
-        {"image": torch.from_numpy(noise_image(9, 0.2, (40, 30)))}, {"checkpoint": "latest"}
-    )
+    frame = {"image": torch.from_numpy(noise_image(9, 0.2, (40, 30)))}
+    answer = model.predict(frame, {"checkpoint": "latest", "show": False})
     (result,) = answer.objects  # type: ignore[union-attr]
     assert result.name == "label" and result.records[0]["label"] == "dark"
     assert answer.frames["image"].shape == (3, 40, 30)  # type: ignore[union-attr]
+
+    # The node's button: a PythonScript first (the node runs objects[0]), then the answer.
+    pressed = model.predict(frame, {"checkpoint": "latest", "show": True})
+    script, labelled = pressed.objects  # type: ignore[union-attr]
+    assert script.name == "PythonScript" and labelled.name == "label"
+    assert script.records[0]["script"].startswith("nuke.message('dark (")
 
 
 def test_training_a_regressor_reduces_the_loss(tmp_path: Path) -> None:

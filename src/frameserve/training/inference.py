@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from frameserve.errors import ConfigError, KnobError
-from frameserve.knobs import ChoiceKnob, KnobSpec, KnobValues, StringKnob
+from frameserve.knobs import ButtonKnob, ChoiceKnob, KnobSpec, KnobValues, StringKnob
 from frameserve.model import ImageSpec, Model, Prediction, SpatialNeeds
-from frameserve.objects import ResultObject
+from frameserve.objects import ResultObject, python_script
 from frameserve.training import checkpoints
 from frameserve.training.networks import (
     NetworkSpec,
@@ -210,7 +210,7 @@ def trained_model_class(
         "description": _description(name, task, spec, training),
         "inputs": (ImageSpec("image", int(task["in_channels"])),),
         "outputs": (ImageSpec("image", int(out_channels)),),
-        "knobs": (knob,),
+        "knobs": (knob,) if image else (knob, _SHOW_BUTTON),
         "colourspace_in": task["colourspace"],
         "colourspace_out": task["colourspace"],
         "cacheable": not training,
@@ -310,8 +310,16 @@ class TrainedImageModel(_TrainedModel):
         return network(frames["image"])  # type: ignore[no-any-return]
 
 
+#: Label and number models: a button that shows the answer in a Nuke message.
+_SHOW_BUTTON = ButtonKnob("show", help="Show the answer for this frame in a message.")
+
+
 class TrainedLabelModel(_TrainedModel):
-    """Passes the frame through and answers a ``label`` or ``value`` result object."""
+    """Passes the frame through and answers a ``label`` or ``value`` result object.
+
+    Pressing the ``show`` button (MLClient node) also answers a ``PythonScript`` object that
+    shows the answer in a Nuke message, ahead of the result object.
+    """
 
     def predict(self, frames: Mapping[str, torch.Tensor], knobs: KnobValues) -> Prediction:
         network, metadata = self.network(knobs)
@@ -329,9 +337,14 @@ class TrainedLabelModel(_TrainedModel):
                     "scores": [float(p) for p in probabilities],
                 },
             )
+            message = f"{metadata.classes[best]} ({float(probabilities[best]):.1%})"
         else:
             result = ResultObject("value", {"value": float(scores[0])})
-        return Prediction(frames={"image": image}, objects=[result])
+            message = f"{float(scores[0]):.6g}"
+        objects = [result]
+        if knobs["show"]:
+            objects.insert(0, python_script(f"nuke.message({message!r})"))
+        return Prediction(frames={"image": image}, objects=objects)
 
 
 def _description(name: str, task: dict[str, Any], spec: NetworkSpec, training: bool) -> str:
