@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from frameserve import __version__
+from frameserve.cli_flags import add_model_flags
 from frameserve.cli_package import add_package_parsers
 from frameserve.cli_run import add_run_parser
 from frameserve.cli_train import add_train_parsers
 from frameserve.errors import ConfigError, FrameServeError
-from frameserve.registry import MODELS_ENV, ModelEntry, ModelRegistry, model_folders_from_env
+from frameserve.registry import ModelEntry, ModelRegistry, model_folders_from_env
 from frameserve.settings import DEFAULT_JOBS_FOLDER, DEFAULT_MAX_FRAME_BYTES, ServerSettings
 from frameserve.watcher import DEFAULT_RELOAD_INTERVAL
 
@@ -149,15 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_parsers(commands)  # train, jobs, cancel, resume; their own --server and -v
 
     for sub in (serve, models, infer):
-        sub.add_argument(
-            "--models",
-            action="append",
-            default=[],
-            metavar="DIR",
-            help=f"a folder of models (repeatable; ${MODELS_ENV} adds more)",
-        )
-        sub.add_argument("--no-builtins", action="store_true", help="leave out the built-in models")
-        sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        add_model_flags(sub)
     return parser
 
 

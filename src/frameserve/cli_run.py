@@ -32,11 +32,12 @@ import os
 from collections.abc import Mapping, Sequence
 
 from frameserve.backends import Backend, LocalBackend, ServerBackend
+from frameserve.cli_flags import add_model_flags
 from frameserve.cli_infer import parse_knob_texts
 from frameserve.errors import ConfigError
 from frameserve.imageio import SUPPORTED_EXTENSIONS
 from frameserve.model import ModelSpec
-from frameserve.registry import MODELS_ENV, ModelRegistry, model_folders_from_env
+from frameserve.registry import ModelRegistry, model_folders_from_env
 from frameserve.sequence_runner import DEFAULT_LOCAL_JOBS, RunOptions, run_sequence
 from frameserve.sequences import FramePattern, format_frames, parse_frames
 
@@ -178,15 +179,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="with --server: seconds to wait for one frame's answer (default 600)",
     )
     run.add_argument("--device", help="torch device to run the model on (local runs; default auto)")
-    run.add_argument(
-        "--models",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help=f"a folder of models (repeatable; ${MODELS_ENV} adds more; local runs)",
-    )
-    run.add_argument("--no-builtins", action="store_true", help="leave out the built-in models")
-    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_model_flags(run, where="local runs")
     run.set_defaults(run=_run)
 
 
