@@ -1,0 +1,1 @@
+"""Network architectures of the built-in models, in plain PyTorch (no torchvision)."""
