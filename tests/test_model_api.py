@@ -267,6 +267,7 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "half_precision": False,
         "cacheable": True,
         "temporal_window": [0, 0],
+        "output_scale": 1,
     }
 
 

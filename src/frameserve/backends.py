@@ -107,7 +107,11 @@ class LocalBackend:
     ) -> tuple[dict[str, Frame], list[dict[str, Any]]]:
         """Run ``model`` in-process; see :meth:`Backend.infer`."""
         spec = self.describe(model)
-        tensors = [torch.from_numpy(frames[declared.name]) for declared in spec.inputs]
+        tensors = {
+            declared.name: torch.from_numpy(frames[declared.name])
+            for declared in spec.inputs
+            if declared.name in frames
+        }
         request = build_request(
             spec, tensors, knobs, colourspace=colourspace, client="frameserve run", protocol="run"
         )

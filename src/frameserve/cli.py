@@ -20,6 +20,7 @@ from frameserve.cli_package import add_package_parsers
 from frameserve.cli_run import add_run_parser
 from frameserve.cli_train import add_train_parsers
 from frameserve.errors import ConfigError, FrameServeError
+from frameserve.model import ImageSpec
 from frameserve.registry import ModelEntry, ModelRegistry, model_folders_from_env
 from frameserve.settings import DEFAULT_JOBS_FOLDER, DEFAULT_MAX_FRAME_BYTES, ServerSettings
 from frameserve.watcher import DEFAULT_RELOAD_INTERVAL
@@ -247,8 +248,10 @@ def _entry_text(entry: ModelEntry) -> str:
     lines = [f"{spec.id}  {spec.label!r}  version {entry.version}  ({where})"]
     if spec.description:
         lines.append(f"    {spec.description}")
-    lines.append("    inputs:  " + ", ".join(f"{i.name} ({i.channels} ch)" for i in spec.inputs))
-    lines.append("    outputs: " + ", ".join(f"{o.name} ({o.channels} ch)" for o in spec.outputs))
+    lines.append("    inputs:  " + ", ".join(_image_text(i) for i in spec.inputs))
+    lines.append("    outputs: " + ", ".join(_image_text(o) for o in spec.outputs))
+    if spec.output_scale > 1:
+        lines.append(f"    output scale: x{spec.output_scale}")
     for knob in spec.knobs:
         info = knob.describe()
         bounds = ""
@@ -279,3 +282,13 @@ def _infer(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _image_text(image: ImageSpec) -> str:
+    """``name (3 ch)``, with channel names and ``optional`` where declared."""
+    detail = f"{image.channels} ch"
+    if image.channel_names:
+        detail += ": " + " ".join(image.channel_names)
+    if image.optional:
+        detail += ", optional"
+    return f"{image.name} ({detail})"

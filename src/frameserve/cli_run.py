@@ -220,7 +220,8 @@ def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
     # A temporal model's neighbour inputs (NAME@-1 ...) come from NAME's sequence.
     names = [i.name for i in spec.inputs if spec.input_source(i.name)[1] == 0]
     inputs = _patterns(args.inputs, names, "--input", spec.id)
-    missing = [name for name in names if name not in inputs]
+    optional = {i.name for i in spec.inputs if i.optional}
+    missing = [name for name in names if name not in inputs and name not in optional]
     if missing:
         raise ConfigError(
             f"model {spec.id!r} needs a sequence for input(s) {', '.join(map(repr, missing))}: "

@@ -81,10 +81,29 @@ MAX_CHANNELS = 64
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """A named image input or output with a fixed channel count."""
+    """A named image input or output with a fixed channel count.
+
+    Attributes:
+        name: the input's or output's name (HTTP tensor name, ``--input NAME=``, file suffix).
+        channels: how many channels it holds.
+        channel_names: what ``frameserve run`` calls the channels when it writes an EXR, e.g.
+            ``("forward.u", "forward.v", "backward.u", "backward.v")`` for motion vectors
+            (default: ``R, G, B, A`` by count); listed in the model's description.
+        optional: an input that requests may leave out (an artist's hints, a garbage matte);
+            ``predict`` then finds no entry for it in ``frames``. Optional inputs come after
+            every required one, so a client that sends images by position can drop them.
+
+    ::
+
+        ImageSpec("motion", channels=4,
+                  channel_names=("forward.u", "forward.v", "backward.u", "backward.v"))
+        ImageSpec("hints", channels=2, optional=True)
+    """
 
     name: str
     channels: int = 3
+    channel_names: tuple[str, ...] | None = None
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -95,6 +114,21 @@ class ImageSpec:
             raise ConfigError(
                 f"image {self.name!r}: channels {self.channels} is outside 1..{MAX_CHANNELS}"
             )
+        if self.channel_names is not None:
+            names = self.channel_names
+            if (
+                not isinstance(names, tuple | list)
+                or len(names) != self.channels
+                or not all(isinstance(n, str) and n and n.strip() == n for n in names)
+                or len(set(names)) != len(names)
+            ):
+                raise ConfigError(
+                    f"image {self.name!r}: channel_names must be {self.channels} distinct "
+                    f"non-empty names, got {names!r}"
+                )
+            object.__setattr__(self, "channel_names", tuple(names))
+        if not isinstance(self.optional, bool):
+            raise ConfigError(f"image {self.name!r}: optional must be True or False")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,6 +210,12 @@ class ModelSpec:
     half_precision: bool = False
     cacheable: bool = True
     temporal_window: tuple[int, int] = (0, 0)
+    output_scale: int = 1
+
+    @property
+    def required_inputs(self) -> tuple[ImageSpec, ...]:
+        """The inputs every request must send (all but the optional ones)."""
+        return tuple(image for image in self.inputs if not image.optional)
 
     def input_source(self, name: str) -> tuple[str, int]:
         """Return the declared input and frame offset an (expanded) input name stands for.
@@ -198,8 +238,8 @@ class ModelSpec:
             "id": self.id,
             "label": self.label,
             "description": self.description,
-            "inputs": [{"name": i.name, "channels": i.channels} for i in self.inputs],
-            "outputs": [{"name": o.name, "channels": o.channels} for o in self.outputs],
+            "inputs": [_describe_image(i) for i in self.inputs],
+            "outputs": [_describe_image(o) for o in self.outputs],
             "knobs": [knob.describe() for knob in self.knobs],
             "colourspace_in": self.colourspace_in,
             "colourspace_out": self.colourspace_out,
@@ -213,7 +253,17 @@ class ModelSpec:
             "half_precision": self.half_precision,
             "cacheable": self.cacheable,
             "temporal_window": list(self.temporal_window),
+            "output_scale": self.output_scale,
         }
+
+
+def _describe_image(image: ImageSpec) -> dict[str, Any]:
+    described: dict[str, Any] = {"name": image.name, "channels": image.channels}
+    if image.channel_names is not None:
+        described["channel_names"] = list(image.channel_names)
+    if image.optional:
+        described["optional"] = True
+    return described
 
 
 class Model:
@@ -242,6 +292,8 @@ class Model:
             model needs. Each neighbour becomes an input of its own named ``NAME@-1``,
             ``NAME@+1``…, after the current frame's ``NAME``; ``frameserve run`` reads them
             from the sequence, HTTP clients send them, MLClient artists connect them.
+        output_scale: outputs are this many times the inputs' width and height (an upscaler);
+            the engine pads and tiles on the input grid and scales tiles up to match.
     """
 
     id: ClassVar[str] = ""
@@ -259,6 +311,7 @@ class Model:
     half_precision: ClassVar[bool] = False
     cacheable: ClassVar[bool] = True
     temporal_window: ClassVar[tuple[int, int]] = (0, 0)
+    output_scale: ClassVar[int] = 1
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -313,6 +366,13 @@ class Model:
         declared = _image_specs(cls.inputs, owner=owner, what="inputs")
         if any("@" in image.name for image in declared):
             raise ConfigError(f"{owner}: input names may not hold '@' (it marks neighbour frames)")
+        optional = [image.name for image in declared if image.optional]
+        trailing = declared[len(declared) - len(optional) :]
+        if optional and not all(image.optional for image in trailing):
+            raise ConfigError(
+                f"{owner}: optional inputs ({', '.join(optional)}) must come after every "
+                "required one"
+            )
         window = _temporal_window(cls.temporal_window, owner=owner)
         inputs = _with_neighbours(declared, window)
         outputs = _image_specs(cls.outputs, owner=owner, what="outputs")
@@ -327,6 +387,9 @@ class Model:
             raise ConfigError(f"{owner}: max_batch_size must be a whole number of at least 1")
         if not cls.batch_window_ms >= 0:
             raise ConfigError(f"{owner}: batch_window_ms must be 0 or more")
+        scale = cls.output_scale
+        if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16:
+            raise ConfigError(f"{owner}: output_scale must be a whole number in 1..16")
         return ModelSpec(
             id=cls.id,
             label=str(cls.label or cls.id),
@@ -342,6 +405,7 @@ class Model:
             half_precision=bool(cls.half_precision),
             cacheable=bool(cls.cacheable),
             temporal_window=window,
+            output_scale=scale,
         )
 
 
@@ -382,5 +446,7 @@ def _with_neighbours(
     for image in inputs:
         expanded.append(image)
         for offset in (*range(-before, 0), *range(1, after + 1)):
-            expanded.append(ImageSpec(f"{image.name}@{offset:+d}", image.channels))
+            expanded.append(
+                ImageSpec(f"{image.name}@{offset:+d}", image.channels, optional=image.optional)
+            )
     return tuple(expanded)

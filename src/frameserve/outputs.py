@@ -54,19 +54,23 @@ class StitchedOutputs:
             ModelRunError: a wrong output, or one whose size is not the tile's.
         """
         frames, objects = normalise_prediction(spec, raw)
+        scale = spec.output_scale
         for name, value in frames.items():
             output = checked_output(spec, name, value, contiguous=False)
             channels, height, width = output.shape
-            if (height, width) != (tile.height, tile.width):
+            if (height, width) != (tile.height * scale, tile.width * scale):
+                times = "" if scale == 1 else f" times its output_scale {scale}"
                 raise ModelRunError(
                     f"output {name!r} of model {spec.id!r} is {width}x{height} for a "
                     f"{tile.width}x{tile.height} tile; tiling needs outputs of the size of "
-                    "their inputs"
+                    f"their inputs{times}"
                 )
             canvas = self.frames.get(name)
             if canvas is None:
-                canvas = self.frames[name] = torch.zeros(channels, grid.height, grid.width)
-            grid.blend_into(canvas, tile, output)
+                canvas = self.frames[name] = torch.zeros(
+                    channels, grid.height * scale, grid.width * scale
+                )
+            grid.blend_into(canvas, tile, output, scale)
         self.objects += [obj for obj in objects if obj not in self.objects]
 
     def outputs(self) -> ModelOutputs:
@@ -160,26 +164,41 @@ def checked_output(spec: ModelSpec, name: str, value: object, *, contiguous: boo
     return tensor
 
 
-def whole_outputs(spec: ModelSpec, raw: object, grid: TileGrid | None) -> ModelOutputs:
-    """Check the outputs of a frame run in one piece; crop off the padding."""
+def whole_outputs(
+    spec: ModelSpec, raw: object, grid: TileGrid | None, size: tuple[int, int] | None = None
+) -> ModelOutputs:
+    """Check the outputs of a frame run in one piece; crop off the padding.
+
+    ``size`` is the (padded) input's height and width: a model that declares an
+    ``output_scale`` above 1 must return outputs exactly that many times as large.
+    """
     frames, objects = normalise_prediction(spec, raw)
     checked = {}
+    scale = spec.output_scale
     for name, value in frames.items():
         output = checked_output(spec, name, value, contiguous=True)
+        if scale > 1 and size is not None:
+            expected = (size[0] * scale, size[1] * scale)
+            if tuple(output.shape[-2:]) != expected:
+                raise ModelRunError(
+                    f"output {name!r} of model {spec.id!r} is {_wxh(output.shape[-2:])} for an "
+                    f"input of {_wxh(size)}; it declares output_scale {scale}, so "
+                    f"{_wxh(expected)} was expected"
+                )
         if grid is not None and grid.is_padded:
             height, width = output.shape[-2:]
-            scale = grid.output_scale(height, width)
-            if scale is None:
+            found = grid.output_scale(height, width)
+            if found is None:
                 padded = (grid.padded_height, grid.padded_width)
                 raise ModelRunError(
                     f"output {name!r} of model {spec.id!r} is {_wxh((height, width))} for an "
                     f"input padded to {_wxh(padded)}; to crop the padding off, outputs must be "
                     "the padded size or a whole multiple of it"
                 )
-            output = grid.crop(output, scale).contiguous()
+            output = grid.crop(output, found).contiguous()
         checked[name] = output
     return ModelOutputs(frames=checked, objects=objects)
 
 
-def _wxh(size: tuple[int, int]) -> str:
+def _wxh(size: Sequence[int]) -> str:
     return f"{size[1]}x{size[0]}"

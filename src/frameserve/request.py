@@ -93,7 +93,7 @@ class InferenceResult:
 
 def build_request(
     model: ModelSpec | ModelEntry,
-    frames: Sequence[torch.Tensor],
+    frames: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
     knobs: Mapping[str, object],
     *,
     colourspace: str | None = None,
@@ -104,7 +104,10 @@ def build_request(
     deadline: float | None = None,
     cache_key: bytes | None = None,
 ) -> InferenceRequest:
-    """Check ``frames`` (in input order) and ``knobs`` against ``model``; return the request.
+    """Check ``frames`` and ``knobs`` against ``model``; return the request.
+
+    ``frames`` is a sequence in input order (optional inputs, which come last, may be left
+    off) or a mapping of input name to frame.
 
     ``model`` is a model's declaration, or its registry entry: then the request runs on
     exactly that version, even if the registry reloads the model before it runs.
@@ -113,7 +116,8 @@ def build_request(
     MLClient node always sends RGB); fewer channels are an error.
 
     Raises:
-        FrameError: wrong number of frames, or a frame of the wrong form.
+        FrameError: wrong number of frames, an unknown or missing input, or a frame of the
+            wrong form.
         KnobError: an unknown knob, a value of the wrong type or out of range.
         ModelNotFoundError: an entry of a model that failed to load.
     """
@@ -124,14 +128,33 @@ def build_request(
         spec = model.spec
     else:
         raise ModelNotFoundError(f"model {model.id!r} failed to load: {model.error}")
-    if len(frames) != len(spec.inputs):
-        names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
-        raise FrameError(
-            f"model {spec.id!r} takes {len(spec.inputs)} image(s) ({names}); "
-            f"the request has {len(frames)}"
-        )
+    if isinstance(frames, Mapping):
+        unknown = [name for name in frames if name not in {i.name for i in spec.inputs}]
+        if unknown:
+            declared_names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+            raise FrameError(
+                f"model {spec.id!r} has no input {unknown[0]!r}; its inputs: {declared_names}"
+            )
+        missing = [i.name for i in spec.required_inputs if i.name not in frames]
+        if missing:
+            raise FrameError(
+                f"model {spec.id!r} needs input {missing[0]!r}; the request has "
+                f"{', '.join(map(repr, frames)) or 'none'}"
+            )
+        given = [(i, frames[i.name]) for i in spec.inputs if i.name in frames]
+    else:
+        required = len(spec.required_inputs)
+        if not required <= len(frames) <= len(spec.inputs):
+            names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+            takes = str(len(spec.inputs))
+            if required < len(spec.inputs):
+                takes = f"{required} to {len(spec.inputs)}"
+            raise FrameError(
+                f"model {spec.id!r} takes {takes} image(s) ({names}); the request has {len(frames)}"
+            )
+        given = list(zip(spec.inputs, frames, strict=False))
     by_name: dict[str, torch.Tensor] = {}
-    for declared, frame in zip(spec.inputs, frames, strict=True):
+    for declared, frame in given:
         what = f"input {declared.name!r} of model {spec.id!r}"
         frame = check_frame(frame, what=what)
         channels = frame.shape[0]

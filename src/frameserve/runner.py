@@ -219,7 +219,8 @@ class Runner:
         spec = entry.spec
         assert spec is not None  # the registry serves loaded plug-ins only
         size = _frame_size(spec, first)
-        names = [declared.name for declared in spec.inputs]
+        # Requests in one group send the same inputs (optional ones may be absent from all).
+        names = [declared.name for declared in spec.inputs if declared.name in first.frames]
         inputs = {
             name: _stack(
                 [
@@ -361,10 +362,12 @@ class Runner:
         if grid is None or grid.is_whole:
             frames = inputs if grid is None else {n: grid.pad(x) for n, x in inputs.items()}
             raws = self._predict(loaded, spec, frames, knobs, single, count)
+            first = next(iter(frames.values()), None)
+            size = None if first is None else (int(first.shape[-2]), int(first.shape[-1]))
             items: list[ModelOutputs | FrameServeError] = []
             for raw in raws:
                 try:
-                    items.append(whole_outputs(spec, raw, grid))
+                    items.append(whole_outputs(spec, raw, grid, size))
                 except ModelRunError as exc:
                     items.append(exc)
             return items

@@ -254,7 +254,8 @@ def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
     inputs = {}
     for declared in spec.inputs:
         base, offset = spec.input_source(declared.name)
-        inputs[declared.name] = neighbour_path(options.inputs[base], frame, offset)
+        if base in options.inputs:  # an optional input may have no sequence
+            inputs[declared.name] = neighbour_path(options.inputs[base], frame, offset)
     return FrameTask(
         frame=frame,
         inputs=inputs,
@@ -325,6 +326,7 @@ class _FrameProcessor:
         frames = {
             declared.name: _fit_channels(declared, files[declared.name])
             for declared in self.spec.inputs
+            if declared.name in files
         }
         if self.stop.is_set():
             return
@@ -342,8 +344,11 @@ class _FrameProcessor:
         # The sidecar goes first: once the images exist the frame counts as done.
         _write_objects(task.objects, objects)
         first = files[self.spec.inputs[0].name] if self.spec.inputs else None
-        for name, path in task.outputs.items():
-            self._write(path, outputs[name], first)
+        for output in self.spec.outputs:
+            if output.name in task.outputs:
+                self._write(
+                    task.outputs[output.name], outputs[output.name], first, output.channel_names
+                )
         log.info(
             "frame %d: %s in %.2f s",
             task.frame,
@@ -351,12 +356,19 @@ class _FrameProcessor:
             time.perf_counter() - started,
         )
 
-    def _write(self, path: Path, pixels: Frame, source: ImageFile | None) -> None:
+    def _write(
+        self,
+        path: Path,
+        pixels: Frame,
+        source: ImageFile | None,
+        channel_names: tuple[str, ...] | None,
+    ) -> None:
         same_size = source is not None and source.pixels.shape[1:] == pixels.shape[1:]
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image(
             path,
             pixels,
+            channel_names=channel_names,
             metadata=source.metadata if source is not None and same_size else None,
             data_window=source.data_window if source is not None and same_size else None,
             display_window=source.display_window if source is not None and same_size else None,

@@ -21,6 +21,9 @@ of ``multiple`` (so a network that downsamples sees the same pixel phase as on t
 the first at 0 and the last ending at the padded edge, spread evenly in between. The grid is
 the product of the row and column layouts.
 
+**Upscaling models** (outputs ``s`` times the input's size) are tiled on the input grid: each
+tile's output is ``s`` times the tile, and is blended in at ``s`` times the tile's position.
+
 **Overlap and blending**, along one axis, where tile *i* meets tile *i + 1*::
 
     tile i     [ kept ............................ ramp 1→0 | dropped ]
@@ -38,7 +41,7 @@ field radius), the stitched frame equals the one computed in one piece, up to fl
 and for networks whose real reach is longer than declared, the ramp hides the seams.
 
 Tiles are planned on the frame's size alone, so the same grid serves every output and every
-frame of a batch. Outputs must have the size of the tile they come from.
+frame of a batch. Outputs must have the size of the tile they come from (times the scale).
 """
 
 from __future__ import annotations
@@ -226,18 +229,25 @@ class TileGrid:
             return output
         return output[..., : self.height * scale, : self.width * scale]
 
-    def blend_into(self, canvas: torch.Tensor, tile: Tile, output: torch.Tensor) -> None:
-        """Add ``output`` (``(*, tile height, tile width)``), weighted, into ``canvas``.
+    def blend_into(
+        self, canvas: torch.Tensor, tile: Tile, output: torch.Tensor, scale: int = 1
+    ) -> None:
+        """Add ``output`` (``(*, tile height x scale, tile width x scale)``), weighted, in.
 
-        ``canvas`` (``(*, H, W)``) has the frame's own size; what lies in the padding is left out.
+        ``canvas`` (``(*, H x scale, W x scale)``) has the frame's own size times ``scale`` (an
+        upscaling model's outputs); what lies in the padding is left out. Each output pixel
+        takes the weight of the input pixel it lies in, so the weights still add up to 1.
         """
         rows = min(tile.height, self.height - tile.top)
         cols = min(tile.width, self.width - tile.left)
         if rows <= 0 or cols <= 0:
             return
         weight = self.weights(tile)[:rows, :cols].to(canvas.device)
-        target = canvas[..., tile.top : tile.top + rows, tile.left : tile.left + cols]
-        target.addcmul_(output[..., :rows, :cols], weight)
+        if scale > 1:
+            weight = weight.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+        top, left = tile.top * scale, tile.left * scale
+        target = canvas[..., top : top + rows * scale, left : left + cols * scale]
+        target.addcmul_(output[..., : rows * scale, : cols * scale], weight)
 
 
 def min_tile_size(multiple: int, overlap: int) -> int:

@@ -223,14 +223,15 @@ class HttpApi:
         if unknown:
             declared = ", ".join(repr(i.name) for i in spec.inputs)
             raise FrameError(f"model {spec.id!r} has no input {unknown[0]!r}; inputs: {declared}")
-        missing = [i.name for i in spec.inputs if i.name not in by_name]
+        missing = [i.name for i in spec.required_inputs if i.name not in by_name]
         if missing:
             raise FrameError(f"model {spec.id!r} also needs input {missing[0]!r}")
-        per_input = [frames_from_tensor(by_name[i.name], i.channels) for i in spec.inputs]
+        sent = [i for i in spec.inputs if i.name in by_name]  # optional inputs may be left out
+        per_input = [frames_from_tensor(by_name[i.name], i.channels) for i in sent]
         counts = {len(frames) for frames in per_input}
-        if len(counts) != 1:
+        if len(counts) > 1:
             raise FrameError("every input must hold the same number of frames")
-        batched = any(by_name[i.name].array.ndim == 4 for i in spec.inputs)
+        batched = any(by_name[i.name].array.ndim == 4 for i in sent)
         colourspace = _text_parameter(parameters, "colourspace") or _text_parameter(
             parameters, "colorspace"
         )
@@ -238,7 +239,7 @@ class HttpApi:
         requests = [
             build_request(
                 entry,
-                list(frames),
+                {image.name: frame for image, frame in zip(sent, frames, strict=True)},
                 knobs,
                 colourspace=colourspace,
                 priority=priority,
