@@ -277,4 +277,4 @@ def test_get_a_failed_model_says_why() -> None:
 
 
 def test_largest_input_count() -> None:
-    assert ModelRegistry().largest_input_count() == 2  # difference takes two images
+    assert ModelRegistry().largest_input_count() == 3  # motion_vectors: a frame, two neighbours
