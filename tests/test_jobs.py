@@ -15,6 +15,7 @@ import pytest
 
 from frameserve.cli import main
 from frameserve.client import Client
+from frameserve.devices import resolve_device
 from frameserve.imageio import write_image
 from frameserve.jobs import TrainingJobs
 from frameserve.server import FrameServer
@@ -121,6 +122,7 @@ def test_cancel_is_quick_and_resume_goes_on(trainer_server: FrameServer, tmp_pat
     # bound leaves room for polling and a loaded 2-core CI machine.
     assert time.monotonic() - started < 3.0
     assert stopped["state"] == "cancelled" and stopped["checkpoints"]
+    assert stopped["eta_seconds"] is None and stopped["loss"] is not None
     done_steps = stopped["step"]
     status, resumed = call(trainer_server, "POST", "/v2/training/jobs/long/resume", {"steps": 0})
     assert status == 400 and "steps" in resumed["error"]
@@ -143,9 +145,13 @@ def test_jobs_survive_a_restart(tmp_path: Path) -> None:
         time.sleep(0.02)
     first.close()
     saved = first.status("again").step
+    loss = first.status("again").loss
     second = TrainingJobs(folder)
     try:
-        assert second.status("again").state in ("queued", "running")
+        listed = second.status("again")
+        assert listed.state in ("queued", "running")
+        if listed.state == "queued":  # not run here yet: what its last checkpoint recorded
+            assert (listed.step, listed.loss) == (saved, loss) and loss is not None
         second.cancel("again")
         status = second.wait("again", timeout=10)
         assert status.state == "cancelled" and status.step >= saved
@@ -160,6 +166,10 @@ def test_bad_requests_get_400_naming_the_problem(trainer_server: FrameServer) ->
         ({"name": "x", "pairs": [["/no/such.exr", "/no/gt.exr"]]}, "/no/such.exr"),
         ({"name": "x", "pairs": [["a", "b"]], "settings": {"speed": 1}}, "speed"),
         ({"name": "../x", "pairs": [["a", "b"]]}, "job name"),
+        ({"name": "x", "pairs": [["a", "b"]], "labels": "/shots"}, "exactly one"),
+        ({"name": "x", "labels": 5}, "paths the server reads"),
+        ({"name": "x", "values": "/no/table.csv"}, "/no/table.csv"),
+        ({"name": "x", "pairs": [["a", "b"]], "settings": {"device": "tpu9"}}, "device"),
     ]
     for body, problem in cases:
         status, answer = call(trainer_server, "POST", "/v2/training/jobs", body)
@@ -186,3 +196,55 @@ def test_cli_train_local_writes_checkpoints(tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0
     assert list((tmp_path / "jobs" / "cli" / "checkpoints").glob("step_3.pt"))
+
+
+def test_auto_device_shares_the_queue_of_the_device_it_resolves_to(tmp_path: Path) -> None:
+    pairs = [(a, b) for a, b in write_pairs(tmp_path)]
+    device = str(resolve_device("auto"))  # "cpu" here, "cuda:0" on a GPU machine
+    jobs = TrainingJobs(tmp_path / "jobs")
+    try:
+        jobs.submit("named", pairs, _settings(steps=100000, device=device))
+        deadline = time.monotonic() + 20
+        while jobs.status("named").state != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        queued = jobs.submit("automatic", pairs, _settings(steps=2, device="auto"))
+        assert queued.device == device
+        start = jobs.status("named").step
+        while jobs.status("named").step < start + 10 and time.monotonic() < deadline + 20:
+            time.sleep(0.02)
+        # Ten steps of the other job later it still waits: one device, one job at a time.
+        assert jobs.status("automatic").state == "queued"
+        jobs.cancel("named")
+        assert jobs.wait("automatic", timeout=30).state == "done"
+        record = json.loads((tmp_path / "jobs" / "automatic" / "queue.json").read_text())
+        assert record["device"] == device and record["settings"]["device"] == "auto"
+    finally:
+        jobs.close()
+
+
+def test_cancel_waits_for_the_job_to_stop(tmp_path: Path) -> None:
+    pairs = [(a, b) for a, b in write_pairs(tmp_path)]
+    jobs = TrainingJobs(tmp_path / "jobs")
+    try:
+        jobs.submit("quick", pairs, _settings(steps=100000))
+        deadline = time.monotonic() + 20
+        while jobs.status("quick").step < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        status = jobs.cancel("quick", wait=10.0)
+        assert status.state == "cancelled" and status.checkpoints == (f"step_{status.step}",)
+    finally:
+        jobs.close()
+
+
+def test_a_delete_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    half = folder / ".deleted-gone-1-2"
+    half.mkdir(parents=True)
+    record = {"name": "gone", "state": "done", "error": None, "files": None}
+    record["settings"] = _settings(steps=2).to_dict()
+    (half / "queue.json").write_text(json.dumps(record))
+    jobs = TrainingJobs(folder)
+    try:
+        assert jobs.jobs() == [] and not half.exists()
+    finally:
+        jobs.close()

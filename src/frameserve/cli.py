@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
     add_package_parsers(commands)  # package and check; their own --device, --json and -v
-    add_train_parsers(commands)  # train, jobs, cancel, resume; their own --server and -v
+    add_train_parsers(commands)  # train, jobs, cancel, resume, export; their own --server, -v
 
     for sub in (serve, models, infer):
         add_model_flags(sub)

@@ -77,9 +77,12 @@ class FrameServer:
             self.settings.jobs_folder,
             registry=self.registry,
             busy=lambda: self.scheduler.queue_depth(Priority.INTERACTIVE) > 0,
+            max_upload_bytes=self.settings.max_request_bytes(1),
         )
         if self.http is not None:
-            self.http.api.extensions.append(TrainingApi(self.jobs).handle)
+            training = TrainingApi(self.jobs)
+            self.http.api.extensions.append(training.handle)
+            self.http.api.body_limits.append(training.body_limit)
         self.watcher: ModelWatcher | None = None
         if self.settings.reload_interval is not None:
             self.watcher = ModelWatcher(self.registry, interval=self.settings.reload_interval)

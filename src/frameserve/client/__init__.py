@@ -9,6 +9,7 @@
         frame = skimage.data.astronaut()          # (512, 512, 3) uint8, sent as UINT8
         result = client.infer("blur", frame, knobs={"size": 4.0})
         result.frames["image"]                    # (512, 512, 3) float32 in 0-1
+        client.training.jobs()                    # training jobs (frameserve.client._training)
 
 Only the standard library and numpy are needed. Errors form one tree under
 :class:`ClientError` (itself a :class:`frameserve.errors.FrameServeError`), drawn in
@@ -21,6 +22,7 @@ from frameserve.client._client import Client, Frames, KnobValue
 from frameserve.client._exceptions import (
     BadRequestError,
     ClientError,
+    ConflictError,
     ConnectError,
     HTTPStatusError,
     NotFoundError,
@@ -32,11 +34,13 @@ from frameserve.client._exceptions import (
     TransportError,
 )
 from frameserve.client._models import InferResult, ModelInfo
+from frameserve.client._training import Training, TrainingJob, Upload
 
 __all__ = [
     "BadRequestError",
     "Client",
     "ClientError",
+    "ConflictError",
     "ConnectError",
     "Frames",
     "HTTPStatusError",
@@ -49,5 +53,8 @@ __all__ = [
     "RequestTimeout",
     "ServerError",
     "ServiceUnavailableError",
+    "Training",
+    "TrainingJob",
     "TransportError",
+    "Upload",
 ]

@@ -38,6 +38,7 @@ from frameserve.client._tensors import (
     encode_request,
     parse_objects,
 )
+from frameserve.client._training import Training
 from frameserve.client._transport import HTTPTransport, Response
 
 __all__ = ["DEFAULT_URL", "Client", "Frames", "KnobValue"]
@@ -93,6 +94,8 @@ class Client:
         )
         self._configs: dict[tuple[str, str | None], ModelInfo] = {}
         self._lock = threading.Lock()
+        #: The training endpoints: uploads, jobs, progress, packages (:class:`Training`).
+        self.training = Training(self)
 
     @property
     def timeout(self) -> float | None:

@@ -16,6 +16,7 @@ an unknown output datatype) raise ``TypeError`` or ``ValueError`` before anythin
         └── HTTPStatusError         the server answered with an error status
             ├── BadRequestError     400: bad knob, shape, datatype, input
             ├── NotFoundError       404: unknown model, version or path
+            ├── ConflictError       409: a training job's state forbids the action
             ├── PayloadTooLargeError  413: a body above the server's size cap
             ├── ServerError         500: the model failed
             └── ServiceUnavailableError  503: the server or the model is not ready
@@ -35,6 +36,7 @@ from frameserve.errors import FrameServeError
 __all__ = [
     "BadRequestError",
     "ClientError",
+    "ConflictError",
     "ConnectError",
     "HTTPStatusError",
     "NotFoundError",
@@ -91,6 +93,10 @@ class NotFoundError(HTTPStatusError):
     """404: no model, version or path of that name."""
 
 
+class ConflictError(HTTPStatusError):
+    """409: a training job's state forbids the action (a name in use, resuming a running job)."""
+
+
 class PayloadTooLargeError(HTTPStatusError):
     """413: the request body is above the server's size cap."""
 
@@ -106,6 +112,7 @@ class ServiceUnavailableError(HTTPStatusError):
 _BY_STATUS: dict[int, type[HTTPStatusError]] = {
     400: BadRequestError,
     404: NotFoundError,
+    409: ConflictError,
     413: PayloadTooLargeError,
     500: ServerError,
     503: ServiceUnavailableError,

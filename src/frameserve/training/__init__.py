@@ -32,7 +32,7 @@ Modules, one job each:
 ``checkpoints``   the job folder, atomic writes, safe reads
 ``contact_sheet`` input | prediction | target previews
 ``inference``     :func:`load_trained`, :func:`trained_model_class`, plug-in folders
-``export``        :func:`export_torchscript`
+``export``        :func:`export_torchscript`, :func:`export_package`
 ================  ==========================================================================
 
 Errors: settings or data that cannot work, unreadable checkpoints and resuming with other data
@@ -54,7 +54,7 @@ from frameserve.training.checkpoints import (
 )
 from frameserve.training.contact_sheet import contact_sheet, write_contact_sheet
 from frameserve.training.data import FramePair, ImagePairs
-from frameserve.training.export import export_torchscript
+from frameserve.training.export import export_package, export_torchscript
 from frameserve.training.inference import (
     TrainedMetadata,
     load_trained,
@@ -96,6 +96,7 @@ __all__ = [
     "UNet",
     "build_network",
     "contact_sheet",
+    "export_package",
     "export_torchscript",
     "job_summary",
     "list_checkpoints",

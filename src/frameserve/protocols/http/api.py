@@ -90,11 +90,19 @@ class HttpApi:
         #: Extra endpoints (``frameserve.protocols.http.training_api``): each returns its
         #: answer, or ``None`` for a path it does not serve.
         self.extensions: list[Callable[[HttpRequest], HttpResponse | None]] = []
+        #: Body limits of extension paths: each returns the largest body of a request's
+        #: ``(method, path)``, or ``None`` for the requests it does not serve.
+        self.body_limits: list[Callable[[str, str], int | None]] = []
 
     def body_limit(self, method: str, path: str) -> int:
-        """Largest body accepted: frames for ``infer``, a little JSON for everything else."""
+        """Largest body accepted: frames for ``infer``, what an extension says for its paths
+        (uploads), a little JSON for everything else."""
         if method == "POST" and path.endswith("/infer"):
             return self.settings.max_request_bytes(self.registry.largest_input_count())
+        for limit in self.body_limits:
+            found = limit(method, path)
+            if found is not None:
+                return found
         return _SMALL_BODY
 
     def handle(self, request: HttpRequest, client: str) -> tuple[HttpResponse, str]:
