@@ -249,7 +249,13 @@ def test_an_output_of_the_wrong_scale_is_the_models_error(runner: Runner) -> Non
 
 
 def test_run_writes_upscaled_frames(models_folder: Path, tmp_path: Path) -> None:
-    write_image(tmp_path / "small.0001.exr", photo(20, 30))
+    write_image(
+        tmp_path / "small.0001.exr",
+        photo(20, 30),
+        metadata={"frameserve:shot": "sq010"},
+        data_window=(2, 3, 30, 20),
+        display_window=(0, 0, 40, 30),
+    )
     status = cli.main(
         [
             "run", "upscale3", "--models", str(models_folder), "--no-builtins",
@@ -258,4 +264,8 @@ def test_run_writes_upscaled_frames(models_folder: Path, tmp_path: Path) -> None
         ]
     )  # fmt: skip
     assert status == 0
-    assert read_image(tmp_path / "big.0001.exr").pixels.shape == (3, 60, 90)
+    big = read_image(tmp_path / "big.0001.exr")
+    assert big.pixels.shape == (3, 60, 90)
+    assert big.data_window == (6, 9, 90, 60)  # the windows grow with the frame
+    assert big.display_window == (0, 0, 120, 90)
+    assert big.metadata["frameserve:shot"] == "sq010"

@@ -50,7 +50,7 @@ from frameserve.errors import (
     ModelRunError,
     ModelSetupError,
 )
-from frameserve.imageio import ImageFile, read_image, write_image
+from frameserve.imageio import ImageFile, Window, read_image, write_image
 from frameserve.model import ImageSpec, ModelSpec
 from frameserve.progress import Progress
 from frameserve.sequences import FramePattern, format_frames
@@ -363,17 +363,33 @@ class _FrameProcessor:
         source: ImageFile | None,
         channel_names: tuple[str, ...] | None,
     ) -> None:
-        same_size = source is not None and source.pixels.shape[1:] == pixels.shape[1:]
+        scale = None if source is None else _scale_between(source.pixels, pixels)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_image(
             path,
             pixels,
             channel_names=channel_names,
-            metadata=source.metadata if source is not None and same_size else None,
-            data_window=source.data_window if source is not None and same_size else None,
-            display_window=source.display_window if source is not None and same_size else None,
+            metadata=source.metadata if source is not None and scale else None,
+            data_window=_scaled(source.data_window, scale) if source and scale else None,
+            display_window=_scaled(source.display_window, scale) if source and scale else None,
             pixel_type="half" if self.options.half and path.suffix.lower() == ".exr" else "float",
         )
+
+
+def _scale_between(source: Frame, output: Frame) -> int | None:
+    """Return s when ``output`` is s times ``source`` in width and height (1: the same size)."""
+    (height, width), (out_height, out_width) = source.shape[1:], output.shape[1:]
+    if out_height % height or out_height // height * width != out_width:
+        return None
+    return int(out_height // height)
+
+
+def _scaled(window: Window, scale: int | None) -> Window:
+    """The data or display window of a frame made ``scale`` times larger (an upscaler)."""
+    if not scale or scale == 1:
+        return window
+    x, y, width, height = window
+    return (x * scale, y * scale, width * scale, height * scale)
 
 
 def _fit_channels(declared: ImageSpec, image: ImageFile) -> Frame:

@@ -31,6 +31,7 @@ from frameserve.networks.vdsr import PARAMETER_COUNT, VDSR, load_vdsr
 from frameserve.registry import ModelRegistry
 from frameserve.request import build_request
 from frameserve.runner import Runner
+from frameserve.server import FrameServer
 from frameserve.tiling import TileGrid
 from frameserve.upscaling import (
     VDSRUpscale,
@@ -41,6 +42,7 @@ from frameserve.upscaling import (
 )
 from frameserve.weights import shipped_weights_path
 from tests.support.commands import frameserve
+from tests.support.node_client import NodeClient, decode_image
 from tests.support.registries import registry_of
 
 SCALES = (2, 3, 4)
@@ -410,3 +412,26 @@ def test_flat_regions_keep_their_level_at_any_value(net: VDSR, level: float) -> 
     middle = result[..., 21:27, 21:27]  # more than 20 pixels from the frame's edges
     torch.testing.assert_close(middle, torch.full_like(middle, level), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result, torch.full_like(result, level), rtol=5e-3, atol=1e-5)
+
+
+def test_upscale_detail_restores_a_plate_enlarged_beforehand(runner: Runner) -> None:
+    """The node-friendly model equals the x2 model on a plate enlarged with the same bicubic."""
+    truth = photo("astronaut", 90, 90, 120)
+    small = downscale(truth, 2)
+    enlarged = bicubic_upscale(small[None], 2)[0]  # what a Reformat (cubic) gives the artist
+    restored = upscale(runner, "upscale_detail", enlarged)
+    assert restored.shape == truth.shape
+    torch.testing.assert_close(restored, upscale(runner, "upscale_x2", small), atol=1e-4, rtol=0)
+    assert luma_psnr(restored, truth, 2) >= luma_psnr(enlarged, truth, 2) + 1.0
+
+
+def test_the_mlclient_node_gets_upscale_detail_and_a_clear_error_from_upscale_x2(
+    server: FrameServer,
+) -> None:
+    plate = photo("coffee", 100, 100, 48).numpy()
+    node = NodeClient(*server.mlclient_address)
+    reply = node.infer(node.model("upscale_detail"), [plate])
+    assert decode_image(reply.r2.images[0]).shape == plate.shape
+    refused = node.infer(node.model("upscale_x2"), [plate])
+    assert refused.HasField("error")
+    assert "96x96, but the MLClient node needs the input's format, 48x48" in refused.error.msg
