@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from frameserve.errors import ModelSetupError
+from frameserve.networks.state_dicts import load_strict, read_state_dict
 from frameserve.weights import shipped_weights_path
 
 __all__ = [
@@ -279,17 +280,12 @@ def load_blazeface(variant: BlazeFaceVariant, device: torch.device) -> BlazeFace
     """
     info = VARIANTS[variant]
     path = shipped_weights_path(WEIGHTS_FAMILY, info.weights_file)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state_dict(path, f"BlazeFace {variant}")
     if len(state) != info.tensor_count:
         raise ModelSetupError(
             f"{path} holds {len(state)} tensors; BlazeFace {variant} has {info.tensor_count}"
         )
-    net = BlazeFace(variant)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelSetupError(f"{path} does not fit BlazeFace {variant}: {exc}") from exc
-    return net.eval().to(device)
+    return load_strict(BlazeFace(variant), state, path, f"BlazeFace {variant}", device)
 
 
 def load_anchors(device: torch.device) -> torch.Tensor:

@@ -39,8 +39,8 @@ from frameserve.networks.portrait_layers import (
     NormAct,
     PlainConv,
     Upsample,
-    load_strict,
 )
+from frameserve.networks.state_dicts import load_strict_file
 
 __all__ = ["SIZE_MULTIPLE", "ExtremeC3Net", "load_extremec3"]
 
@@ -221,4 +221,4 @@ def load_extremec3(path: Path, device: torch.device | str = "cpu") -> ExtremeC3N
     Raises:
         ModelSetupError: the file cannot be read or does not fit the network exactly.
     """
-    return load_strict(ExtremeC3Net(), path, "ExtremeC3Net", device)
+    return load_strict_file(ExtremeC3Net(), path, "ExtremeC3Net", device)

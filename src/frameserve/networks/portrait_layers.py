@@ -6,14 +6,9 @@ for these layers, so the weights load with ``strict=True``; do not rename them.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TypeVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from frameserve.errors import ModelSetupError
 
 __all__ = [
     "BATCH_NORM_EPS",
@@ -21,11 +16,8 @@ __all__ = [
     "NormAct",
     "PlainConv",
     "Upsample",
-    "load_strict",
     "upsample_bilinear",
 ]
-
-NetworkT = TypeVar("NetworkT", bound=nn.Module)
 
 #: The epsilon the authors trained most batch-norm layers with (PyTorch's default is 1e-5).
 BATCH_NORM_EPS = 1e-3
@@ -98,46 +90,3 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return upsample_bilinear(x, self.factor)
-
-
-def load_strict(
-    net: NetworkT, path: Path, what: str, device: torch.device | str = "cpu"
-) -> NetworkT:
-    """Load the state dict in ``path`` into ``net`` with ``strict=True``; return it in eval mode.
-
-    Args:
-        net: the freshly built network.
-        path: a plain state dict saved with ``torch.save`` (read with ``weights_only=True``).
-        what: the network's name, for error messages ("SINet").
-        device: where the network is moved.
-
-    Raises:
-        ModelSetupError: the file cannot be read, or its tensors are not exactly the network's
-            (names missing or unexpected, or a shape that differs).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelSetupError(f"cannot read {what} weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelSetupError(
-            f"{what} weights {str(path)!r} hold a {type(state).__name__}; expected a state dict"
-        )
-    # Files saved by old PyTorch versions lack some batch norms' ``num_batches_tracked``
-    # counters, which strict loading accepts (they are not used in eval mode).
-    expected = {key for key in net.state_dict() if not key.endswith(".num_batches_tracked")}
-    given = {key for key in state if not str(key).endswith(".num_batches_tracked")}
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise ModelSetupError(
-            f"{what} weights {str(path)!r} do not fit the network: missing "
-            f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}"
-        )
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # a tensor of the wrong shape
-        reason = " ".join(str(exc).split())
-        raise ModelSetupError(
-            f"{what} weights {str(path)!r} do not fit the network: {reason}"
-        ) from exc
-    return net.to(device).eval().requires_grad_(False)

@@ -41,9 +41,9 @@ from frameserve.networks.portrait_layers import (
     NormAct,
     PlainConv,
     Upsample,
-    load_strict,
     upsample_bilinear,
 )
+from frameserve.networks.state_dicts import load_strict_file
 
 __all__ = ["SIZE_MULTIPLE", "SINet", "load_sinet"]
 
@@ -248,4 +248,4 @@ def load_sinet(path: Path, device: torch.device | str = "cpu") -> SINet:
     Raises:
         ModelSetupError: the file cannot be read or does not fit the network exactly.
     """
-    return load_strict(SINet(), path, "SINet", device)
+    return load_strict_file(SINet(), path, "SINet", device)

@@ -50,7 +50,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -59,6 +58,7 @@ from torch import nn
 
 from frameserve.errors import ModelSetupError
 from frameserve.networks.optical_flow import backward_warp
+from frameserve.networks.state_dicts import load_strict, read_state_dict
 
 __all__ = [
     "LEVELS",
@@ -233,21 +233,7 @@ def load_spynet(path: Path, device: torch.device | str = "cpu") -> SPyNet:
     Raises:
         ModelSetupError: the file cannot be read, or its tensors are not exactly SPyNet's.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelSetupError(f"cannot read SPyNet weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise ModelSetupError(
-            f"SPyNet weights {str(path)!r} hold a {type(state).__name__}; expected a state dict "
-            "(a mapping of key names to tensors)"
-        )
+    state = read_state_dict(path, "SPyNet")
     mapping = published_key_map(list(state))
-    net = SPyNet()
-    try:
-        net.load_state_dict({mapping[key]: value for key, value in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise ModelSetupError(
-            f"SPyNet weights {str(path)!r} do not fit the network: {exc}"
-        ) from exc
-    return net.to(device).eval().requires_grad_(False)
+    renamed = {mapping[key]: value for key, value in state.items()}
+    return load_strict(SPyNet(), renamed, path, "SPyNet", device)

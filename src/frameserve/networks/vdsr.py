@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from frameserve.errors import ModelSetupError
+from frameserve.networks.state_dicts import load_strict_file
 
 __all__ = ["PARAMETER_COUNT", "RECEPTIVE_RADIUS", "VDSR", "load_vdsr"]
 
@@ -98,27 +98,4 @@ def load_vdsr(path: Path, device: torch.device | str = "cpu") -> VDSR:
     Raises:
         ModelSetupError: the file cannot be read, or its tensors are not exactly VDSR's.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelSetupError(f"cannot read VDSR weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, dict):
-        raise ModelSetupError(
-            f"VDSR weights {str(path)!r} hold a {type(state).__name__}; expected a state dict"
-        )
-    net = VDSR()
-    expected = set(net.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelSetupError(
-            f"VDSR weights {str(path)!r} do not fit the network: missing {missing or 'none'}, "
-            f"unexpected {unexpected or 'none'}"
-        )
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # a tensor of the wrong shape
-        reason = " ".join(str(exc).split())
-        raise ModelSetupError(
-            f"VDSR weights {str(path)!r} do not fit the network: {reason}"
-        ) from exc
-    return net.to(device).eval().requires_grad_(False)
+    return load_strict_file(VDSR(), path, "VDSR", device)
