@@ -56,6 +56,10 @@ def set_up() -> None:
     STAMP.write_text(wanted + "\n")
 
 
+#: What ``test`` lints and format-checks.
+LINTED = ("src", "tests", "benchmarks", "examples", "scripts", "dev.py")
+
+
 def main(argv: list[str]) -> int:
     """Run ``serve`` or ``test``; other arguments pass through to the command."""
     if not argv or argv[0] not in ("serve", "test"):
@@ -67,21 +71,8 @@ def main(argv: list[str]) -> int:
         if command == "serve":
             _run(BIN / "frameserve", "serve", *rest)
         else:
-            _run(
-                _python(), "-m", "ruff", "check", "src", "tests", "benchmarks", "examples", "dev.py"
-            )
-            _run(
-                _python(),
-                "-m",
-                "ruff",
-                "format",
-                "--check",
-                "src",
-                "tests",
-                "benchmarks",
-                "examples",
-                "dev.py",
-            )
+            _run(_python(), "-m", "ruff", "check", *LINTED)
+            _run(_python(), "-m", "ruff", "format", "--check", *LINTED)
             _run(_python(), "-m", "mypy")
             _run(_python(), "-m", "pytest", *rest)
     except subprocess.CalledProcessError as exc:

@@ -30,6 +30,27 @@ plain 3x3 convolution, is averaged over space and a linear layer gives one score
 (``outputs`` classes) or one number (``outputs=1``). Numbers are learnt normalised: the
 network holds ``output_scale`` and ``output_offset`` and returns values in the data's units.
 
+**Restoration networks** (for training with synthetic degradations,
+:mod:`frameserve.training.degradations`; the built-in ``deblur`` and ``denoise`` models): kind
+``"restoration"`` is :class:`~frameserve.networks.restoration.RestorationUNet` (a residual U-Net
+on pixel-unshuffled frames), kind ``"dncnn"`` is :class:`~frameserve.networks.dncnn.DnCNN`
+(the authors' layout). Both are residual by design (``residual`` is ignored). A DnCNN has as
+many output channels as input channels; a restoration U-Net may take more inputs than it gives
+outputs: the image, then channels that tell it something (``condition``, such as the path of a
+motion blur). :func:`network_size_multiple` gives their size multiple.
+
+=========== ====== ======================================== ========== ========= ==========
+kind        size   layout                                   parameters size      GFLOP per
+                                                            (RGB)      multiple  megapixel
+=========== ====== ======================================== ========== ========= ==========
+restoration small  width 16, 3 levels, 1 block per level    0.14 M     8         14
+restoration medium width 24, 3 levels, 1 block per level    0.32 M     8         31
+restoration large  width 16, 4 levels, 2 blocks per level   1.07 M     16        36
+dncnn       small  depth 10, width 32                       0.08 M     1         151
+dncnn       medium depth 17, width 64 (the authors' fixed)  0.56 M     1         1113
+dncnn       large  depth 20, width 64 (the authors' blind)  0.67 M     1         1334
+=========== ====== ======================================== ========== ========= ==========
+
 Networks are rebuilt from a :class:`NetworkSpec` (plain data, stored in checkpoints)::
 
     spec = NetworkSpec(kind="unet", size="medium", in_channels=3, out_channels=3, residual=True)
@@ -50,22 +71,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from frameserve.errors import ConfigError
+from frameserve.networks.dncnn import DnCNN
+from frameserve.networks.restoration import RestorationUNet
 
 __all__ = [
     "NETWORK_KINDS",
     "NETWORK_SIZES",
+    "RESTORATION_KINDS",
     "ImageEncoder",
     "NetworkSpec",
     "UNet",
     "build_network",
+    "network_size_multiple",
     "receptive_field_radius",
     "size_multiple",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Network kinds: ``"unet"`` (image to image) and ``"encoder"`` (image to label or number).
-NETWORK_KINDS = ("unet", "encoder")
+#: Network kinds: ``"unet"`` (image to image), ``"encoder"`` (image to label or number), and
+#: the restoration networks ``"restoration"`` and ``"dncnn"`` (image to image, residual).
+NETWORK_KINDS = ("unet", "encoder", "restoration", "dncnn")
+#: The restoration kinds: residual image-to-image networks with their own layouts (a trainer
+#: trains them when given their spec; the settings' ``network`` size names the U-Net's).
+RESTORATION_KINDS = ("restoration", "dncnn")
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,11 @@ _ENCODER_LAYOUTS = {
     "medium": _EncoderLayout(widths=(32, 64, 128, 256)),
     "large": _EncoderLayout(widths=(48, 96, 192, 384)),
 }
+
+#: Restoration U-Net layouts: (width, levels, blocks per level).
+_RESTORATION_LAYOUTS = {"small": (16, 3, 1), "medium": (24, 3, 1), "large": (16, 4, 2)}
+#: DnCNN layouts: (depth, width).
+_DNCNN_LAYOUTS = {"small": (10, 32), "medium": (17, 64), "large": (20, 64)}
 
 #: Network sizes, smallest first.
 NETWORK_SIZES = ("small", "medium", "large")
@@ -132,6 +166,17 @@ class NetworkSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"network {name} must be a whole number of at least 1: {value!r}")
+        if self.kind == "dncnn" and self.in_channels != self.out_channels:
+            raise ConfigError(
+                f"a 'dncnn' network needs as many output channels as input channels; "
+                f"got {self.in_channels} in, {self.out_channels} out"
+            )
+        if self.kind == "restoration" and self.in_channels < self.out_channels:
+            raise ConfigError(
+                f"a 'restoration' network needs at least as many input channels as output "
+                f"channels (the image, then what it is told); got {self.in_channels} in, "
+                f"{self.out_channels} out"
+            )
         if self.residual and (self.kind != "unet" or self.in_channels != self.out_channels):
             raise ConfigError(
                 f"a residual network needs as many output channels as input channels "
@@ -153,6 +198,17 @@ def size_multiple(size: str) -> int:
     return int(2 ** _unet_layout(size).depth)
 
 
+def network_size_multiple(spec: NetworkSpec) -> int:
+    """Return the multiple the network of ``spec`` needs frame heights and widths to be
+    (1 for label and number encoders, which resize frames)."""
+    if spec.kind == "unet":
+        return size_multiple(spec.size)
+    if spec.kind == "restoration":
+        _, levels, _ = _RESTORATION_LAYOUTS[spec.size]
+        return int(2 * 2 ** (levels - 1))
+    return 1
+
+
 def receptive_field_radius(size: str) -> int:
     """Return how far, in pixels, an output pixel of a U-Net of ``size`` sees, at most.
 
@@ -169,6 +225,18 @@ def receptive_field_radius(size: str) -> int:
 
 def build_network(spec: NetworkSpec) -> nn.Module:
     """Return a freshly initialised network for ``spec`` (uses torch's global RNG)."""
+    if spec.kind == "restoration":
+        width, levels, blocks = _RESTORATION_LAYOUTS[spec.size]
+        return RestorationUNet(
+            spec.out_channels,
+            width=width,
+            levels=levels,
+            blocks=blocks,
+            condition=spec.in_channels - spec.out_channels,
+        )
+    if spec.kind == "dncnn":
+        depth, width = _DNCNN_LAYOUTS[spec.size]
+        return DnCNN(spec.in_channels, depth=depth, width=width)
     if spec.kind == "unet":
         layout = _unet_layout(spec.size)
         return UNet(

@@ -58,6 +58,9 @@ class TrainingSettings:
             of gain-independent grain), wrong for grades with an offset or a gamma. Label and
             number jobs apply it to the image alone (labels are assumed not to depend on it).
         loss: ``"l1"`` (default) or ``"l2"`` for image and number jobs.
+        gradient_clip: scale each step's gradients down so their norm (over every weight)
+            is at most this; ``None`` (default): never. Keeps deep networks without
+            normalisation from diverging on a rare batch at higher learning rates.
         residual: image jobs: predict the difference to the input; ``None`` means yes when
             input and output have the same channels.
         seed: seeds the weights, the crops and the augmentation; the same seed and data give
@@ -83,6 +86,7 @@ class TrainingSettings:
     rotations: bool = True
     colour_jitter: bool = False
     loss: str = "l1"
+    gradient_clip: float | None = None
     residual: bool | None = None
     seed: int = 0
     checkpoint_interval: int = 500
@@ -137,6 +141,19 @@ class TrainingSettings:
                 "expected a number above 0 and at most 1"
             )
         object.__setattr__(self, "learning_rate", float(rate))
+        clip = self.gradient_clip
+        if clip is not None:
+            if (
+                isinstance(clip, bool)
+                or not isinstance(clip, int | float)
+                or not math.isfinite(clip)
+                or clip <= 0
+            ):
+                raise ConfigError(
+                    f"training setting 'gradient_clip': {clip!r} is not allowed; expected a "
+                    "number above 0, or None (no clipping)"
+                )
+            object.__setattr__(self, "gradient_clip", float(clip))
         if not isinstance(self.device, str):
             raise ConfigError(f"training setting 'device': {self.device!r} is not a device name")
         check_device_name(self.device)

@@ -26,6 +26,22 @@ runs agree closely but not bit for bit (cuDNN's kernels are not all deterministi
 checkpoint holds the network, the optimiser, the step and the generator's state, so
 :meth:`Trainer.resume` goes on exactly as if the run had never stopped.
 
+**Other networks, synthetic degradations.** ``network`` trains another image-to-image network
+than the settings' U-Net (a :class:`NetworkSpec` of kind ``"restoration"`` or ``"dncnn"``,
+whose channels match the data), and ``degradation`` degrades every crop's input afresh at each
+step (:mod:`frameserve.training.degradations`): restoration networks learn from clean
+photographs alone::
+
+    trainer = Trainer(photos, settings, job_dir="jobs/denoise", degradation=SensorNoise(),
+                      network=NetworkSpec(kind="restoration", size="medium",
+                                          in_channels=3, out_channels=3))
+    trainer = Trainer.resume("jobs/denoise", photos, degradation=SensorNoise())
+
+Both are stored in the checkpoints: a resumed job rebuilds the same network, and must be given
+the same degradation again. Deep networks without normalisation train faster at learning
+rates that a rare batch would make diverge: ``TrainingSettings(gradient_clip=...)`` clips each
+step's gradient norm before the Adam step.
+
 **Crash-safe.** Checkpoints are written atomically (:mod:`frameserve.training.checkpoints`):
 a process killed with ``kill -9`` loses the steps since the last checkpoint, never a file.
 """
@@ -52,8 +68,14 @@ from frameserve.errors import ConfigError
 from frameserve.training import checkpoints
 from frameserve.training.contact_sheet import write_contact_sheet
 from frameserve.training.data import ImagePairs
+from frameserve.training.degradations import Degradation, DegradedTask
 from frameserve.training.labels import LabelledImages
-from frameserve.training.networks import NetworkSpec, build_network
+from frameserve.training.networks import (
+    RESTORATION_KINDS,
+    NetworkSpec,
+    build_network,
+    network_size_multiple,
+)
 from frameserve.training.reload import reload_data
 from frameserve.training.settings import TrainingSettings
 from frameserve.training.tasks import Batch, TrainingTask, task_for
@@ -122,11 +144,16 @@ class Trainer:
             checkpoint yet (use :meth:`resume` to go on with one).
         name: the job's name (the served model's id is made from it).
         on_progress: called after every step.
+        network: image jobs: train this network instead of the settings' U-Net (kind
+            ``"restoration"`` or ``"dncnn"``; its channels must match the data's).
+        degradation: image jobs: degrade every input crop afresh at each step (see
+            :mod:`frameserve.training.degradations`).
 
     Raises:
         ConfigError: settings that do not fit the data (a crop larger than a frame, a
-            residual network with different channels in and out), a job folder in use, an
-            unavailable device.
+            residual network with different channels in and out, a crop that is not a
+            multiple of the network's size multiple), a job folder in use, an unavailable
+            device.
     """
 
     def __init__(
@@ -137,6 +164,8 @@ class Trainer:
         job_dir: str | os.PathLike[str],
         name: str = "",
         on_progress: ProgressCallback | None = None,
+        network: NetworkSpec | None = None,
+        degradation: Degradation | None = None,
     ) -> None:
         job = Path(job_dir)
         if checkpoints.list_checkpoints(job):
@@ -144,7 +173,15 @@ class Trainer:
                 f"job folder {str(job)!r} already holds checkpoints; resume it with "
                 "Trainer.resume(job_dir) or choose another folder"
             )
-        self._build(data, settings or TrainingSettings(), job, name or job.name, on_progress)
+        self._build(
+            data,
+            settings or TrainingSettings(),
+            job,
+            name or job.name,
+            on_progress,
+            other_network=network,
+            degradation=degradation,
+        )
         checkpoints.write_job_file(job, self._description())
 
     @classmethod
@@ -155,18 +192,20 @@ class Trainer:
         *,
         on_progress: ProgressCallback | None = None,
         steps: int | None = None,
+        degradation: Degradation | None = None,
     ) -> Trainer:
         """Return a trainer that goes on from the newest checkpoint of ``job_dir``.
 
         Args:
             data: the job's data; ``None`` reads it again from the files the checkpoint
                 lists (jobs whose frames came from arrays must be given them).
+            degradation: the degradation the job trained with, if any (the same settings).
             steps: a new total of steps (at least the steps done); the schedule then spans
                 the new total, so the result differs from a job planned that long.
 
         Raises:
-            ConfigError: no checkpoint, data that differs from what the job trained on, or
-                a new total below the steps done.
+            ConfigError: no checkpoint, data that differs from what the job trained on, a
+                degradation other than the job's, or a new total below the steps done.
         """
         job = Path(job_dir)
         path = checkpoints.resolve_checkpoint(job)
@@ -179,8 +218,24 @@ class Trainer:
                 )
             settings = dataclasses.replace(settings, steps=steps)
         task_data = reload_data(payload["task"]) if data is None else data
+        saved_degradation = payload["task"].get("degradation")
+        given = degradation.describe() if degradation is not None else None
+        if given != saved_degradation:
+            raise ConfigError(
+                f"job {payload['name']!r} trained with degradation {saved_degradation}; resume "
+                f"it with the same one (got {given})"
+            )
+        saved_network = NetworkSpec.from_dict(payload["network"])
         trainer = cls.__new__(cls)
-        trainer._build(task_data, settings, job, payload["name"], on_progress)
+        trainer._build(
+            task_data,
+            settings,
+            job,
+            payload["name"],
+            on_progress,
+            other_network=saved_network if saved_network.kind in RESTORATION_KINDS else None,
+            degradation=degradation,
+        )
         trainer._check_same_frames(payload["task"]["frames"])
         trainer._restore(payload)
         checkpoints.write_job_file(job, trainer._description())
@@ -196,15 +251,23 @@ class Trainer:
         job_dir: Path,
         name: str,
         on_progress: ProgressCallback | None,
+        *,
+        other_network: NetworkSpec | None = None,
+        degradation: Degradation | None = None,
     ) -> None:
         self.settings = settings
         self.job_dir = job_dir
         self.name = name
         self.on_progress = on_progress
         self.task: TrainingTask = task_for(data)
+        if degradation is not None:
+            self.task = DegradedTask(self.task, degradation)
         self.task.check(settings)
         self.device = resolve_device(settings.device)
         self.network_spec: NetworkSpec = self.task.network_spec(settings)
+        if other_network is not None:
+            self._check_network(other_network, settings)
+            self.network_spec = other_network
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             network = build_network(self.network_spec)
@@ -223,6 +286,30 @@ class Trainer:
         self._should_stop: Callable[[], bool] | None = None
         job_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.remove_temporaries(job_dir)
+
+    def _check_network(self, network: NetworkSpec, settings: TrainingSettings) -> None:
+        kinds = " or ".join(repr(kind) for kind in RESTORATION_KINDS)
+        if network.kind not in RESTORATION_KINDS:
+            raise ConfigError(
+                f"a network of kind {network.kind!r} cannot be given; give one of kind {kinds}, "
+                "or none to train the U-Net the settings name"
+            )
+        if self.task.kind != "image":
+            raise ConfigError(
+                f"a {network.kind!r} network trains on image jobs; this is a {self.task.kind} job"
+            )
+        channels = (self.task.in_channels, self.task.out_channels)
+        if (network.in_channels, network.out_channels) != channels:
+            raise ConfigError(
+                f"the network takes {network.in_channels} and gives {network.out_channels} "
+                f"channels; the data has {channels[0]} in and {channels[1]} out"
+            )
+        multiple = network_size_multiple(network)
+        if settings.crop_size % multiple:
+            raise ConfigError(
+                f"training setting 'crop_size': {settings.crop_size} is not a multiple of "
+                f"{multiple}, the size multiple of the {network.kind!r} {network.size!r} network"
+            )
 
     def _restore(self, payload: dict[str, Any]) -> None:
         self.network.load_state_dict(payload["network_state"])
@@ -289,6 +376,8 @@ class Trainer:
                 f"lower the learning rate (now {self.settings.learning_rate})"
             )
         loss.backward()  # type: ignore[no-untyped-call]
+        if self.settings.gradient_clip is not None:
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.settings.gradient_clip)
         self.optimizer.step()
         self.step_count += 1
         self._train_loss = (
