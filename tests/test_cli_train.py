@@ -55,11 +55,16 @@ def train_args(server: FrameServer, frames: Path, name: str, steps: int) -> list
 
 
 def wait_until(client: Client, name: str, ready: str) -> TrainingJob:
-    """Poll job ``name`` until ``ready`` ('running', or 'checkpoint': one saved) holds."""
+    """Poll job ``name`` until ``ready`` holds: 'running', 'stepping' (running, a step done)
+    or 'checkpoint' (one saved)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         job = client.training.job(name)
-        if (ready == "checkpoint" and job.checkpoints) or job.state == ready:
+        if (
+            (ready == "checkpoint" and job.checkpoints)
+            or (ready == "stepping" and job.state == "running" and job.step > 0)
+            or job.state == ready
+        ):
             return job
         assert not job.finished, job
         time.sleep(0.05)
@@ -116,7 +121,7 @@ def test_cancel_and_resume_from_the_command_line(
 ) -> None:
     assert main(train_args(server, frames, "stoppable", 100000)) == 0
     with Client(server.http_url) as client:
-        wait_until(client, "stoppable", "running")
+        wait_until(client, "stoppable", "stepping")  # a cancel then leaves a checkpoint
         started = time.monotonic()
         assert main(["cancel", "stoppable", "--server", server.http_url]) == 0
         assert time.monotonic() - started < 3.0  # stops before its next step
