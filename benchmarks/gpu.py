@@ -1,7 +1,7 @@
 """Benchmark models on a CUDA GPU: frames per second in float32 and float16, in one run.
 
-Through :meth:`frameserve.runner.Runner.run`, as the server runs them (the frame goes from the
-CPU to the GPU and back, float32 on both ends), at 1920x1080 and 3840x2160 RGB:
+Through :meth:`frameserve.engine.runner.Runner.run`, as the server runs them (the frame goes from
+the CPU to the GPU and back, float32 on both ends), at 1920x1080 and 3840x2160 RGB:
 
 - ``blur`` (the built-in Gaussian blur, size 5) and ``blur_half`` (the same, declared safe in
   float16: ``benchmarks/models/conv32``);
@@ -30,9 +30,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from frameserve.registry import ModelRegistry  # noqa: E402
-from frameserve.request import InferenceRequest, build_request  # noqa: E402
-from frameserve.runner import Runner  # noqa: E402
+from frameserve.catalogue.registry import ModelRegistry  # noqa: E402
+from frameserve.engine.request import InferenceRequest, build_request  # noqa: E402
+from frameserve.engine.runner import Runner  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent / "models"
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}

@@ -161,7 +161,7 @@ def _frameserve_client(http_port: int) -> object | None:
 
 def write_sequence(folder: Path, count: int) -> str:
     """Write ``count`` 1080p half-float EXR frames; return their pattern."""
-    from frameserve.imageio import write_image
+    from frameserve.media.imageio import write_image
 
     rng = np.random.default_rng(3)
     base = rng.random((3, 1080, 1920), dtype=np.float32)

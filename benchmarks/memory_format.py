@@ -1,8 +1,8 @@
 """Benchmark channels-last against contiguous frames for a conv net on the CPU, in one run.
 
 The runner hands channels-last frames to models holding a ``Conv2d``, on the CPU too, because
-this measurement says it is faster (``frameserve.runner.CHANNELS_LAST_ON_CPU``). The network is
-``conv32`` from ``benchmarks/models/conv32`` (7 convolutions of 3x3, 32 channels) on a
+this measurement says it is faster (``frameserve.engine.runner.CHANNELS_LAST_ON_CPU``). The network
+is ``conv32`` from ``benchmarks/models/conv32`` (7 convolutions of 3x3, 32 channels) on a
 1920x1080 RGB float32 frame, run directly (no runner), in four arrangements:
 
 - contiguous frame, contiguous weights (PyTorch's default);

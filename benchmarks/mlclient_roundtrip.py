@@ -60,7 +60,7 @@ from tests.support.node_client import (  # noqa: E402
     recv_until_eof,
 )
 
-from frameserve.protocols.mlclient import messages as pb  # noqa: E402
+from frameserve.serve.mlclient import messages as pb  # noqa: E402
 
 logger = logging.getLogger("mlclient_roundtrip")
 

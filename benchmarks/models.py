@@ -1,6 +1,6 @@
 """Time per frame of every built-in model at 1080p and 4K, printed as a table.
 
-Each model runs through :meth:`frameserve.runner.Runner.run`, exactly as the server runs it:
+Each model runs through :meth:`frameserve.engine.runner.Runner.run`, exactly as the server runs it:
 colour conversion to and from the model's colourspace, padding, tiling of big frames, output
 checks. The frames are a real photograph (scikit-image's astronaut) resized to the frame size;
 a temporal model gets the same photo shifted by a few pixels for its neighbour frames. Knobs
@@ -33,11 +33,11 @@ import torch.nn.functional as F
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from frameserve.catalogue.registry import ModelRegistry  # noqa: E402
+from frameserve.engine.request import build_request  # noqa: E402
+from frameserve.engine.runner import Runner  # noqa: E402
 from frameserve.errors import FrameServeError  # noqa: E402
-from frameserve.model import ModelSpec  # noqa: E402
-from frameserve.registry import ModelRegistry  # noqa: E402
-from frameserve.request import build_request  # noqa: E402
-from frameserve.runner import Runner  # noqa: E402
+from frameserve.plugin.model import ModelSpec  # noqa: E402
 
 SIZES = {"1080p": (1920, 1080), "4k": (3840, 2160)}
 #: Pixels a neighbouring frame is shifted by, per frame of distance (a slow pan).

@@ -3,7 +3,7 @@
 The model is ``conv32`` (``benchmarks/models/conv32``): 7 convolutions of 3x3 with 32 channels,
 receptive field radius 7, overlap 8. ``conv32`` runs a frame in one piece; ``conv32_tiled`` is
 the same network in tiles of at most 1024 pixels, blended back by the runner. Each variant runs
-in a process of its own, through :class:`frameserve.runner.Runner` on a random RGB float32
+in a process of its own, through :class:`frameserve.engine.runner.Runner` on a random RGB float32
 frame, and reports:
 
 - **s/frame**: the median wall time of ``Runner.run`` (padding, tiling, blending included);
@@ -48,10 +48,10 @@ def child(model_id: str, width: int, height: int, repeats: int) -> dict[str, obj
     sys.path.insert(0, str(REPO_ROOT / "src"))
     import torch
 
-    from frameserve.registry import ModelRegistry
-    from frameserve.request import build_request
-    from frameserve.runner import Runner
-    from frameserve.tiling import TileGrid
+    from frameserve.catalogue.registry import ModelRegistry
+    from frameserve.engine.request import build_request
+    from frameserve.engine.runner import Runner
+    from frameserve.engine.tiling import TileGrid
 
     registry = ModelRegistry([MODELS], builtins=False)
     spec = registry.get(model_id).spec

@@ -8,7 +8,7 @@
 The network softens (``strength`` above 0) or sharpens (below 0) the image: a 3x3 depthwise
 blur followed by a 1x1 colour mix, blended with the input, ``image + strength * (soft -
 image)``. Its weights come from a fixed seed, so every build gives the same numbers. Both
-packages are written with ``frameserve package`` (through :func:`frameserve.cli.main`), which
+packages are written with ``frameserve package`` (through :func:`frameserve.cli.main.main`), which
 runs each network once on a test frame before writing it, and both declare two knobs:
 ``strength``, fed to the network as a scalar input, and ``gain``, a preset that multiplies the
 image before the network. The tests load both and expect the same outputs within 1e-5.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from frameserve.cli import main as frameserve
+from frameserve.cli.main import main as frameserve
 
 SEED = 2026
 HERE = Path(__file__).resolve().parent

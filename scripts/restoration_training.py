@@ -37,9 +37,9 @@ import skimage.data  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from frameserve.engine.tiling import pad_reflect  # noqa: E402
 from frameserve.networks.motion_blur import linear_to_srgb, srgb_to_linear  # noqa: E402
 from frameserve.networks.restoration import restore_in_range  # noqa: E402
-from frameserve.tiling import pad_reflect  # noqa: E402
 from frameserve.training import (  # noqa: E402
     FramePair,
     ImagePairs,

@@ -7,7 +7,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 # Training jobs of test servers (and of commands the tests start) never touch ~/.frameserve.
 _JOBS = tempfile.mkdtemp(prefix="frameserve-test-jobs-")
@@ -16,25 +15,9 @@ atexit.register(shutil.rmtree, _JOBS, True)
 
 import pytest  # noqa: E402 - after the environment is set for the frameserve imports
 
-from frameserve.server import FrameServer  # noqa: E402
-from frameserve.settings import ServerSettings  # noqa: E402
+from frameserve.serve.server import FrameServer  # noqa: E402
 from tests.support.node_client import NodeClient  # noqa: E402
-
-#: Model folders the tests serve besides the built-ins (one of them fails to load on purpose).
-TEST_MODELS = Path(__file__).parent / "models"
-
-
-def start_server(**overrides: object) -> FrameServer:
-    """Start a server on a free loopback port with the test models and short timeouts."""
-    options: dict[str, object] = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "http_port": 0,
-        "model_folders": (TEST_MODELS,),
-        "read_timeout": 2.0,
-    }
-    options.update(overrides)
-    return FrameServer(ServerSettings(**options)).start()  # type: ignore[arg-type]
+from tests.support.servers import start_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

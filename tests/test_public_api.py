@@ -7,12 +7,12 @@ import inspect
 import pkgutil
 import re
 import tomllib
-from pathlib import Path
 
 import frameserve
 import frameserve.errors as errors
+from tests.support.paths import REPO
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = REPO / "pyproject.toml"
 
 #: What a model author imports from ``frameserve`` (the plug-in contract).
 MODEL_AUTHOR_NAMES = {

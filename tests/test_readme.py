@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from frameserve.builtin_models.blur.model import gaussian_blur
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
-from frameserve.server import FrameServer
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
+from frameserve.serve.server import FrameServer
+from tests.support.paths import REPO
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 EXAMPLE = re.compile(r"<!-- README-EXAMPLE: (?P<path>\S+) -->\n```python\n(?P<code>.*?)```", re.S)
 
 

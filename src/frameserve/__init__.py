@@ -8,7 +8,7 @@ The names a model author needs are importable from here::
 from __future__ import annotations
 
 from frameserve.errors import FrameServeError
-from frameserve.knobs import (
+from frameserve.plugin.knobs import (
     BoolKnob,
     ButtonKnob,
     ChoiceKnob,
@@ -18,8 +18,8 @@ from frameserve.knobs import (
     KnobValues,
     StringKnob,
 )
-from frameserve.model import ImageSpec, Model, ModelSpec, Prediction, SpatialNeeds
-from frameserve.objects import ResultObject, python_script
+from frameserve.plugin.model import ImageSpec, Model, ModelSpec, Prediction, SpatialNeeds
+from frameserve.plugin.results import ResultObject, python_script
 
 __version__ = "0.1.0"
 

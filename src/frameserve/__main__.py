@@ -1,5 +1,5 @@
 """``python -m frameserve`` runs the command line."""
 
-from frameserve.cli import main
+from frameserve.cli.main import main
 
 raise SystemExit(main())

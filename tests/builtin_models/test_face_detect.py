@@ -18,6 +18,9 @@ import torch.nn.functional as F
 import tritonclient.http as triton_http
 
 from frameserve.builtin_models.face_detect.model import BOX_COLOUR, FaceDetect
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import InferenceResult, build_request
+from frameserve.engine.runner import Runner
 from frameserve.errors import KnobError
 from frameserve.networks.blazeface import (
     KEYPOINT_NAMES,
@@ -34,10 +37,7 @@ from frameserve.networks.detection import (
     suppress_nested,
     weighted_nms,
 )
-from frameserve.registry import ModelRegistry
-from frameserve.request import InferenceResult, build_request
-from frameserve.runner import Runner
-from frameserve.server import FrameServer
+from frameserve.serve.server import FrameServer
 from frameserve.weights import shipped_weights_path
 
 #: The astronaut's face in ``skimage.data.astronaut()``: x0, y0, x1, y1 (hairline to chin).

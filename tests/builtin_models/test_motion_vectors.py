@@ -16,17 +16,18 @@ import skimage.io
 import torch
 import torch.nn.functional as F
 
-from frameserve import cli
-from frameserve.colour import SCENE_LINEAR, default_manager
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.cli.main import main
+from frameserve.engine.colour import SCENE_LINEAR, default_manager
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
 from frameserve.errors import FrameError, ModelSetupError
-from frameserve.imageio import read_image
+from frameserve.media.imageio import read_image
 from frameserve.networks.optical_flow import display_range
 from frameserve.networks.spynet import SPyNet, estimate_flow, load_spynet
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
+from tests.support.paths import TEST_DATA
 
-SINTEL = Path(__file__).resolve().parents[1] / "data" / "sintel"
+SINTEL = TEST_DATA / "sintel"
 MOTION_CHANNELS = ("forward.u", "forward.v", "backward.u", "backward.v")
 BORDER = 8  # pixels left out of accuracy measures (motion from outside the frame)
 SPYNET_VARIABLE = "FRAMESERVE_SPYNET_WEIGHTS"
@@ -215,7 +216,7 @@ def test_frameserve_run_writes_the_motion_layer(tmp_path: Path) -> None:
         (tmp_path / f"plate.{frame:04d}.png").write_bytes(
             (SINTEL / f"frame_{frame:04d}.png").read_bytes()
         )
-    status = cli.main(
+    status = main(
         [
             "run", "motion_vectors", "--colourspace", "srgb",
             "--input", str(tmp_path / "plate.####.png"),

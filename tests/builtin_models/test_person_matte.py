@@ -28,8 +28,10 @@ from frameserve.builtin_models.person_matte.model import (
     network_size,
     normalise_for_network,
 )
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
 from frameserve.errors import FrameError, KnobError, ModelSetupError
-from frameserve.model import SCENE_LINEAR
 from frameserve.networks.extremec3 import ExtremeC3Net, load_extremec3
 from frameserve.networks.guided_filter import (
     apply_guided_filter,
@@ -37,9 +39,7 @@ from frameserve.networks.guided_filter import (
     solve_guided_filter,
 )
 from frameserve.networks.sinet import SINet, load_sinet
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
+from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.weights import shipped_weights_path
 
 SINET_WEIGHTS = shipped_weights_path("portrait-matte", "SINet.pth")

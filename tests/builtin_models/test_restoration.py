@@ -11,7 +11,7 @@ Quality is measured on photographs the networks never saw in training (``astrona
 - **denoise**: Gaussian noise of sigma 25/255 on sRGB values (seeded), clipped to 0-1. The model
   must beat the noisy input by at least 6 dB.
 
-Every frame goes through the real :class:`~frameserve.runner.Runner` (padding, tiling, colour
+Every frame goes through the real :class:`~frameserve.engine.runner.Runner` (padding, tiling, colour
 conversion), as a request in sRGB (the models' own colourspace) or in scene-linear.
 """
 
@@ -28,13 +28,13 @@ import torch.nn.functional as F
 
 from frameserve.builtin_models.deblur.model import Deblur
 from frameserve.builtin_models.denoise.model import DNCNN_WEIGHTS_ENV, Denoise, DenoiseDnCNN
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
 from frameserve.errors import ModelSetupError
-from frameserve.model import SpatialNeeds
 from frameserve.networks.motion_blur import blur, motion_kernel
 from frameserve.networks.restoration import RestorationUNet
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
+from frameserve.plugin.model import SpatialNeeds
 from frameserve.weights import shipped_weights_path
 from tests.support.registries import registry_of
 

@@ -24,22 +24,22 @@ import torch.nn.functional as F
 from frameserve.builtin_models.upscale_x2.model import UpscaleX2
 from frameserve.builtin_models.upscale_x3.model import UpscaleX3
 from frameserve.builtin_models.upscale_x4.model import UpscaleX4
-from frameserve.errors import KnobError, ModelSetupError
-from frameserve.imageio import read_image, write_image
-from frameserve.model import SpatialNeeds
-from frameserve.networks.vdsr import PARAMETER_COUNT, VDSR, load_vdsr
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
-from frameserve.server import FrameServer
-from frameserve.tiling import TileGrid
-from frameserve.upscaling import (
+from frameserve.builtin_models.upscaling import (
     VDSRUpscale,
     bicubic_upscale,
     bt601_luma,
     input_reach,
     vdsr_upscale,
 )
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
+from frameserve.engine.tiling import TileGrid
+from frameserve.errors import KnobError, ModelSetupError
+from frameserve.media.imageio import read_image, write_image
+from frameserve.networks.vdsr import PARAMETER_COUNT, VDSR, load_vdsr
+from frameserve.plugin.model import SpatialNeeds
+from frameserve.serve.server import FrameServer
 from frameserve.weights import shipped_weights_path
 from tests.support.commands import frameserve
 from tests.support.node_client import NodeClient, decode_image

@@ -35,8 +35,8 @@ from frameserve.client import (
 )
 from frameserve.client import _exceptions as exceptions_module
 from frameserve.errors import FrameServeError
-from frameserve.server import FrameServer
-from tests.conftest import start_server
+from frameserve.serve.server import FrameServer
+from tests.support.servers import start_server
 
 #: Upper bound on any wait: a guard against hanging, never a speed target.
 HANG_GUARD = 20.0

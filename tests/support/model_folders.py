@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from frameserve.server import FrameServer
+from frameserve.serve.server import FrameServer
 from tests.support.node_client import NodeClient, decode_image
 
 __all__ = [

@@ -1,7 +1,7 @@
 """A test client that frames MLClient requests exactly as Foundry's compiled Nuke node does.
 
 The integration tests and the benchmarks talk to the server through this module, so it is
-written against the real protobuf classes (``frameserve.protocols.mlclient.messages``) and not
+written against the real protobuf classes (``frameserve.serve.mlclient.messages``) and not
 against the server's own codec. What the node does, and what this client copies
 (``shared/spec/mlclient-protocol.md``):
 
@@ -31,7 +31,7 @@ import socket
 
 import numpy as np
 
-from frameserve.protocols.mlclient import messages as pb
+from frameserve.serve.mlclient import messages as pb
 
 __all__ = [
     "HEADER_SIZE",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from frameserve.model import Model
-from frameserve.registry import ModelRegistry
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.plugin.model import Model
 
 
 def registry_of(folder: Path, *classes: type[Model]) -> ModelRegistry:

@@ -1,8 +1,8 @@
 """Helpers for the scheduler, cache and metrics tests: recording models and a metrics parser.
 
 The test models are a real plug-in (:data:`PLUGIN_SOURCE`) written to a temporary folder and
-found by a real :class:`~frameserve.registry.ModelRegistry`. Every class of the plug-in shares
-one ``state`` object (a class attribute), which a test reaches in-process through
+found by a real :class:`~frameserve.catalogue.registry.ModelRegistry`. Every class of the plug-in
+shares one ``state`` object (a class attribute), which a test reaches in-process through
 ``registry.get("gate").model_class.state``:
 
 - ``runs``: ``(model id, tag knob, time.monotonic(), niceness of the running thread)`` for
@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 
-from frameserve.cache import ResultCache
-from frameserve.metrics import Metrics
-from frameserve.registry import ModelRegistry
-from frameserve.request import InferenceRequest, Priority, build_request
-from frameserve.runner import Runner
-from frameserve.scheduler import Scheduler
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.cache import ResultCache
+from frameserve.engine.metrics import Metrics
+from frameserve.engine.request import InferenceRequest, Priority, build_request
+from frameserve.engine.runner import Runner
+from frameserve.engine.scheduler import Scheduler
 
 __all__ = [
     "GATE_TIMEOUT",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from frameserve.media.imageio import write_image
 from frameserve.training import FramePair, ImagePairs, TrainingSettings
 
 
@@ -39,3 +42,26 @@ def small_pairs() -> ImagePairs:
     return ImagePairs(
         [random_pair(1, 37, 45), random_pair(2, 40, 33)], validation=[random_pair(3, 35, 41)]
     )
+
+
+#: Job settings (JSON) for a quick job on tiny frames, as a client sends them.
+SETTINGS = {
+    "network": "small",
+    "crop_size": 32,
+    "batch_size": 2,
+    "checkpoint_interval": 4,
+    "validation_interval": 4,
+    "contact_sheet_interval": 4,
+}
+
+
+def write_pairs(folder: Path, count: int = 2) -> list[list[str]]:
+    """Write ``count`` tiny EXR input/target pairs; return their paths."""
+    pairs = []
+    for index in range(count):
+        frame = np.random.default_rng(index).random((3, 40, 48), dtype=np.float32)
+        source, target = folder / f"in.{1001 + index}.exr", folder / f"gt.{1001 + index}.exr"
+        write_image(source, frame)
+        write_image(target, the_look(frame))
+        pairs.append([str(source), str(target)])
+    return pairs

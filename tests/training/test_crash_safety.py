@@ -14,9 +14,10 @@ import pytest
 
 from frameserve.training import Trainer, list_checkpoints, load_trained
 from frameserve.training.checkpoints import load_checkpoint
+from tests.support.paths import REPO
 from tests.training.helpers import small_pairs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 INTERVAL = 2
 
 CHILD = textwrap.dedent(

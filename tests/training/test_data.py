@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from frameserve.errors import ConfigError, FrameError
-from frameserve.imageio import write_image
+from frameserve.media.imageio import write_image
 from frameserve.training import Augmentation, FramePair, ImagePairs
 from frameserve.training.augment import Transform
 from frameserve.training.data import fixed_crops, sample_crops

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
 from frameserve.errors import KnobError
-from frameserve.knobs import ChoiceKnob, StringKnob
-from frameserve.registry import ModelRegistry
-from frameserve.request import build_request
-from frameserve.runner import Runner
+from frameserve.plugin.knobs import ChoiceKnob, StringKnob
 from frameserve.training import (
     ImagePairs,
     Trainer,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from frameserve.errors import ConfigError
-from frameserve.imageio import write_image
+from frameserve.media.imageio import write_image
 from frameserve.training import LabelledImages, Trainer, load_trained, trained_model_class
 from tests.training.helpers import fast_settings
 

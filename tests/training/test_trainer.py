@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from frameserve.errors import ConfigError
-from frameserve.imageio import read_image, write_image
+from frameserve.media.imageio import read_image, write_image
 from frameserve.training import (
     ImagePairs,
     Trainer,

@@ -8,8 +8,8 @@ its input::
     luma (N, 1, H, W) --conv 1->64, ReLU--> 18 x (conv 64->64, ReLU) --conv 64->1--> + luma
 
 The network does not change the size: it takes a luma image *already* upscaled to the target
-size (bicubic, see :mod:`frameserve.upscaling`), in which each output pixel sees the input
-pixels up to :data:`RECEPTIVE_RADIUS` pixels away (20 layers x 1 pixel). One set of weights
+size (bicubic, see :mod:`frameserve.builtin_models.upscaling`), in which each output pixel sees the
+input pixels up to :data:`RECEPTIVE_RADIUS` pixels away (20 layers x 1 pixel). One set of weights
 serves scale factors 2, 3 and 4 (it was trained on all three at once).
 
 The layer names match the weights published with the MIT-licensed ``twtygqyy/pytorch-vdsr``

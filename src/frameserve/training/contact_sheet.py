@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from frameserve.imageio import write_image
-from frameserve.model import SCENE_LINEAR
+from frameserve.media.imageio import write_image
+from frameserve.plugin.model import SCENE_LINEAR
 
 __all__ = ["contact_sheet", "write_contact_sheet"]
 

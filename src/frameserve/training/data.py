@@ -4,7 +4,7 @@ A pair is an input frame and the target the network should make of it, both floa
 arrays ``(C, H, W)`` (channels first, top row first, values as they are: scene-linear values
 above 1 are kept, never clipped), of the same height and width; the target may have other
 channels than the input. Pairs come from arrays or from image files (through
-:func:`frameserve.imageio.read_image`)::
+:func:`frameserve.media.imageio.read_image`)::
 
     pairs = ImagePairs(
         [FramePair.from_files("plate.1001.exr", "clean.1001.exr"),
@@ -37,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 from frameserve.errors import ConfigError, FrameError
-from frameserve.imageio import read_image
-from frameserve.model import SCENE_LINEAR
+from frameserve.media.imageio import read_image
+from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.training.augment import Augmentation
 
 __all__ = ["FramePair", "ImagePairs", "check_finite", "fixed_crops", "sample_crops"]

@@ -24,8 +24,8 @@ receptive field as ``overlap``, so the engine pads and tiles it exactly as it do
 model and the pixels agree. The network takes one ``image`` tensor ``(N, C, H, W)`` whose
 height and width are multiples of the size multiple (the engine pads to them). The package is
 built in a hidden folder beside its target, checked by running it on a test frame
-(:func:`frameserve.packages.write_package`) and only then renamed into place. Only image jobs
-export to packages: a package's outputs are images, and label and number jobs answer objects.
+(:func:`frameserve.catalogue.packages.write_package`) and only then renamed into place. Only image
+jobs export to packages: a package's outputs are images, and label and number jobs answer objects.
 
 PyTorch 2.13 marks TorchScript deprecated (in favour of ``torch.export``) but still writes and
 loads it, as Nuke's tools expect; the export silences that one warning while it scripts.
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frameserve.catalogue.packages import SCHEMA, CheckReport, write_package
 from frameserve.errors import ConfigError
-from frameserve.packages import SCHEMA, CheckReport, write_package
 from frameserve.training.checkpoints import LATEST, resolve_checkpoint, write_atomically
 from frameserve.training.inference import TrainedMetadata, load_trained, model_id_for
 
@@ -148,7 +148,7 @@ def export_package(
         force: replace an existing ``out`` folder.
 
     Returns:
-        The report of the package's test run (:class:`~frameserve.packages.CheckReport`).
+        The report of the package's test run (:class:`~frameserve.catalogue.packages.CheckReport`).
 
     Raises:
         ConfigError: an unknown format, no such checkpoint, a label or number job, or

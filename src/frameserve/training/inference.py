@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from frameserve.errors import ConfigError, KnobError
-from frameserve.knobs import ButtonKnob, ChoiceKnob, KnobSpec, KnobValues, StringKnob
-from frameserve.model import ImageSpec, Model, Prediction, SpatialNeeds
-from frameserve.objects import ResultObject, python_script
+from frameserve.plugin.knobs import ButtonKnob, ChoiceKnob, KnobSpec, KnobValues, StringKnob
+from frameserve.plugin.model import ImageSpec, Model, Prediction, SpatialNeeds
+from frameserve.plugin.results import ResultObject, python_script
 from frameserve.training import checkpoints
 from frameserve.training.networks import (
     NetworkSpec,
@@ -175,7 +175,7 @@ def trained_model_class(
     max_size: int | None = None,
     module: str | None = None,
 ) -> type[Model]:
-    """Return a :class:`~frameserve.model.Model` subclass serving the job in ``job_dir``.
+    """Return a :class:`~frameserve.plugin.model.Model` subclass serving the job in ``job_dir``.
 
     Args:
         model_id: the model's id (default: :func:`model_id_for` the job's name).

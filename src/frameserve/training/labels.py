@@ -35,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from frameserve.errors import ConfigError, FrameError
-from frameserve.imageio import SUPPORTED_EXTENSIONS, read_image
-from frameserve.model import SCENE_LINEAR
+from frameserve.media.imageio import SUPPORTED_EXTENSIONS, read_image
+from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.training.data import check_finite
 
 __all__ = ["LABEL_KINDS", "LabelledImage", "LabelledImages"]

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from frameserve.errors import ConfigError
-from frameserve.imageio import read_image
+from frameserve.media.imageio import read_image
 from frameserve.training.data import FramePair, ImagePairs
 from frameserve.training.labels import LabelledImage, LabelledImages
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from frameserve.devices import check_device_name
+from frameserve.engine.devices import check_device_name
 from frameserve.errors import ConfigError
 from frameserve.training.networks import NETWORK_SIZES, size_multiple
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frameserve.tiling import pad_reflect
+from frameserve.engine.tiling import pad_reflect
 from frameserve.training.augment import Augmentation
 from frameserve.training.data import ImagePairs, fixed_crops, sample_crops
 from frameserve.training.labels import LabelledImages

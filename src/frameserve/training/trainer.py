@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from frameserve.devices import resolve_device
+from frameserve.engine.devices import resolve_device
 from frameserve.errors import ConfigError
 from frameserve.training import checkpoints
 from frameserve.training.contact_sheet import write_contact_sheet

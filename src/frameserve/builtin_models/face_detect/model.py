@@ -49,11 +49,11 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from frameserve.knobs import ChoiceKnob, FloatKnob, KnobValues
-from frameserve.model import ImageSpec, Model, Prediction, SpatialNeeds
 from frameserve.networks.blazeface import KEYPOINT_NAMES, VARIANTS, BlazeFaceDetector
 from frameserve.networks.detection import Detections, plan_scan, scan
-from frameserve.objects import FieldValue, Record, ResultObject
+from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, KnobValues
+from frameserve.plugin.model import ImageSpec, Model, Prediction, SpatialNeeds
+from frameserve.plugin.results import FieldValue, Record, ResultObject
 
 __all__ = [
     "BOX_COLOUR",

@@ -45,11 +45,11 @@ from torch import nn
 
 from frameserve.builtin_models.person_matte.edges import grow_matte, shape_edge
 from frameserve.errors import FrameError
-from frameserve.knobs import ChoiceKnob, FloatKnob, IntKnob, KnobValues
-from frameserve.model import ImageSpec, Model, SpatialNeeds
 from frameserve.networks.extremec3 import load_extremec3
 from frameserve.networks.guided_filter import apply_guided_filter, solve_guided_filter
 from frameserve.networks.sinet import SIZE_MULTIPLE, load_sinet
+from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, IntKnob, KnobValues
+from frameserve.plugin.model import ImageSpec, Model, SpatialNeeds
 from frameserve.weights import shipped_weights_path
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from frameserve.upscaling import VDSRUpscale, vdsr_spatial_needs
+from frameserve.builtin_models.upscaling import VDSRUpscale, vdsr_spatial_needs
 
 
 class UpscaleDetail(VDSRUpscale):

@@ -1,0 +1,107 @@
+"""``frameserve infer``: one image file through one model, in-process, to try a model fast."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.request import build_request
+from frameserve.engine.runner import Runner
+from frameserve.errors import ConfigError, KnobError
+from frameserve.media.imageio import read_image, write_image
+from frameserve.plugin.model import ModelSpec
+
+__all__ = ["parse_knob_texts", "run_infer"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_knob_texts(spec: ModelSpec, texts: Sequence[str]) -> dict[str, object]:
+    """Turn ``NAME=VALUE`` strings into typed knob values for ``spec``.
+
+    Raises:
+        KnobError: a malformed pair, an unknown knob, or a value the knob does not accept.
+    """
+    values: dict[str, object] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise KnobError(f"--knob {text!r}: write NAME=VALUE")
+        knob = spec.knob(name)
+        if knob is None:
+            known = ", ".join(k.name for k in spec.knobs) or "none"
+            raise KnobError(f"unknown knob {name!r}; model {spec.id!r} has: {known}")
+        values[name] = knob.parse_text(value)
+    return values
+
+
+def _input_paths(spec: ModelSpec, first: str, more: Sequence[str]) -> list[Path]:
+    paths: dict[str, Path] = {}
+    if spec.inputs:
+        paths[spec.inputs[0].name] = Path(first)
+    for text in more:
+        name, sep, path = text.partition("=")
+        if not sep or spec.inputs is None or name not in {i.name for i in spec.inputs}:
+            names = ", ".join(i.name for i in spec.inputs)
+            raise ConfigError(f"--input {text!r}: write NAME=PATH with NAME one of: {names}")
+        paths[name] = Path(path)
+    missing = [i.name for i in spec.inputs if i.name not in paths]
+    if missing:
+        raise ConfigError(
+            f"model {spec.id!r} also needs input(s) {', '.join(missing)}: add --input NAME=PATH"
+        )
+    return [paths[i.name] for i in spec.inputs]
+
+
+def run_infer(
+    registry: ModelRegistry,
+    *,
+    model_id: str,
+    first_input: str,
+    more_inputs: Sequence[str],
+    output: str,
+    knob_texts: Sequence[str],
+    device: str,
+) -> int:
+    """Read the inputs, run the model, write the outputs and print result objects as JSON."""
+    spec = registry.get(model_id).spec
+    assert spec is not None
+    knobs = parse_knob_texts(spec, knob_texts)
+    files = [read_image(path) for path in _input_paths(spec, first_input, more_inputs)]
+    frames = []
+    for declared, image in zip(spec.inputs, files, strict=True):
+        pixels = image.pixels
+        if pixels.shape[0] == 1 and declared.channels > 1:
+            log.info(
+                "input %r: repeating the single channel %d times", declared.name, declared.channels
+            )
+            pixels = np.repeat(pixels, declared.channels, axis=0)
+        frames.append(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)))
+    request = build_request(spec, frames, knobs, client="command line", protocol="infer")
+    result = Runner(registry, device=device).run(request)
+    first_file = files[0] if files else None
+    for index, (name, frame) in enumerate(result.frames.items()):
+        target = Path(output) if index == 0 else _sibling(Path(output), name)
+        same_size = first_file is not None and first_file.pixels.shape[1:] == tuple(frame.shape[1:])
+        write_image(
+            target,
+            frame.numpy(),
+            metadata=first_file.metadata if same_size and first_file else None,
+            data_window=first_file.data_window if same_size and first_file else None,
+            display_window=first_file.display_window if same_size and first_file else None,
+        )
+        log.info("wrote output %r to %s", name, target)
+    if result.objects:
+        print(json.dumps([obj.to_data() for obj in result.objects], indent=2))
+    return 0
+
+
+def _sibling(path: Path, output_name: str) -> Path:
+    """``out.exr`` → ``out.<output_name>.exr`` for a model's further outputs."""
+    return path.with_name(f"{path.stem}.{output_name}{path.suffix}")

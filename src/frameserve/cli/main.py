@@ -1,0 +1,294 @@
+"""The ``frameserve`` command line: ``serve``, ``models`` and ``infer``.
+
+This is the one place that maps flags to settings and sets up logging handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frameserve import __version__
+from frameserve.catalogue.registry import ModelEntry, ModelRegistry, model_folders_from_env
+from frameserve.catalogue.watcher import DEFAULT_RELOAD_INTERVAL
+from frameserve.cli.flags import add_model_flags
+from frameserve.cli.package import add_package_parsers
+from frameserve.cli.run import add_run_parser
+from frameserve.cli.train import add_train_parsers
+from frameserve.errors import ConfigError, FrameServeError
+from frameserve.plugin.model import ImageSpec
+from frameserve.serve.settings import DEFAULT_JOBS_FOLDER, DEFAULT_MAX_FRAME_BYTES, ServerSettings
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(
+        verbose=args.verbose, default=logging.INFO if args.command == "serve" else logging.WARNING
+    )
+    try:
+        return int(args.run(args))
+    except FrameServeError as exc:
+        print(f"frameserve {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frameserve",
+        description="A deep-learning frame server for compositing (Nuke MLClient compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"frameserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="start the server")
+    serve.add_argument(
+        "--jobs-folder",
+        type=Path,
+        default=DEFAULT_JOBS_FOLDER,
+        help=f"where training jobs live (default {DEFAULT_JOBS_FOLDER})",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=55555, help="MLClient TCP port (0: any free port)"
+    )
+    serve.add_argument("--http-port", type=int, default=8000, help="HTTP API port (0: no HTTP API)")
+    serve.add_argument(
+        "--device",
+        default="auto",
+        help="torch device to run models on: auto (a CUDA GPU if there is one), cpu, cuda, cuda:1",
+    )
+    serve.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=None,
+        help="memory loaded models may hold before the least recently used is unloaded "
+        "(default: most of the GPU's memory, or a share of RAM)",
+    )
+    serve.add_argument(
+        "--ocio",
+        default=None,
+        help="OpenColorIO config for colour conversions (default: $OCIO, "
+        "else the built-in ACES config)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=2, help="interactive requests run at once (default 2)"
+    )
+    serve.add_argument(
+        "--batch-workers", type=int, default=1, help="batch requests run at once (default 1)"
+    )
+    serve.add_argument(
+        "--cache-mb", type=int, default=1024, help="result cache size in MiB (0: no cache)"
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="largest frame accepted per model input (default: 8K RGBA float)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may stay silent mid-request",
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=256, help="connections served at once"
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=DEFAULT_RELOAD_INTERVAL,
+        metavar="S",
+        help="look for added, changed or removed models every S seconds and reload them "
+        f"(default {DEFAULT_RELOAD_INTERVAL:g}; 0: no hot reload)",
+    )
+    serve.set_defaults(run=_serve)
+
+    models = commands.add_parser("models", help="list the models, without starting a server")
+    models.add_argument("--json", action="store_true", help="print JSON instead of text")
+    models.set_defaults(run=_models)
+
+    infer = commands.add_parser("infer", help="run one image file through a model, in-process")
+    infer.add_argument("model", help="model id (see 'frameserve models')")
+    infer.add_argument(
+        "input", help="image file for the model's first input (PNG, JPEG, TIFF, EXR)"
+    )
+    infer.add_argument("output", help="image file to write the first output to")
+    infer.add_argument(
+        "--input",
+        dest="more_inputs",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="image file for another input, by input name (repeatable)",
+    )
+    infer.add_argument(
+        "--knob", action="append", default=[], metavar="NAME=VALUE", help="knob value (repeatable)"
+    )
+    infer.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if there is one), cpu, cuda"
+    )
+    infer.set_defaults(run=_infer)
+
+    add_run_parser(commands)  # adds its own --models, --no-builtins and -v
+    add_package_parsers(commands)  # package and check; their own --device, --json and -v
+    add_train_parsers(commands)  # train, jobs, cancel, resume, export; their own --server, -v
+
+    for sub in (serve, models, infer):
+        add_model_flags(sub)
+    return parser
+
+
+def _configure_logging(*, verbose: bool, default: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else default,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _registry(args: argparse.Namespace) -> ModelRegistry:
+    folders = [*args.models, *model_folders_from_env()]
+    return ModelRegistry(folders, builtins=not args.no_builtins)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from frameserve.engine.memory import tune_allocator
+    from frameserve.serve.server import FrameServer
+
+    tune_allocator()
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port or None,
+        model_folders=tuple(Path(p) for p in args.models),
+        builtin_models=not args.no_builtins,
+        device=args.device,
+        model_memory_budget_bytes=(
+            None if args.memory_budget_mb is None else args.memory_budget_mb << 20
+        ),
+        ocio=args.ocio,
+        workers=args.workers,
+        batch_workers=args.batch_workers,
+        cache_bytes=args.cache_mb << 20,
+        max_frame_bytes=args.max_frame_bytes,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+        reload_interval=args.reload_interval or None,
+        jobs_folder=args.jobs_folder,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s: the MLClient protocol has no authentication; anyone who can "
+            "reach this address can run models here",
+            args.host,
+        )
+    server = FrameServer(settings)
+    try:
+        server.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: shutting down", signum)
+        server.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.wait()
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    entries = _registry(args).entries()
+    if args.json:
+        print(json.dumps([_entry_data(e) for e in entries], indent=2))
+    else:
+        print("\n".join(_entry_text(e) for e in entries))
+    return 0
+
+
+def _entry_data(entry: ModelEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": entry.id,
+        "version": entry.version,
+        "source": entry.source,
+        "builtin": entry.builtin,
+    }
+    if entry.spec is not None:
+        data.update(entry.spec.describe())
+    data["error"] = entry.error
+    return data
+
+
+def _entry_text(entry: ModelEntry) -> str:
+    where = "built-in" if entry.builtin else entry.source
+    if entry.spec is None:
+        return (
+            f"{entry.id}  FAILED TO LOAD  version {entry.version}  ({where})\n"
+            f"    error: {entry.error}\n"
+        )
+    spec = entry.spec
+    lines = [f"{spec.id}  {spec.label!r}  version {entry.version}  ({where})"]
+    if spec.description:
+        lines.append(f"    {spec.description}")
+    lines.append("    inputs:  " + ", ".join(_image_text(i) for i in spec.inputs))
+    lines.append("    outputs: " + ", ".join(_image_text(o) for o in spec.outputs))
+    if spec.output_scale > 1:
+        lines.append(f"    output scale: x{spec.output_scale}")
+    for knob in spec.knobs:
+        info = knob.describe()
+        bounds = ""
+        low, high = info.get("min"), info.get("max")
+        if low is not None or high is not None:
+            bounds = f" [{'' if low is None else low}..{'' if high is None else high}]"
+        if info.get("choices"):
+            bounds = " {" + ", ".join(info["choices"]) + "}"
+        lines.append(
+            f"    knob {knob.name}: {knob.kind} = {knob.default!r}{bounds}  {knob.help}".rstrip()
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from frameserve.cli.infer import run_infer
+
+    return run_infer(
+        _registry(args),
+        model_id=args.model,
+        first_input=args.input,
+        more_inputs=args.more_inputs,
+        output=args.output,
+        knob_texts=args.knob,
+        device=args.device,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+def _image_text(image: ImageSpec) -> str:
+    """``name (3 ch)``, with channel names and ``optional`` where declared."""
+    detail = f"{image.channels} ch"
+    if image.channel_names:
+        detail += ": " + " ".join(image.channel_names)
+    if image.optional:
+        detail += ", optional"
+    return f"{image.name} ({detail})"

@@ -1,0 +1,179 @@
+"""The protocol-neutral request and result that travel front door → scheduler → runner.
+
+A front door decodes its wire format into frames and raw knob values, then calls
+:func:`build_request`, which checks them against the model's declaration once, so that
+everything downstream can trust the request.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from frameserve.catalogue.folders import ModelEntry
+from frameserve.errors import FrameError, ModelNotFoundError, RequestError
+from frameserve.plugin.frames import check_frame
+from frameserve.plugin.knobs import KnobValues, resolve_knobs
+from frameserve.plugin.model import SCENE_LINEAR, ModelSpec
+from frameserve.plugin.results import ResultObject
+
+__all__ = ["InferenceRequest", "InferenceResult", "Priority", "build_request"]
+
+_request_ids = itertools.count(1)
+
+
+class Priority(enum.IntEnum):
+    """How urgent a request is: interactive work overtakes queued batch work."""
+
+    INTERACTIVE = 0  #: an artist waiting in the viewer (MLClient, single HTTP requests)
+    BATCH = 1  #: farm and sequence jobs (``frameserve run``, HTTP ``"priority": "batch"``)
+
+    @classmethod
+    def parse(cls, text: object) -> Priority:
+        """Return the priority named ``text`` (``"interactive"`` or ``"batch"``)."""
+        if isinstance(text, str) and text.strip().upper() in cls.__members__:
+            return cls[text.strip().upper()]
+        raise RequestError(f"priority {text!r} is not allowed; use 'interactive' or 'batch'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceRequest:
+    """One inference: a model, its input frames by name and this request's knob values.
+
+    Attributes:
+        colourspace: the colourspace the frames are in, and the one outputs come back in.
+        priority: interactive requests overtake queued batch requests.
+        client: who asked (for logs); ``group`` is whom the scheduler shares the server
+            fairly between (a client id the caller names, else its host).
+        deadline: a ``time.monotonic()`` time after which the request is dropped unrun.
+        cache_key: identifies the request's model, knobs, colourspace and frame bytes for the
+            result cache (the front door may compute it from the bytes it received).
+        entry: the exact model version the request was checked against and runs on, whatever
+            the registry reloads meanwhile; ``None``: the newest version when it is queued.
+    """
+
+    model_id: str
+    frames: Mapping[str, torch.Tensor]
+    knobs: KnobValues
+    colourspace: str = SCENE_LINEAR
+    priority: Priority = Priority.INTERACTIVE
+    client: str = ""
+    group: str = ""
+    protocol: str = ""
+    deadline: float | None = None
+    cache_key: bytes | None = None
+    entry: ModelEntry | None = field(default=None, repr=False)
+    id: int = field(default_factory=lambda: next(_request_ids))
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Requests with equal batch keys may run as one batch: model, knobs, sizes, colour."""
+        sizes = tuple((name, tuple(t.shape)) for name, t in self.frames.items())
+        model = self.entry.key if self.entry is not None else (self.model_id,)
+        return (model, self.knobs, self.colourspace, sizes)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """Width and height of the first input frame, ``(0, 0)`` for a model without inputs."""
+        first = next(iter(self.frames.values()), None)
+        return (0, 0) if first is None else (int(first.shape[2]), int(first.shape[1]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceResult:
+    """What a model produced: output frames by name (declared order) and result objects."""
+
+    frames: Mapping[str, torch.Tensor]
+    objects: tuple[ResultObject, ...] = ()
+
+
+def build_request(
+    model: ModelSpec | ModelEntry,
+    frames: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
+    knobs: Mapping[str, object],
+    *,
+    colourspace: str | None = None,
+    priority: Priority = Priority.INTERACTIVE,
+    client: str = "",
+    group: str = "",
+    protocol: str = "",
+    deadline: float | None = None,
+    cache_key: bytes | None = None,
+) -> InferenceRequest:
+    """Check ``frames`` and ``knobs`` against ``model``; return the request.
+
+    ``frames`` is a sequence in input order (optional inputs, which come last, may be left
+    off) or a mapping of input name to frame.
+
+    ``model`` is a model's declaration, or its registry entry: then the request runs on
+    exactly that version, even if the registry reloads the model before it runs.
+
+    Frames with more channels than an input declares are cut to the declared channels (the
+    MLClient node always sends RGB); fewer channels are an error.
+
+    Raises:
+        FrameError: wrong number of frames, an unknown or missing input, or a frame of the
+            wrong form.
+        KnobError: an unknown knob, a value of the wrong type or out of range.
+        ModelNotFoundError: an entry of a model that failed to load.
+    """
+    entry = model if isinstance(model, ModelEntry) else None
+    if isinstance(model, ModelSpec):
+        spec = model
+    elif model.spec is not None:
+        spec = model.spec
+    else:
+        raise ModelNotFoundError(f"model {model.id!r} failed to load: {model.error}")
+    if isinstance(frames, Mapping):
+        unknown = [name for name in frames if name not in {i.name for i in spec.inputs}]
+        if unknown:
+            declared_names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+            raise FrameError(
+                f"model {spec.id!r} has no input {unknown[0]!r}; its inputs: {declared_names}"
+            )
+        missing = [i.name for i in spec.required_inputs if i.name not in frames]
+        if missing:
+            raise FrameError(
+                f"model {spec.id!r} needs input {missing[0]!r}; the request has "
+                f"{', '.join(map(repr, frames)) or 'none'}"
+            )
+        given = [(i, frames[i.name]) for i in spec.inputs if i.name in frames]
+    else:
+        required = len(spec.required_inputs)
+        if not required <= len(frames) <= len(spec.inputs):
+            names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+            takes = str(len(spec.inputs))
+            if required < len(spec.inputs):
+                takes = f"{required} to {len(spec.inputs)}"
+            raise FrameError(
+                f"model {spec.id!r} takes {takes} image(s) ({names}); the request has {len(frames)}"
+            )
+        given = list(zip(spec.inputs, frames, strict=False))
+    by_name: dict[str, torch.Tensor] = {}
+    for declared, frame in given:
+        what = f"input {declared.name!r} of model {spec.id!r}"
+        frame = check_frame(frame, what=what)
+        channels = frame.shape[0]
+        if channels < declared.channels:
+            raise FrameError(
+                f"{what} needs {declared.channels} channel(s); the request sent {channels}"
+            )
+        by_name[declared.name] = frame[: declared.channels]
+    values = resolve_knobs(spec.knobs, knobs)
+    return InferenceRequest(
+        model_id=spec.id,
+        frames=by_name,
+        knobs=values,
+        colourspace=colourspace or SCENE_LINEAR,
+        priority=priority,
+        client=client,
+        group=group or client.rpartition(":")[0] or client,
+        protocol=protocol,
+        deadline=deadline,
+        cache_key=cache_key,
+        entry=entry,
+    )

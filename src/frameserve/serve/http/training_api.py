@@ -1,0 +1,282 @@
+"""The training endpoints of the HTTP API, over :class:`TrainingJobs`; ``docs/http-api.md``.
+
+=================================================  ==========================================
+``POST   /v2/training/uploads?filename=NAME``      one image file's bytes; 201 ``{"id", ...}``
+``GET    /v2/training/uploads``                    ``{"uploads": [upload, ...]}``
+``GET    /v2/training/uploads/{id}``               one upload (404: not stored)
+``DELETE /v2/training/uploads/{id}``               remove it
+``POST   /v2/training/jobs``                       create: ``{"name", "pairs": [[in, target],
+                                                   ...], "validation": [...], "settings":
+                                                   {...}}``; or ``"labels"`` / ``"values"``
+``GET    /v2/training/jobs``                       ``{"jobs": [status, ...]}``
+``GET    /v2/training/jobs/{name}``                state and progress
+``DELETE /v2/training/jobs/{name}``                remove a stopped job and its files
+``GET    /v2/training/jobs/{name}/contact_sheet``  the newest contact sheet (PNG)
+``GET    /v2/training/jobs/{name}/package``        a model package of it (zip; ``?format=``)
+``POST   /v2/training/jobs/{name}/cancel``         stop it (a checkpoint is saved)
+``POST   /v2/training/jobs/{name}/resume``         go on from the newest checkpoint
+=================================================  ==========================================
+
+A frame in ``pairs`` is a path the server reads (a string) or an upload (``{"upload": ID}``).
+Errors are ``{"error": ...}``: 400 for a bad request, 404 for an unknown job or upload, 409
+for a state that forbids the action, 413 for an upload above the size cap, 507 when the
+uploads waiting for jobs hold as much as the server keeps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from frameserve.errors import (
+    ConfigError,
+    FrameServeError,
+    ImageIOError,
+    RequestError,
+    RequestTooLargeError,
+)
+from frameserve.serve.http.api import error_response, json_response
+from frameserve.serve.http.wire import HttpRequest, HttpResponse
+from frameserve.training import LATEST, TrainingSettings
+from frameserve.training.jobs.data import LabelSource
+from frameserve.training.jobs.queue import JobConflictError, JobNotFoundError, TrainingJobs
+from frameserve.training.uploads import UploadedFrame, UploadNotFoundError, UploadStorageFullError
+
+__all__ = ["TrainingApi"]
+
+PREFIX = "/v2/training/jobs"
+UPLOADS = "/v2/training/uploads"
+#: How long a cancel request waits for the job to stop before answering.
+CANCEL_WAIT_SECONDS = 2.0
+_JOB_PATH = re.compile(r"/v2/training/jobs/(?P<name>[^/]+)(?P<action>/[a-z_]+)?")
+_UPLOAD_PATH = re.compile(r"/v2/training/uploads/(?P<id>[^/]+)")
+
+
+class TrainingApi:
+    """Answers ``/v2/training/...``; :meth:`handle` is an :class:`HttpApi` extension and
+    :meth:`body_limit` says how large an upload may be."""
+
+    def __init__(self, jobs: TrainingJobs) -> None:
+        self.jobs = jobs
+
+    def body_limit(self, method: str, path: str) -> int | None:
+        """Return the largest body of an upload request, ``None`` for other requests."""
+        if method == "POST" and path.rstrip("/") == UPLOADS:
+            return self.jobs.uploads.max_file_bytes
+        return None
+
+    def handle(self, request: HttpRequest) -> HttpResponse | None:
+        """Answer ``request``, or return ``None`` when its path is not a training path."""
+        path = request.path.rstrip("/")
+        uploads = path == UPLOADS or path.startswith(UPLOADS + "/")
+        if not uploads and path != PREFIX and not path.startswith(PREFIX + "/"):
+            return None
+        try:
+            return self._uploads(request, path) if uploads else self._route(request, path)
+        except JobNotFoundError as exc:
+            return error_response(404, str(exc))
+        except UploadNotFoundError as exc:  # naming a missing upload in a job is a bad request
+            return error_response(404 if path.startswith(UPLOADS + "/") else 400, str(exc))
+        except JobConflictError as exc:
+            return error_response(409, str(exc))
+        except RequestTooLargeError as exc:
+            return error_response(413, str(exc))
+        except UploadStorageFullError as exc:
+            return error_response(507, str(exc))
+        except (ConfigError, ImageIOError, RequestError) as exc:
+            return error_response(400, str(exc))
+        except FrameServeError as exc:
+            return error_response(500, str(exc))
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def _uploads(self, request: HttpRequest, path: str) -> HttpResponse:
+        method = "GET" if request.method == "HEAD" else request.method
+        store = self.jobs.uploads
+        if path == UPLOADS:
+            if method == "GET":
+                store.prune()
+                listed = [upload.to_dict(store.max_age) for upload in store.uploads()]
+                return json_response(200, {"uploads": listed})
+            if method != "POST":
+                return _wrong_method(request, "GET or POST")
+            filename = _query(request).get("filename")
+            upload, new = store.put(request.body.data, filename or "")
+            return json_response(201 if new else 200, upload.to_dict(store.max_age))
+        match = _UPLOAD_PATH.fullmatch(path)
+        if match is None:
+            return error_response(404, f"no such path {request.path!r}")
+        if method == "GET":
+            return json_response(200, store.get(match["id"]).to_dict(store.max_age))
+        if method == "DELETE":
+            store.delete(match["id"])
+            return json_response(200, {"deleted": match["id"]})
+        return _wrong_method(request, "GET or DELETE")
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def _route(self, request: HttpRequest, path: str) -> HttpResponse:
+        method = "GET" if request.method == "HEAD" else request.method
+        if path == PREFIX:
+            if method == "GET":
+                return json_response(200, {"jobs": [s.to_dict() for s in self.jobs.jobs()]})
+            if method == "POST":
+                return self._create(_body(request))
+            return _wrong_method(request, "GET or POST")
+        match = _JOB_PATH.fullmatch(path)
+        if match is None:
+            return error_response(404, f"no such path {request.path!r}")
+        name, action = match["name"], match["action"] or ""
+        if action == "" and method == "DELETE":
+            self.jobs.delete(name)
+            return json_response(200, {"deleted": name})
+        if action in ("", "/contact_sheet", "/package"):
+            if method != "GET":
+                return _wrong_method(request, "GET or DELETE" if action == "" else "GET")
+            if action == "/package":
+                return self._package(name, _query(request))
+            return self._status(name) if action == "" else self._contact_sheet(name)
+        if action in ("/cancel", "/resume"):
+            if method != "POST":
+                return _wrong_method(request, "POST")
+            if action == "/cancel":
+                status = self.jobs.cancel(name, wait=CANCEL_WAIT_SECONDS)
+                return json_response(200, status.to_dict())
+            steps = _body(request).get("steps")
+            if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)):
+                raise ConfigError(f"'steps' must be a whole number, not {steps!r}")
+            return json_response(200, self.jobs.resume(name, steps=steps).to_dict())
+        return error_response(404, f"no such path {request.path!r}")
+
+    def _create(self, body: dict[str, Any]) -> HttpResponse:
+        name = body.get("name")
+        if not isinstance(name, str):
+            raise ConfigError("'name' is missing: give the job a name (a string)")
+        given = [key for key in ("pairs", "labels", "values") if key in body]
+        if len(given) != 1:
+            raise ConfigError(
+                "give the job's data as exactly one of 'pairs' ([[input, target], ...] image "
+                "files), 'labels' (a folder of class folders) or 'values' (a CSV or JSON table "
+                f"of file to value); got {', '.join(repr(k) for k in given) or 'none'}"
+            )
+        settings_data = body.get("settings", {})
+        if not isinstance(settings_data, dict):
+            raise ConfigError(f"'settings' must be an object, not {settings_data!r}")
+        settings = TrainingSettings.from_dict(settings_data)
+        if given[0] == "pairs":
+            pairs = _pairs(body["pairs"], "pairs")
+            validation = _pairs(body.get("validation", []), "validation")
+            status = self.jobs.submit(name, pairs, settings, validation=validation)
+        else:
+            kind = "label" if given[0] == "labels" else "number"
+            path, checks = body[given[0]], body.get("validation")
+            if not isinstance(path, str) or not (checks is None or isinstance(checks, str)):
+                raise ConfigError(
+                    f"'{given[0]}' and 'validation' of a {kind} job must be paths the server "
+                    f"reads (strings), not {path!r} and {checks!r}"
+                )
+            status = self.jobs.submit(name, LabelSource(kind, path, checks), settings)
+        return json_response(201, status.to_dict())
+
+    def _status(self, name: str) -> HttpResponse:
+        return json_response(200, self.jobs.status(name).to_dict())
+
+    def _contact_sheet(self, name: str) -> HttpResponse:
+        sheet = self.jobs.contact_sheet(name)
+        if sheet is None:
+            return error_response(404, f"training job {name!r} has no contact sheet yet")
+        return HttpResponse(200, [sheet.read_bytes()], content_type="image/png")
+
+    def _package(self, name: str, query: dict[str, str]) -> HttpResponse:
+        from frameserve.training.export import export_package
+
+        unknown = sorted(set(query) - {"format", "checkpoint", "id", "version"})
+        if unknown:
+            raise ConfigError(
+                f"unknown package option(s) {', '.join(unknown)}; known are checkpoint, "
+                "format, id, version"
+            )
+        folder = self.jobs.job_folder(name)
+        with tempfile.TemporaryDirectory(prefix="frameserve-package-") as scratch:
+            out = Path(scratch) / "package"
+            export_package(
+                folder,
+                out,
+                network_format=query.get("format", "pt"),
+                checkpoint=query.get("checkpoint", LATEST),
+                model_id=query.get("id") or None,
+                version=query.get("version") or "1.0.0",
+            )
+            archive = io.BytesIO()
+            with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+                for path in sorted(out.rglob("*")):
+                    if path.is_file():
+                        bundle.write(path, path.relative_to(out).as_posix())
+        filename = quote(f"{name}.zip")
+        return HttpResponse(
+            200,
+            [archive.getvalue()],
+            content_type="application/zip",
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{filename}"},
+        )
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    raw = request.body.tobytes()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"the body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("the body must be a JSON object")
+    return data
+
+
+def _query(request: HttpRequest) -> dict[str, str]:
+    """The query's parameters, each given once."""
+    found: dict[str, str] = {}
+    for key, values in parse_qs(request.query, keep_blank_values=True).items():
+        if len(values) != 1:
+            raise ConfigError(f"query parameter {key!r} is given {len(values)} times; give it once")
+        found[key] = values[0]
+    return found
+
+
+def _pairs(value: object, field: str) -> list[tuple[str | UploadedFrame, str | UploadedFrame]]:
+    wanted = (
+        "a list of [input, target] pairs, each a path the server reads (a string) or an "
+        'upload ({"upload": ID})'
+    )
+    if not isinstance(value, list):
+        raise ConfigError(f"'{field}' must be {wanted}, not {value!r:.200}")
+    pairs = []
+    for index, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ConfigError(
+                f"'{field}'[{index}] must be a pair [input, target], not {pair!r:.200}"
+            )
+        input_frame, target = (_frame(item, f"'{field}'[{index}]") for item in pair)
+        pairs.append((input_frame, target))
+    return pairs
+
+
+def _frame(item: object, where: str) -> str | UploadedFrame:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and set(item) == {"upload"} and isinstance(item["upload"], str):
+        return UploadedFrame(item["upload"])
+    raise ConfigError(
+        f'{where}: {item!r:.200} is not a frame; give a path (a string) or {{"upload": ID}}'
+    )
+
+
+def _wrong_method(request: HttpRequest, allowed: str) -> HttpResponse:
+    return error_response(405, f"{request.path} takes {allowed}, not {request.method}")

@@ -1,0 +1,360 @@
+"""The MLClient front door: a TCP server that Foundry's compiled MLClient node talks to.
+
+One request per connection, as the node does it: read a 12-digit header and the body into a
+preallocated buffer, answer an info request from the registry, or turn an inference request
+into an :class:`~frameserve.engine.request.InferenceRequest`, submit it to the scheduler and write
+the reply straight from the result's pixel buffers, then close.
+
+**Versions.** The node names models by id only, so the info reply lists, and inference runs,
+the newest version of each model. Where that is not the only version ``"1"`` — the model has
+several versions, or declares another — the menu label says which: ``Gaussian Blur (v2)``.
+
+Each connection has its own thread, so a silent or slow client never blocks another; it is
+dropped after ``read_timeout`` seconds of silence. Every failure the connection still allows
+is answered with an ``Error`` reply that the node shows as the node's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from frameserve.catalogue.registry import ModelEntry, ModelRegistry
+from frameserve.engine.cache import frame_digest, request_key
+from frameserve.engine.request import InferenceRequest, InferenceResult, build_request
+from frameserve.engine.scheduler import Scheduler
+from frameserve.errors import (
+    ModelError,
+    ProtocolError,
+    RequestError,
+    RequestTooLargeError,
+)
+from frameserve.plugin.knobs import resolve_knobs
+from frameserve.plugin.model import SCENE_LINEAR
+from frameserve.serve.mlclient import messages as pb
+from frameserve.serve.mlclient.convert import (
+    check_wire_image,
+    frame_from_wire,
+    frame_to_wire,
+    model_message,
+    object_message,
+    sent_knobs,
+)
+from frameserve.serve.mlclient.framing import (
+    HEADER_SIZE,
+    parse_request_header,
+    reply_header,
+)
+from frameserve.serve.mlclient.wirecodec import (
+    DecodedRequest,
+    WirePixels,
+    decode_request,
+    encode_inference_reply,
+)
+from frameserve.serve.net.listener import FrontDoor
+from frameserve.serve.net.sockets import (
+    ClientGone,
+    ClientStalled,
+    recv_exact_into,
+    send_buffers,
+    wait_while_connected,
+)
+from frameserve.serve.settings import ServerSettings
+
+__all__ = ["MLClientServer"]
+
+log = logging.getLogger(__name__)
+
+_DRAIN_SECONDS = 1.0
+_DRAIN_BYTES = 64 << 20
+
+
+@dataclass
+class _Exchange:
+    """What one connection did, for its log line."""
+
+    client: str
+    kind: str = "-"
+    model: str = "-"
+    size: str = "-"
+    outcome: str = "ok"
+    started: float = field(default_factory=time.perf_counter)
+
+
+class MLClientServer(FrontDoor):
+    """Serves the MLClient protocol on ``settings.host:settings.port``."""
+
+    def __init__(
+        self, *, registry: ModelRegistry, scheduler: Scheduler, settings: ServerSettings
+    ) -> None:
+        self.registry = registry
+        self.scheduler = scheduler
+        self.settings = settings
+        super().__init__(
+            name="MLClient protocol",
+            host=settings.host,
+            port=settings.port,
+            max_connections=settings.max_connections,
+        )
+
+    def _refuse(self, conn: socket.socket, client: str) -> None:
+        limit = self.settings.max_connections
+        message = f"server busy: {limit} connections are open already; try again"
+        log.warning("%s refused: %s", client, message)
+        with conn:
+            conn.settimeout(self.settings.read_timeout)
+            self._send_error(conn, message)
+
+    def _serve_connection(self, conn: socket.socket, client: str) -> None:
+        exchange = _Exchange(client)
+        replied = False
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            body = self._read_request(conn)
+            if body is None:
+                exchange.outcome = "closed without a request"
+                return
+            decoded = decode_request(body.data)
+            if decoded.kind == "info":
+                exchange.kind = "info"
+                self._answer_info(conn)
+            else:
+                exchange.kind = "infer"
+                work, size = self._inference_request(body, decoded, exchange)
+                del body, decoded  # the frames hold their own copies: free the request bytes
+                if isinstance(work, InferenceRequest):
+                    work = wait_while_connected(conn, self.scheduler.submit(work))
+                else:
+                    exchange.outcome = "ok (cached)"
+                self._send_result(conn, work, size)
+            replied = True
+        except (ClientGone, ClientStalled) as exc:
+            exchange.outcome = f"dropped: {exc}"
+            if isinstance(exc, ClientStalled):
+                replied = self._send_error(conn, f"request incomplete: {exc}")
+        except (RequestError, ModelError) as exc:
+            exchange.outcome = f"error: {exc}"
+            replied = self._send_error(conn, str(exc))
+        except OSError as exc:
+            exchange.outcome = f"connection failed: {exc}"
+        except Exception as exc:  # never let one request take the server down
+            log.exception("%s: unexpected failure", client)
+            exchange.outcome = f"internal error: {type(exc).__name__}: {exc}"
+            replied = self._send_error(conn, f"internal server error: {type(exc).__name__}: {exc}")
+        finally:
+            self._finish(conn, drain=replied and not exchange.outcome.startswith("ok"))
+            self._log(exchange)
+
+    def _read_request(self, conn: socket.socket) -> np.ndarray | None:
+        """Read one framed request body into a fresh buffer; ``None`` if nothing was sent."""
+        deadline = time.monotonic() + self.settings.request_timeout
+        idle = self.settings.read_timeout
+        header = bytearray(HEADER_SIZE)
+        try:
+            recv_exact_into(conn, memoryview(header), idle_timeout=idle, deadline=deadline)
+        except ClientGone as exc:
+            if exc.received == 0:
+                return None
+            raise ProtocolError(
+                f"request header must be {HEADER_SIZE} ASCII digits; the connection closed "
+                f"after {exc.received}"
+            ) from None
+        length = parse_request_header(header)
+        limit = self.settings.max_request_bytes(self.registry.largest_input_count())
+        if length > limit:
+            raise RequestTooLargeError(
+                f"request of {length} bytes is above the limit of {limit} bytes "
+                f"(--max-frame-bytes sets the limit per input)"
+            )
+        body = np.empty(length, dtype=np.uint8)
+        try:
+            recv_exact_into(conn, body.data, idle_timeout=idle, deadline=deadline)
+        except ClientGone as exc:
+            raise ProtocolError(
+                f"request body ended after {exc.received} of the {length} bytes its header "
+                "announced"
+            ) from None
+        return body
+
+    def _answer_info(self, conn: socket.socket) -> None:
+        models = [
+            model_message(entry.spec, label=label)
+            for entry, label in _menu_entries(self.registry.available())
+            if entry.spec
+        ]
+        reply = pb.RespondWrapper(info=True, r1=pb.RespondInfo(num_models=len(models)))
+        reply.r1.models.extend(models)
+        body = reply.SerializeToString()
+        conn.sendall(reply_header(len(body)) + body)  # one write: the node reads it in one recv
+
+    def _inference_request(
+        self, body: np.ndarray, decoded: DecodedRequest, exchange: _Exchange
+    ) -> tuple[InferenceRequest | InferenceResult, tuple[int, int] | None]:
+        """Turn a decoded inference message into a checked request (frames copied out).
+
+        An identical request answered before is found in the result cache by the digest of
+        the bytes as received, before any frame is converted: then its result comes back
+        instead. Also returns the size (height, width) the node needs its output in.
+        """
+        model = pb.Model()
+        try:
+            for part in decoded.model_parts:
+                model.MergeFromString(part)
+        except Exception as exc:  # the protobuf runtime's DecodeError
+            raise ProtocolError(f"the request's model message is not valid: {exc}") from None
+        exchange.model = model.name or "-"
+        entry = self.registry.get(model.name)
+        assert entry.spec is not None
+        limit = self.settings.max_frame_bytes
+        for index, image in enumerate(decoded.images):
+            if image.nbytes > limit:
+                raise RequestTooLargeError(
+                    f"image {index} holds {image.nbytes} bytes, above the limit of {limit} "
+                    "bytes per frame (--max-frame-bytes)"
+                )
+        for index, image in enumerate(decoded.images):
+            check_wire_image(image, what=f"image {index}")
+        size = (decoded.images[0].height, decoded.images[0].width) if decoded.images else None
+        if size is not None:
+            exchange.size = f"{size[1]}x{size[0]}"
+        knobs = sent_knobs(model)
+        key = self._cache_key(body, decoded, entry, knobs)
+        cached = self.scheduler.cached(key) if key is not None else None
+        if cached is not None:
+            return cached, size
+        frames = [
+            frame_from_wire(body, image, what=f"image {index}")
+            for index, image in enumerate(decoded.images)
+        ]
+        request = build_request(
+            entry, frames, knobs, client=exchange.client, protocol="mlclient", cache_key=key
+        )
+        return request, size
+
+    def _cache_key(
+        self, body: np.ndarray, decoded: DecodedRequest, entry: ModelEntry, knobs: dict[str, object]
+    ) -> bytes | None:
+        """The result cache key of this request, from the image bytes as they arrived."""
+        spec = entry.spec
+        assert spec is not None
+        if not self.scheduler.caching or not spec.cacheable:
+            return None
+        values = resolve_knobs(spec.knobs, knobs)
+        digests = [
+            frame_digest(
+                body.data[image.start : image.end],
+                layout="mlclient:planar-bottom-up-f32",
+                shape=(image.channels, image.height, image.width),
+            )
+            for image in decoded.images
+        ]
+        return request_key(spec.id, entry.version, values, SCENE_LINEAR, digests, token=entry.token)
+
+    def _send_result(
+        self, conn: socket.socket, result: InferenceResult, size: tuple[int, ...] | None
+    ) -> None:
+        images: list[tuple[int, int, int, WirePixels]] = []
+        for name, frame in result.frames.items():
+            if size is not None and not images and tuple(frame.shape[1:]) != tuple(size):
+                raise ModelError(
+                    f"output {name!r} is {frame.shape[2]}x{frame.shape[1]}, but the MLClient "
+                    f"node needs the input's format, {size[1]}x{size[0]}"
+                )
+            channels, height, width = frame.shape
+            images.append((width, height, channels, frame_to_wire(frame)))
+        objects = [object_message(obj).SerializeToString() for obj in result.objects]
+        buffers, length = encode_inference_reply(images, objects)
+        conn.settimeout(self.settings.read_timeout)
+        parts: list[Any] = [reply_header(length)]
+        for part in buffers:  # pixel rows are gathered by the kernel, never joined here
+            parts.extend(part.views if isinstance(part, WirePixels) else (part,))
+        send_buffers(conn, parts)
+
+    def _send_error(self, conn: socket.socket, message: str) -> bool:
+        """Answer with an ``Error`` reply; return whether it could be sent."""
+        reply = pb.RespondWrapper(info=True, error=pb.Error(msg=message))
+        body = reply.SerializeToString()
+        try:
+            conn.settimeout(self.settings.read_timeout)
+            conn.sendall(reply_header(len(body)) + body)
+        except OSError:
+            return False
+        return True
+
+    def _finish(self, conn: socket.socket, *, drain: bool) -> None:
+        """Close the connection, so the node sees the end of the reply.
+
+        After an error the client may still be sending the request it announced; reading a
+        little of it first lets the reply reach the client instead of being cut by a reset.
+        """
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            if drain:
+                _drain(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _log(self, exchange: _Exchange) -> None:
+        elapsed = (time.perf_counter() - exchange.started) * 1000
+        if exchange.kind == "infer":
+            self.scheduler.metrics.request(
+                model=exchange.model if exchange.model in self.registry else "unknown",
+                protocol="mlclient",
+                outcome="ok" if exchange.outcome.startswith("ok") else "error",
+                seconds=elapsed / 1000,
+            )
+        level = logging.INFO if exchange.kind != "-" or exchange.outcome != "ok" else logging.DEBUG
+        log.log(
+            level,
+            "%s %s model=%s size=%s %.1f ms %s",
+            exchange.client,
+            exchange.kind,
+            exchange.model,
+            exchange.size,
+            elapsed,
+            exchange.outcome,
+        )
+
+
+def _menu_entries(available: list[ModelEntry]) -> list[tuple[ModelEntry, str]]:
+    """Return the newest version of each model, with the label the node's menu shows.
+
+    The label names the version (``"Gaussian Blur (v2)"``) unless the model has one version,
+    ``"1"``. ``available`` is every loaded version, oldest first (one registry snapshot).
+    """
+    versions: dict[str, list[ModelEntry]] = {}
+    for entry in available:
+        versions.setdefault(entry.id, []).append(entry)
+    menu = []
+    for entries in versions.values():
+        newest = entries[-1]
+        label = newest.spec.label if newest.spec else newest.id
+        if len(entries) > 1 or newest.version != "1":
+            label = f"{label} (v{newest.version})"
+        menu.append((newest, label))
+    return menu
+
+
+def _drain(conn: socket.socket) -> None:
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    scratch = bytearray(1 << 16)
+    drained = 0
+    while drained < _DRAIN_BYTES:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        conn.settimeout(remaining)
+        try:
+            count = conn.recv_into(scratch)
+        except OSError:
+            return
+        if count == 0:
+            return
+        drained += count
