@@ -1,8 +1,9 @@
 """The one exception family of frameserve.
 
 Every error frameserve raises on purpose derives from :class:`FrameServeError`, and every
-message says what was wrong and what is allowed. Front doors turn these into the reply their
-protocol knows (an MLClient ``Error`` message, later an HTTP status).
+message says what was wrong and what is allowed. Code raises the most specific class; each
+front door maps the tree onto its protocol in one place (the MLClient door answers an
+``Error`` message, the HTTP door a status from :mod:`frameserve.serve.http.status`).
 
 ::
 
@@ -15,13 +16,19 @@ protocol knows (an MLClient ``Error`` message, later an HTTP status).
     │   ├── KnobError            unknown knob, wrong type, out of range
     │   ├── FrameError           wrong number of frames, bad size, channels or byte count
     │   ├── ColourError          an unknown colourspace, or a conversion that cannot be made
-    │   └── DeadlineExceededError  the request's deadline passed before it could run
+    │   ├── DeadlineExceededError  the request's deadline passed before it could run
+    │   ├── JobNotFoundError     no training job has that name
+    │   ├── JobConflictError     the job's state forbids the action (a name in use, resuming
+    │   │                        a running job)
+    │   ├── UploadError          an uploaded file that cannot be used (name, bytes, format)
+    │   └── UploadNotFoundError  no upload has that id (never sent, deleted or aged out)
     ├── ModelError               the model failed (the server's or the plug-in's fault)
     │   ├── ModelLoadError       a plug-in could not be imported or declares itself wrongly
     │   ├── ModelSetupError      its setup step (loading weights) raised
     │   └── ModelRunError        predict raised or returned something other than declared
     ├── ImageIOError             an image file could not be read or written
     ├── ServerBusyError          too many connections or requests right now
+    │   └── StorageFullError     the server keeps no more of what was sent (uploads)
     └── RequestCancelledError    the client went away, or the server is shutting down
 """
 
@@ -34,6 +41,8 @@ __all__ = [
     "FrameError",
     "FrameServeError",
     "ImageIOError",
+    "JobConflictError",
+    "JobNotFoundError",
     "KnobError",
     "ModelError",
     "ModelLoadError",
@@ -45,6 +54,9 @@ __all__ = [
     "RequestError",
     "RequestTooLargeError",
     "ServerBusyError",
+    "StorageFullError",
+    "UploadError",
+    "UploadNotFoundError",
 ]
 
 
@@ -114,3 +126,23 @@ class DeadlineExceededError(RequestError):
 
 class RequestCancelledError(FrameServeError):
     """The request was dropped unrun: its client went away, or the server is shutting down."""
+
+
+class JobNotFoundError(RequestError):
+    """No training job has that name."""
+
+
+class JobConflictError(RequestError):
+    """The job's state forbids what was asked (a name in use, resuming a running job)."""
+
+
+class UploadError(RequestError):
+    """An upload that cannot be used: a bad file name, or bytes that are not that image."""
+
+
+class UploadNotFoundError(RequestError):
+    """No upload has that id (never uploaded, deleted, or aged out)."""
+
+
+class StorageFullError(ServerBusyError):
+    """What the server keeps of uploaded data is full; nothing more is stored until some goes."""

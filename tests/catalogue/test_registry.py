@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from frameserve.catalogue.entries import FailedModel
 from frameserve.catalogue.registry import (
     BUILTIN_FOLDER,
     MODELS_ENV,
@@ -222,7 +223,8 @@ def test_each_failure_is_listed_and_the_others_still_load(
     failed_ids = [e.id for e in registry.entries() if not e.ok]
     assert failed_ids == ["missing", "bad_channels", "broken", "empty", "no_predict", "identity"]
     assert registry.entries()[-len(failed_ids) :] == [e for e in registry.entries() if not e.ok]
-    assert all(e.spec is None and e.model_class is None for e in registry.entries() if not e.ok)
+    assert all(isinstance(e, FailedModel) for e in registry.entries() if not e.ok)
+    assert not any(hasattr(e, "spec") for e in registry.entries() if not e.ok)
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == len(failed_ids)
     assert all("failed to load" in r.getMessage() for r in warned)

@@ -22,10 +22,10 @@ from frameserve.client import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from frameserve.errors import RequestTooLargeError
+from frameserve.errors import RequestTooLargeError, StorageFullError, UploadError
 from frameserve.media.imageio import read_image, write_image
 from frameserve.serve.server import FrameServer
-from frameserve.training.uploads import UploadError, UploadStorageFullError, UploadStore, upload_id
+from frameserve.training.uploads import UploadStore, upload_id
 from tests.support.servers import start_server
 from tests.training.helpers import SETTINGS, write_pairs
 
@@ -220,7 +220,7 @@ def test_store_refuses_what_it_cannot_keep(tmp_path: Path) -> None:
     with pytest.raises(RequestTooLargeError, match="above the limit of 100 bytes"):
         small.put(data, "in.exr")
     full = UploadStore(tmp_path / "b", max_total_bytes=100)
-    with pytest.raises(UploadStorageFullError):
+    with pytest.raises(StorageFullError):
         full.put(data, "in.exr")
     with pytest.raises(UploadError, match="JPEG"):
         full.put(data, "in.jpg")

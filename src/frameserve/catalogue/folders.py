@@ -2,7 +2,8 @@
 
 The layouts, versions and tokens are described in :mod:`frameserve.catalogue.registry`, which
 decides what is served; this module only looks at files and imports them. Nothing here raises: a
-folder that cannot be read or imported becomes a failed :class:`ModelEntry`.
+folder that cannot be read or imported becomes a
+:class:`~frameserve.catalogue.entries.FailedModel`.
 """
 
 from __future__ import annotations
@@ -20,126 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from frameserve.errors import ConfigError, FrameServeError, ModelLoadError
-from frameserve.plugin.model import Model, ModelSpec
+from frameserve.catalogue.entries import DEFAULT_VERSION, CatalogueEntry, FailedModel, ModelEntry
+from frameserve.errors import FrameServeError, ModelLoadError
+from frameserve.plugin.model import Model
 
 __all__ = [
-    "DEFAULT_VERSION",
     "LoadedFolder",
-    "ModelEntry",
     "ModelSource",
-    "declared_version",
     "describe_error",
-    "failed_entry",
     "find_sources",
     "load_folder",
-    "version_order",
 ]
 
 PLUGIN_FILE = "model.py"
 PACKAGE_FILE = "model.toml"
-DEFAULT_VERSION = "1"
-
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,63}\Z")
 _VERSION_FOLDER = re.compile(r"[1-9][0-9]{0,8}\Z")
-_VERSION_PARTS = re.compile(r"[0-9]+|[^0-9]+")
 _PACKAGES_MODULE = "frameserve.catalogue.packages"
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelEntry:
-    """One model version the registry found, or one that failed to load (``error`` set).
-
-    Attributes:
-        version: the model's version (``"1"``, ``"2"``, ``"1.4.0"``…).
-        token: changes whenever the model's source does (see :mod:`frameserve.catalogue.registry`);
-            runner instances and cached results are keyed by :attr:`key`.
-    """
-
-    id: str
-    source: str
-    builtin: bool = False
-    spec: ModelSpec | None = None
-    model_class: type[Model] | None = None
-    error: str | None = None
-    version: str = DEFAULT_VERSION
-    token: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the model loaded and can serve."""
-        return self.error is None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """``(id, version, token)``: what identifies this exact model."""
-        return (self.id, self.version, self.token)
-
-    @classmethod
-    def from_class(
-        cls,
-        model_class: type[Model],
-        *,
-        source: str,
-        token: str,
-        version: str | None = None,
-        builtin: bool = False,
-    ) -> ModelEntry:
-        """Check ``model_class``'s declaration and return its entry.
-
-        Providers build their entries this way; ``token`` must change whenever the model
-        does (a checkpoint's step, say), or results cached for the old one are served.
-        ``version`` overrides the class's own (a version folder's number does).
-
-        ::
-
-            entry = ModelEntry.from_class(JobModel, source="training job 12", token="step-400")
-
-        Raises:
-            ConfigError: a wrong declaration or version.
-        """
-        spec = model_class.spec()
-        declared = declared_version(model_class)
-        if version is not None:
-            if not isinstance(version, str) or not _VERSION.match(version):
-                raise ConfigError(f"model {spec.id!r}: {_VERSION_RULE}, not {version!r}")
-            declared = version
-        return cls(
-            id=spec.id,
-            source=source,
-            builtin=builtin,
-            spec=spec,
-            model_class=model_class,
-            version=declared,
-            token=token,
-        )
-
-
-_VERSION_RULE = (
-    "a version must be a string of letters, digits, '.', '_', '+' or '-' starting with a "
-    "letter or digit, such as '2' or '1.4.0'"
-)
-
-
-def declared_version(model_class: type[Model]) -> str:
-    """Return the version a model class declares (``"1"`` unless it says otherwise).
-
-    Raises:
-        ConfigError: a version that is not a string of letters, digits, ``. _ + -``.
-    """
-    version = getattr(model_class, "version", DEFAULT_VERSION)
-    if not isinstance(version, str) or not _VERSION.match(version):
-        raise ConfigError(
-            f"model class {model_class.__qualname__}: {_VERSION_RULE}, not {version!r}"
-        )
-    return version
-
-
-def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Return the sort key of a version: numbers compare as numbers (``1.10`` after ``1.9``)."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in _VERSION_PARTS.findall(version)
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,15 +67,8 @@ class LoadedFolder:
     """What loading one model folder gave: its entries and the module it imported."""
 
     source: ModelSource
-    entries: tuple[ModelEntry, ...]
+    entries: tuple[CatalogueEntry, ...]
     module: str | None = None
-
-
-def failed_entry(
-    model_id: str, source: str, error: str, version: str = DEFAULT_VERSION
-) -> ModelEntry:
-    """Return the entry of a model that failed to load."""
-    return ModelEntry(id=model_id, source=source, version=version, error=error)
 
 
 def find_sources(root: Path, index: int, *, builtin: bool) -> list[ModelSource]:
@@ -290,7 +180,9 @@ def load_folder(source: ModelSource) -> LoadedFolder:
     """Import one model folder into its entries; every failure becomes a failed entry."""
     folder = source.folder
     if source.problem is not None:
-        return LoadedFolder(source, (failed_entry(folder.name, str(folder), source.problem),))
+        return LoadedFolder(
+            source, (FailedModel(id=folder.name, source=str(folder), error=source.problem),)
+        )
     name = source.group.name
     version = source.version or DEFAULT_VERSION
     package = (folder / PACKAGE_FILE).is_file()
@@ -308,9 +200,13 @@ def load_folder(source: ModelSource) -> LoadedFolder:
     except (Exception, SystemExit) as exc:  # a broken plug-in must never stop the others
         if module is not None:
             sys.modules.pop(module.__name__, None)
-        return LoadedFolder(source, (failed_entry(name, where, describe_error(exc), version),))
-    entries = []
+        return LoadedFolder(
+            source,
+            (FailedModel(id=name, source=where, error=describe_error(exc), version=version),),
+        )
+    entries: list[CatalogueEntry] = []
     for cls in classes:
+        entry: CatalogueEntry
         try:
             entry = ModelEntry.from_class(
                 cls,
@@ -321,7 +217,9 @@ def load_folder(source: ModelSource) -> LoadedFolder:
             )
         except Exception as exc:  # a wrong declaration fails this model only
             model_id = cls.id if isinstance(cls.id, str) and cls.id else name
-            entry = failed_entry(model_id, where, describe_error(exc), version)
+            entry = FailedModel(
+                id=model_id, source=where, error=describe_error(exc), version=version
+            )
         entries.append(entry)
     return LoadedFolder(source, tuple(entries), module.__name__ if module is not None else None)
 

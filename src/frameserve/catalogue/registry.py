@@ -52,21 +52,26 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frameserve.catalogue.entries import (
+    CatalogueEntry,
+    FailedModel,
+    ModelEntry,
+    declared_version,
+    version_order,
+)
 from frameserve.catalogue.folders import (
     LoadedFolder,
-    ModelEntry,
     ModelSource,
-    declared_version,
     describe_error,
-    failed_entry,
     find_sources,
     load_folder,
-    version_order,
 )
 from frameserve.errors import ConfigError, ModelNotFoundError
 
 __all__ = [
     "MODELS_ENV",
+    "CatalogueEntry",
+    "FailedModel",
     "ModelEntry",
     "ModelRegistry",
     "ModelSource",
@@ -91,13 +96,13 @@ class _Snapshot:
     """What the registry serves at one moment; replaced whole, never changed in place."""
 
     entries: dict[str, dict[str, ModelEntry]] = field(default_factory=dict)
-    failures: tuple[ModelEntry, ...] = ()
+    failures: tuple[FailedModel, ...] = ()
 
 
 @dataclass
 class _Provider:
-    entries: Callable[[], Sequence[ModelEntry]]
-    current: tuple[ModelEntry, ...] = ()
+    entries: Callable[[], Sequence[CatalogueEntry]]
+    current: tuple[CatalogueEntry, ...] = ()
 
 
 class ModelRegistry:
@@ -131,7 +136,7 @@ class ModelRegistry:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def entries(self) -> list[ModelEntry]:
+    def entries(self) -> list[CatalogueEntry]:
         """Return every model version found, those that failed to load last."""
         snapshot = self._snapshot
         return [*_all_versions(snapshot), *snapshot.failures]
@@ -188,7 +193,7 @@ class ModelRegistry:
             return self.versions(model_id)  # it appeared meanwhile
         return list(versions)
 
-    def failure(self, model_id: str, version: str | None = None) -> ModelEntry | None:
+    def failure(self, model_id: str, version: str | None = None) -> FailedModel | None:
         """Return the failed entry of ``model_id`` (in ``version``), or ``None``."""
         return _failure(self._snapshot, model_id, version)
 
@@ -200,7 +205,7 @@ class ModelRegistry:
 
     def largest_input_count(self) -> int:
         """Return the most image inputs any available model takes (at least 1)."""
-        return max((len(e.spec.inputs) for e in self.available() if e.spec), default=1) or 1
+        return max((len(e.spec.inputs) for e in self.available()), default=1) or 1
 
     def add_listener(self, listener: Callable[[], object]) -> None:
         """Call ``listener()`` after every change of the models (held weakly if a method)."""
@@ -236,7 +241,7 @@ class ModelRegistry:
 
     # -- providers -----------------------------------------------------------------------------
 
-    def add_provider(self, name: str, entries: Callable[[], Sequence[ModelEntry]]) -> None:
+    def add_provider(self, name: str, entries: Callable[[], Sequence[CatalogueEntry]]) -> None:
         """Serve the models ``entries()`` returns, listed and served like any others.
 
         ``entries`` is called now and at each :meth:`refresh_provider`; it should be quick
@@ -267,8 +272,12 @@ class ModelRegistry:
             lines = [
                 (logging.INFO, line) for line in _provider_changes(name, old, provider.current)
             ]
-            known = {(e.id, e.error) for e in old if not e.ok}
-            fresh = [e for e in provider.current if not e.ok and (e.id, e.error) not in known]
+            known = {(e.id, e.error) for e in old if isinstance(e, FailedModel)}
+            fresh = [
+                e
+                for e in provider.current
+                if isinstance(e, FailedModel) and (e.id, e.error) not in known
+            ]
             return self._publish(lines + _failure_lines(fresh))
 
     def remove_provider(self, name: str) -> None:
@@ -315,7 +324,7 @@ class ModelRegistry:
         Logs ``lines`` (level, message) and any new clash between model folders; returns the
         messages.
         """
-        groups: list[tuple[str, Sequence[ModelEntry]]] = [
+        groups: list[tuple[str, Sequence[CatalogueEntry]]] = [
             (str(loaded.source.group), loaded.entries) for loaded in self._loaded.values()
         ]
         groups += [(f"provider {name}", p.current) for name, p in self._providers.items()]
@@ -344,8 +353,8 @@ class ModelRegistry:
 
 
 def _merge(
-    groups: Iterable[tuple[str, Sequence[ModelEntry]]],
-) -> tuple[_Snapshot, list[ModelEntry]]:
+    groups: Iterable[tuple[str, Sequence[CatalogueEntry]]],
+) -> tuple[_Snapshot, list[FailedModel]]:
     """Combine every group's entries: the first group to claim an id keeps it.
 
     Also returns the clashes: entries refused because another group, or the same version,
@@ -353,11 +362,11 @@ def _merge(
     """
     entries: dict[str, dict[str, ModelEntry]] = {}
     owners: dict[str, str] = {}
-    failures: list[ModelEntry] = []
-    clashes: list[ModelEntry] = []
+    failures: list[FailedModel] = []
+    clashes: list[FailedModel] = []
     for owner, items in groups:
         for entry in items:
-            if not entry.ok:
+            if isinstance(entry, FailedModel):
                 failures.append(entry)
                 continue
             versions = entries.setdefault(entry.id, {})
@@ -392,7 +401,7 @@ def _newest(versions: dict[str, ModelEntry]) -> ModelEntry:
     return next(reversed(versions.values()))
 
 
-def _failure(snapshot: _Snapshot, model_id: str, version: str | None) -> ModelEntry | None:
+def _failure(snapshot: _Snapshot, model_id: str, version: str | None) -> FailedModel | None:
     return next(
         (
             f
@@ -403,12 +412,12 @@ def _failure(snapshot: _Snapshot, model_id: str, version: str | None) -> ModelEn
     )
 
 
-def _failed(entry: ModelEntry, error: str) -> ModelEntry:
-    return ModelEntry(id=entry.id, source=entry.source, version=entry.version, error=error)
+def _failed(entry: CatalogueEntry, error: str) -> FailedModel:
+    return FailedModel(id=entry.id, source=entry.source, version=entry.version, error=error)
 
 
-def _summary(entries: Iterable[ModelEntry]) -> str:
-    return ", ".join(f"{e.id} v{e.version}" for e in entries if e.ok)
+def _summary(entries: Iterable[CatalogueEntry]) -> str:
+    return ", ".join(f"{e.id} v{e.version}" for e in entries if isinstance(e, ModelEntry))
 
 
 def _source_changes(
@@ -431,18 +440,20 @@ def _source_changes(
     return []
 
 
-def _failure_lines(entries: Iterable[ModelEntry]) -> list[tuple[int, str]]:
+def _failure_lines(entries: Iterable[CatalogueEntry]) -> list[tuple[int, str]]:
     """One WARNING line per failed entry."""
     return [
         (logging.WARNING, f"model {e.id} from {e.source} failed to load: {e.error}")
         for e in entries
-        if not e.ok
+        if isinstance(e, FailedModel)
     ]
 
 
-def _provider_changes(name: str, old: Sequence[ModelEntry], new: Sequence[ModelEntry]) -> list[str]:
-    before = {e.key[:2]: e for e in old if e.ok}
-    after = {e.key[:2]: e for e in new if e.ok}
+def _provider_changes(
+    name: str, old: Sequence[CatalogueEntry], new: Sequence[CatalogueEntry]
+) -> list[str]:
+    before = {e.key[:2]: e for e in old if isinstance(e, ModelEntry)}
+    after = {e.key[:2]: e for e in new if isinstance(e, ModelEntry)}
     changes = []
     for key, entry in after.items():
         if key not in before:
@@ -455,21 +466,20 @@ def _provider_changes(name: str, old: Sequence[ModelEntry], new: Sequence[ModelE
     return changes
 
 
-def _provided(name: str, entries: Callable[[], Sequence[ModelEntry]]) -> tuple[ModelEntry, ...]:
+def _provided(
+    name: str, entries: Callable[[], Sequence[CatalogueEntry]]
+) -> tuple[CatalogueEntry, ...]:
     """Call a provider; whatever goes wrong becomes a failed entry, never an exception."""
     where = f"provider {name}"
     try:
         items = tuple(entries())
     except Exception as exc:  # a provider must never disturb the others
-        return (failed_entry(name, where, describe_error(exc)),)
-    checked: list[ModelEntry] = []
+        return (FailedModel(id=name, source=where, error=describe_error(exc)),)
+    checked: list[CatalogueEntry] = []
     for item in items:
-        if not isinstance(item, ModelEntry):
-            checked.append(
-                failed_entry(name, where, f"gave {type(item).__name__}, not a ModelEntry")
-            )
-        elif item.ok and (item.spec is None or item.model_class is None):
-            checked.append(_failed(item, f"{where} gave entry {item.id!r} without a model class"))
-        else:
+        if isinstance(item, ModelEntry | FailedModel):
             checked.append(item)
+        else:
+            error = f"gave {type(item).__name__}, not a ModelEntry"
+            checked.append(FailedModel(id=name, source=where, error=error))
     return tuple(checked)

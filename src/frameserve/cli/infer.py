@@ -71,7 +71,6 @@ def run_infer(
 ) -> int:
     """Read the inputs, run the model, write the outputs and print result objects as JSON."""
     spec = registry.get(model_id).spec
-    assert spec is not None
     knobs = parse_knob_texts(spec, knob_texts)
     files = [read_image(path) for path in _input_paths(spec, first_input, more_inputs)]
     frames = []

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from frameserve import __version__
-from frameserve.catalogue.registry import ModelEntry, ModelRegistry, model_folders_from_env
+from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
+from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
 from frameserve.catalogue.watcher import DEFAULT_RELOAD_INTERVAL
 from frameserve.cli.flags import add_model_flags
 from frameserve.cli.package import add_package_parsers
@@ -224,22 +225,22 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry_data(entry: ModelEntry) -> dict[str, Any]:
+def _entry_data(entry: CatalogueEntry) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": entry.id,
         "version": entry.version,
         "source": entry.source,
         "builtin": entry.builtin,
     }
-    if entry.spec is not None:
+    if isinstance(entry, ModelEntry):
         data.update(entry.spec.describe())
     data["error"] = entry.error
     return data
 
 
-def _entry_text(entry: ModelEntry) -> str:
+def _entry_text(entry: CatalogueEntry) -> str:
     where = "built-in" if entry.builtin else entry.source
-    if entry.spec is None:
+    if isinstance(entry, FailedModel):
         return (
             f"{entry.id}  FAILED TO LOAD  version {entry.version}  ({where})\n"
             f"    error: {entry.error}\n"

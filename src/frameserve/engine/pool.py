@@ -70,7 +70,6 @@ class LoadedModel:
     """
 
     def __init__(self, entry: ModelEntry, model: Model) -> None:
-        assert entry.spec is not None
         self.id = entry.id
         self.version = entry.version
         self.key = entry.key

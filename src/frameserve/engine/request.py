@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from frameserve.catalogue.folders import ModelEntry
-from frameserve.errors import FrameError, ModelNotFoundError, RequestError
+from frameserve.catalogue.entries import ModelEntry
+from frameserve.errors import FrameError, RequestError
 from frameserve.plugin.frames import check_frame
 from frameserve.plugin.knobs import KnobValues, resolve_knobs
 from frameserve.plugin.model import SCENE_LINEAR, ModelSpec
@@ -119,15 +119,9 @@ def build_request(
         FrameError: wrong number of frames, an unknown or missing input, or a frame of the
             wrong form.
         KnobError: an unknown knob, a value of the wrong type or out of range.
-        ModelNotFoundError: an entry of a model that failed to load.
     """
     entry = model if isinstance(model, ModelEntry) else None
-    if isinstance(model, ModelSpec):
-        spec = model
-    elif model.spec is not None:
-        spec = model.spec
-    else:
-        raise ModelNotFoundError(f"model {model.id!r} failed to load: {model.error}")
+    spec = model if isinstance(model, ModelSpec) else model.spec
     if isinstance(frames, Mapping):
         unknown = [name for name in frames if name not in {i.name for i in spec.inputs}]
         if unknown:

@@ -207,7 +207,7 @@ class Runner:
             spec = self._entry(request).spec
         except FrameServeError:
             return 1  # the group fails with the registry's error when it runs
-        return 1 if spec is None or not spec.inputs else spec.max_batch_size
+        return spec.max_batch_size if spec.inputs else 1
 
     def _entry(self, request: InferenceRequest) -> ModelEntry:
         """The model version ``request`` runs on: the one it holds, else the newest."""
@@ -217,7 +217,6 @@ class Runner:
         first = requests[0]
         entry = self._entry(first)
         spec = entry.spec
-        assert spec is not None  # the registry serves loaded plug-ins only
         size = _frame_size(spec, first)
         # Requests in one group send the same inputs (optional ones may be absent from all).
         names = [declared.name for declared in spec.inputs if declared.name in first.frames]

@@ -275,9 +275,9 @@ class Scheduler:
         return dataclasses.replace(request, entry=entry)
 
     def _batching(self, request: InferenceRequest) -> tuple[int, float]:
-        spec = request.entry.spec if request.entry is not None else None
-        if spec is None:
+        if request.entry is None:
             return 1, 0.0
+        spec = request.entry.spec
         return spec.max_batch_size, spec.batch_window_ms / 1000.0
 
     def _run(self, batch: list[_Ticket]) -> None:

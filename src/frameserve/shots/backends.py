@@ -93,9 +93,7 @@ class LocalBackend:
 
     def describe(self, model: str) -> ModelSpec:
         """Return the declaration of ``model``; raise :class:`ModelNotFoundError`."""
-        spec = self.registry.get(model).spec
-        assert spec is not None  # get() returns loaded models only
-        return spec
+        return self.registry.get(model).spec
 
     def infer(
         self,

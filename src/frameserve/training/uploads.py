@@ -14,7 +14,7 @@ frameserve reads (``.exr``, ``.png``, ``.tif``/``.tiff``, ``.dpx``, ``.jpg``/``.
 bytes must start with that format's signature and decode completely
 (:func:`frameserve.media.imageio.read_image`). Each failure is an :class:`UploadError` naming the
 problem; the size cap is a :class:`~frameserve.errors.RequestTooLargeError`, and the cap on
-what all unclaimed uploads hold together an :class:`UploadStorageFullError`.
+what all unclaimed uploads hold together an :class:`StorageFullError`.
 
 **Ids.** An upload's id is the first 32 hex digits of the SHA-256 of its bytes, so the same
 file uploaded twice is stored once, and a client that hashes a file can ask whether the server
@@ -50,7 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frameserve.errors import FrameServeError, ImageIOError, RequestError, RequestTooLargeError
+from frameserve.errors import (
+    ImageIOError,
+    RequestTooLargeError,
+    StorageFullError,
+    UploadError,
+    UploadNotFoundError,
+)
 from frameserve.media.imageio import read_image
 from frameserve.serve.settings import DEFAULT_MAX_FRAME_BYTES, MESSAGE_OVERHEAD_BYTES
 
@@ -60,9 +66,6 @@ __all__ = [
     "DEFAULT_MAX_TOTAL_BYTES",
     "UPLOAD_EXTENSIONS",
     "Upload",
-    "UploadError",
-    "UploadNotFoundError",
-    "UploadStorageFullError",
     "UploadStore",
     "UploadedFrame",
     "upload_id",
@@ -95,18 +98,6 @@ _FILENAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-+ ]{0,199}\Z")
 _RECORD = "upload.json"
 _TEMPORARY = ".tmp-"
 _LEFTOVER_AGE = 3600.0  # a hidden folder this old is a killed write, not one in progress
-
-
-class UploadError(RequestError):
-    """An upload that cannot be used: a bad file name, or bytes that are not that image."""
-
-
-class UploadNotFoundError(RequestError):
-    """No upload has that id (never uploaded, deleted, or aged out)."""
-
-
-class UploadStorageFullError(FrameServeError):
-    """The uploads no job has claimed yet hold as much as the store may keep."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +186,7 @@ class UploadStore:
             UploadError: a bad file name, no bytes, or bytes that are not a readable image of
                 the format the name says.
             RequestTooLargeError: more than ``max_file_bytes``.
-            UploadStorageFullError: storing it would pass ``max_total_bytes``.
+            StorageFullError: storing it would pass ``max_total_bytes``.
         """
         view = memoryview(data).cast("B")
         check_filename(filename)
@@ -230,7 +221,7 @@ class UploadStore:
                 shutil.rmtree(self.folder / identity, ignore_errors=True)  # a broken record
                 used = sum(upload.size for upload in self.uploads())
                 if used + size > self.max_total_bytes:
-                    raise UploadStorageFullError(
+                    raise StorageFullError(
                         f"uploads waiting for training jobs hold {used} bytes; {filename!r} "
                         f"({size} bytes) would pass the limit of {self.max_total_bytes} bytes: "
                         "submit or delete the uploads first (they also age out after "

@@ -192,7 +192,7 @@ class HttpApi:
 
     def _model_metadata(self, name: str, version: str | None) -> HttpResponse:
         entry = self._entry(name, version)
-        spec = _spec(entry)
+        spec = entry.spec
         versions = [e.version for e in self.registry.available() if e.id == name]
         return json_response(
             200,
@@ -207,7 +207,7 @@ class HttpApi:
 
     def _model_config(self, name: str, version: str | None) -> HttpResponse:
         entry = self._entry(name, version)
-        data = _spec(entry).describe()
+        data = entry.spec.describe()
         data.update(name=entry.id, version=entry.version, layout="HWC")
         return json_response(200, data)
 
@@ -217,7 +217,7 @@ class HttpApi:
         self, name: str, version: str | None, request: HttpRequest, client: str
     ) -> HttpResponse:
         entry = self._entry(name, version)
-        spec = _spec(entry)
+        spec = entry.spec
         header_length = _header_length(request)
         body, inputs = parse_infer_body(request.body, header_length)
         parameters = body.get("parameters") or {}
@@ -299,11 +299,6 @@ def _only(request: HttpRequest, method: str, answer: Callable[[], HttpResponse])
     if request.method == method or (method == "GET" and request.method == "HEAD"):
         return answer()
     return error_response(405, f"{request.path} takes {method}, not {request.method}")
-
-
-def _spec(entry: ModelEntry) -> ModelSpec:
-    assert entry.spec is not None
-    return entry.spec
 
 
 def _tensor_metadata(name: str, channels: int) -> dict[str, Any]:

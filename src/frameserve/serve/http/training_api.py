@@ -38,15 +38,19 @@ from frameserve.errors import (
     ConfigError,
     FrameServeError,
     ImageIOError,
+    JobConflictError,
+    JobNotFoundError,
     RequestError,
     RequestTooLargeError,
+    StorageFullError,
+    UploadNotFoundError,
 )
 from frameserve.serve.http.api import error_response, json_response
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 from frameserve.training import LATEST, TrainingSettings
 from frameserve.training.jobs.data import LabelSource
-from frameserve.training.jobs.queue import JobConflictError, JobNotFoundError, TrainingJobs
-from frameserve.training.uploads import UploadedFrame, UploadNotFoundError, UploadStorageFullError
+from frameserve.training.jobs.queue import TrainingJobs
+from frameserve.training.uploads import UploadedFrame
 
 __all__ = ["TrainingApi"]
 
@@ -87,7 +91,7 @@ class TrainingApi:
             return error_response(409, str(exc))
         except RequestTooLargeError as exc:
             return error_response(413, str(exc))
-        except UploadStorageFullError as exc:
+        except StorageFullError as exc:
             return error_response(507, str(exc))
         except (ConfigError, ImageIOError, RequestError) as exc:
             return error_response(400, str(exc))

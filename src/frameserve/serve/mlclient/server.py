@@ -209,7 +209,6 @@ class MLClientServer(FrontDoor):
             raise ProtocolError(f"the request's model message is not valid: {exc}") from None
         exchange.model = model.name or "-"
         entry = self.registry.get(model.name)
-        assert entry.spec is not None
         limit = self.settings.max_frame_bytes
         for index, image in enumerate(decoded.images):
             if image.nbytes > limit:
@@ -241,7 +240,6 @@ class MLClientServer(FrontDoor):
     ) -> bytes | None:
         """The result cache key of this request, from the image bytes as they arrived."""
         spec = entry.spec
-        assert spec is not None
         if not self.scheduler.caching or not spec.cacheable:
             return None
         values = resolve_knobs(spec.knobs, knobs)
@@ -335,7 +333,7 @@ def _menu_entries(available: list[ModelEntry]) -> list[tuple[ModelEntry, str]]:
     menu = []
     for entries in versions.values():
         newest = entries[-1]
-        label = newest.spec.label if newest.spec else newest.id
+        label = newest.spec.label
         if len(entries) > 1 or newest.version != "1":
             label = f"{label} (v{newest.version})"
         menu.append((newest, label))

@@ -66,10 +66,10 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from frameserve.catalogue.folders import ModelEntry
+from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.devices import resolve_device
-from frameserve.errors import ConfigError, FrameServeError
+from frameserve.errors import ConfigError, JobConflictError, JobNotFoundError
 from frameserve.training import (
     ImagePairs,
     LabelledImages,
@@ -96,8 +96,6 @@ __all__ = [
     "STATES",
     "UPLOADS_FOLDER",
     "FrameSource",
-    "JobConflictError",
-    "JobNotFoundError",
     "JobStatus",
     "LabelSource",
     "TrainingJobs",
@@ -115,14 +113,6 @@ UPLOADS_FOLDER = ".uploads"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _NAP = 0.02
 _DELETED = ".deleted-"
-
-
-class JobNotFoundError(FrameServeError):
-    """No training job has that name."""
-
-
-class JobConflictError(FrameServeError):
-    """The job's state forbids what was asked (a name in use, resuming a running job)."""
 
 
 @dataclass(frozen=True, kw_only=True)
