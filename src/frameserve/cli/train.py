@@ -204,7 +204,7 @@ def _upload_note(done: int, total: int, filename: str) -> None:
 
 def _train_local(args: argparse.Namespace, kind: str) -> int:
     from frameserve.training import ImagePairs, Trainer, TrainingProgress, TrainingSettings
-    from frameserve.training.jobs.queue import LabelSource
+    from frameserve.training.jobs import LabelSource
 
     settings = TrainingSettings.from_dict(_settings(args))
     folder = Path(args.jobs_folder).expanduser() / args.name

@@ -30,7 +30,7 @@ from frameserve.serve.http.server import HttpServer
 from frameserve.serve.http.training_api import TrainingApi
 from frameserve.serve.mlclient.server import MLClientServer
 from frameserve.serve.settings import ServerSettings
-from frameserve.training.jobs.queue import TrainingJobs
+from frameserve.training.jobs import TrainingJobs
 
 __all__ = ["FrameServer"]
 

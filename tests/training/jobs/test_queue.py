@@ -17,7 +17,7 @@ from frameserve.cli.main import main
 from frameserve.client import Client
 from frameserve.engine.devices import resolve_device
 from frameserve.serve.server import FrameServer
-from frameserve.training.jobs.queue import TrainingJobs
+from frameserve.training.jobs import TrainingJobs
 from tests.support.servers import start_server
 from tests.training.helpers import SETTINGS, write_pairs
 

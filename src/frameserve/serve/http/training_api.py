@@ -48,8 +48,7 @@ from frameserve.errors import (
 from frameserve.serve.http.api import error_response, json_response
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 from frameserve.training import LATEST, TrainingSettings
-from frameserve.training.jobs.data import LabelSource
-from frameserve.training.jobs.queue import TrainingJobs
+from frameserve.training.jobs import LabelSource, TrainingJobs
 from frameserve.training.uploads import UploadedFrame
 
 __all__ = ["TrainingApi"]
