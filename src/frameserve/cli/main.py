@@ -22,9 +22,10 @@ from frameserve.cli.flags import add_model_flags
 from frameserve.cli.package import add_package_parsers
 from frameserve.cli.run import add_run_parser
 from frameserve.cli.train import add_train_parsers
+from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.plugin.model import ImageSpec
-from frameserve.serve.settings import DEFAULT_JOBS_FOLDER, DEFAULT_MAX_FRAME_BYTES, ServerSettings
+from frameserve.serve.settings import DEFAULT_JOBS_FOLDER, ServerSettings
 
 __all__ = ["main"]
 

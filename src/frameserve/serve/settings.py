@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frameserve.engine.devices import check_device_name
+from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES, request_bytes_limit
 from frameserve.errors import ConfigError
 
-__all__ = ["DEFAULT_JOBS_FOLDER", "DEFAULT_MAX_FRAME_BYTES", "JOBS_FOLDER_ENV", "ServerSettings"]
+__all__ = ["DEFAULT_JOBS_FOLDER", "JOBS_FOLDER_ENV", "ServerSettings"]
 
 #: Environment variable naming the training jobs folder (a deployment switch).
 JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
@@ -22,12 +23,8 @@ JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
 #: else ~/.frameserve/jobs.
 DEFAULT_JOBS_FOLDER = Path(os.environ.get(JOBS_FOLDER_ENV) or "~/.frameserve/jobs")
 
-#: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
-DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
 #: Default result cache: about 40 1080p RGB float results.
 DEFAULT_CACHE_BYTES = 1 << 30
-#: Room for the message around the frames (model, options, field headers).
-MESSAGE_OVERHEAD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,4 +107,4 @@ class ServerSettings:
 
     def max_request_bytes(self, inputs: int) -> int:
         """Return the largest request body accepted when a model takes ``inputs`` images."""
-        return self.max_frame_bytes * max(inputs, 1) + MESSAGE_OVERHEAD_BYTES
+        return request_bytes_limit(self.max_frame_bytes, inputs)

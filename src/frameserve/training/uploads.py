@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES, request_bytes_limit
 from frameserve.errors import (
     ImageIOError,
     RequestTooLargeError,
@@ -58,7 +59,6 @@ from frameserve.errors import (
     UploadNotFoundError,
 )
 from frameserve.media.imageio import read_image
-from frameserve.serve.settings import DEFAULT_MAX_FRAME_BYTES, MESSAGE_OVERHEAD_BYTES
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 #: How long an upload no job claimed is kept after its last upload.
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600.0
 #: The largest upload: one 8K four-channel float frame, plus room for the file's own headers.
-DEFAULT_MAX_FILE_BYTES = DEFAULT_MAX_FRAME_BYTES + MESSAGE_OVERHEAD_BYTES
+DEFAULT_MAX_FILE_BYTES = request_bytes_limit(DEFAULT_MAX_FRAME_BYTES, 1)
 #: What all uploads together may hold (about 28 uncompressed 8K RGBA float EXRs).
 DEFAULT_MAX_TOTAL_BYTES = 16 << 30
 

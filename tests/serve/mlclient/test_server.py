@@ -29,9 +29,9 @@ import pytest
 import scipy.ndimage
 import skimage.data
 
+from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES
 from frameserve.serve.mlclient import messages as pb
 from frameserve.serve.server import FrameServer
-from frameserve.serve.settings import DEFAULT_MAX_FRAME_BYTES
 from tests.support.node_client import (
     NodeClient,
     decode_image,

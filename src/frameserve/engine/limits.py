@@ -1,0 +1,21 @@
+"""How much one request may carry: the size caps every front door checks before it allocates.
+
+::
+
+    limit = request_bytes_limit(DEFAULT_MAX_FRAME_BYTES, inputs=2)   # two 8K frames + overhead
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "MESSAGE_OVERHEAD_BYTES", "request_bytes_limit"]
+
+#: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
+DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
+#: Room for the message around the frames (model, options, field headers).
+MESSAGE_OVERHEAD_BYTES = 1 << 20
+
+
+def request_bytes_limit(max_frame_bytes: int, inputs: int) -> int:
+    """Return the largest request accepted when a model takes ``inputs`` frames of at most
+    ``max_frame_bytes`` each (at least one frame, plus the message around them)."""
+    return max_frame_bytes * max(inputs, 1) + MESSAGE_OVERHEAD_BYTES
