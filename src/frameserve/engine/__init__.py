@@ -1,4 +1,4 @@
 """Running requests: the checked request, the scheduler (when), the runner (where and how).
 
-Colour, devices, tiles, the model pool, the result cache and metrics serve those three.
+The front doors see one :class:`~frameserve.engine.engine.Engine`; the rest serves those three.
 """

@@ -2,7 +2,16 @@
 
 A front door decodes its wire format into frames and raw knob values, then calls
 :func:`build_request`, which checks them against the model's declaration once, so that
-everything downstream can trust the request.
+everything downstream can trust the request. This module is the one place that checks a
+request's inputs and knobs; front doors only translate.
+
+A door that needs the knob values before its frames are converted (the MLClient door keys its
+result cache on them) checks them first with :func:`check_knobs` and hands the
+:class:`CheckedKnobs` to :func:`build_request`, which then does not check them again::
+
+    knobs = check_knobs(entry, {"size": 2.5})
+    key = engine.cache_key(entry, knobs, digests)     # before any frame is converted
+    request = build_request(entry, frames, knobs)
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import enum
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 
@@ -18,10 +28,17 @@ from frameserve.catalogue.entries import ModelEntry
 from frameserve.errors import FrameError, RequestError
 from frameserve.plugin.frames import check_frame
 from frameserve.plugin.knobs import KnobValues, resolve_knobs
-from frameserve.plugin.model import SCENE_LINEAR, ModelSpec
+from frameserve.plugin.model import SCENE_LINEAR, ImageSpec, ModelSpec
 from frameserve.plugin.results import ResultObject
 
-__all__ = ["InferenceRequest", "InferenceResult", "Priority", "build_request"]
+__all__ = [
+    "CheckedKnobs",
+    "InferenceRequest",
+    "InferenceResult",
+    "Priority",
+    "build_request",
+    "check_knobs",
+]
 
 _request_ids = itertools.count(1)
 
@@ -91,10 +108,41 @@ class InferenceResult:
     objects: tuple[ResultObject, ...] = ()
 
 
+#: A request's frames: a sequence in input order, a mapping of input name to frame, or a
+#: sequence of ``(name, frame)`` pairs as a wire format lists them (a name sent twice is refused).
+Frames: TypeAlias = (
+    Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | Sequence[tuple[str, torch.Tensor]]
+)
+
+
+@dataclass(frozen=True)
+class CheckedKnobs:
+    """Knob values checked against one model's declaration by :func:`check_knobs`.
+
+    Attributes:
+        spec: the declaration they were checked against.
+        values: every knob's value: what was sent, the defaults for the rest.
+    """
+
+    spec: ModelSpec
+    values: KnobValues
+
+
+def check_knobs(model: ModelSpec | ModelEntry, sent: Mapping[str, object]) -> CheckedKnobs:
+    """Check the knob values a request ``sent`` against ``model``; fill in the defaults.
+
+    Raises:
+        KnobError: an unknown knob, a value of the wrong type or out of range (the message
+            names the knob and says what is allowed).
+    """
+    spec = model if isinstance(model, ModelSpec) else model.spec
+    return CheckedKnobs(spec, resolve_knobs(spec.knobs, sent))
+
+
 def build_request(
     model: ModelSpec | ModelEntry,
-    frames: Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
-    knobs: Mapping[str, object],
+    frames: Frames,
+    knobs: Mapping[str, object] | CheckedKnobs,
     *,
     colourspace: str | None = None,
     priority: Priority = Priority.INTERACTIVE,
@@ -107,7 +155,10 @@ def build_request(
     """Check ``frames`` and ``knobs`` against ``model``; return the request.
 
     ``frames`` is a sequence in input order (optional inputs, which come last, may be left
-    off) or a mapping of input name to frame.
+    off), a mapping of input name to frame, or a sequence of ``(name, frame)`` pairs.
+
+    ``knobs`` are the values the request sent, or values :func:`check_knobs` checked already
+    against this model (they are not checked again).
 
     ``model`` is a model's declaration, or its registry entry: then the request runs on
     exactly that version, even if the registry reloads the model before it runs.
@@ -116,39 +167,14 @@ def build_request(
     MLClient node always sends RGB); fewer channels are an error.
 
     Raises:
-        FrameError: wrong number of frames, an unknown or missing input, or a frame of the
-            wrong form.
+        FrameError: wrong number of frames, an unknown, missing or repeated input, or a frame
+            of the wrong form.
         KnobError: an unknown knob, a value of the wrong type or out of range.
     """
     entry = model if isinstance(model, ModelEntry) else None
     spec = model if isinstance(model, ModelSpec) else model.spec
-    if isinstance(frames, Mapping):
-        unknown = [name for name in frames if name not in {i.name for i in spec.inputs}]
-        if unknown:
-            declared_names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
-            raise FrameError(
-                f"model {spec.id!r} has no input {unknown[0]!r}; its inputs: {declared_names}"
-            )
-        missing = [i.name for i in spec.required_inputs if i.name not in frames]
-        if missing:
-            raise FrameError(
-                f"model {spec.id!r} needs input {missing[0]!r}; the request has "
-                f"{', '.join(map(repr, frames)) or 'none'}"
-            )
-        given = [(i, frames[i.name]) for i in spec.inputs if i.name in frames]
-    else:
-        required = len(spec.required_inputs)
-        if not required <= len(frames) <= len(spec.inputs):
-            names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
-            takes = str(len(spec.inputs))
-            if required < len(spec.inputs):
-                takes = f"{required} to {len(spec.inputs)}"
-            raise FrameError(
-                f"model {spec.id!r} takes {takes} image(s) ({names}); the request has {len(frames)}"
-            )
-        given = list(zip(spec.inputs, frames, strict=False))
     by_name: dict[str, torch.Tensor] = {}
-    for declared, frame in given:
+    for declared, frame in _match_inputs(spec, frames):
         what = f"input {declared.name!r} of model {spec.id!r}"
         frame = check_frame(frame, what=what)
         channels = frame.shape[0]
@@ -157,7 +183,11 @@ def build_request(
                 f"{what} needs {declared.channels} channel(s); the request sent {channels}"
             )
         by_name[declared.name] = frame[: declared.channels]
-    values = resolve_knobs(spec.knobs, knobs)
+    if isinstance(knobs, CheckedKnobs) and knobs.spec is spec:
+        values = knobs.values
+    else:
+        sent = knobs.values if isinstance(knobs, CheckedKnobs) else knobs
+        values = resolve_knobs(spec.knobs, sent)
     return InferenceRequest(
         model_id=spec.id,
         frames=by_name,
@@ -171,3 +201,46 @@ def build_request(
         cache_key=cache_key,
         entry=entry,
     )
+
+
+def _match_inputs(spec: ModelSpec, frames: Frames) -> list[tuple[ImageSpec, object]]:
+    """Pair each frame with the input it is, in declared order; check names and counts."""
+    if isinstance(frames, Mapping):
+        return _match_names(spec, list(frames.items()))
+    if frames and all(isinstance(item, tuple) for item in frames):
+        return _match_names(spec, [(str(name), frame) for name, frame in frames])
+    required = len(spec.required_inputs)
+    if not required <= len(frames) <= len(spec.inputs):
+        names = ", ".join(repr(i.name) for i in spec.inputs) or "none"
+        takes = str(len(spec.inputs))
+        if required < len(spec.inputs):
+            takes = f"{required} to {len(spec.inputs)}"
+        raise FrameError(
+            f"model {spec.id!r} takes {takes} image(s) ({names}); the request has {len(frames)}"
+        )
+    return list(zip(spec.inputs, frames, strict=False))
+
+
+def _match_names(
+    spec: ModelSpec, named: list[tuple[str, object]]
+) -> list[tuple[ImageSpec, object]]:
+    declared = {i.name: i for i in spec.inputs}
+    given: dict[str, object] = {}
+    for name, frame in named:
+        if name not in declared:
+            declared_names = ", ".join(map(repr, declared)) or "none"
+            raise FrameError(
+                f"model {spec.id!r} has no input {name!r}; its inputs: {declared_names}"
+            )
+        if name in given:
+            raise FrameError(
+                f"model {spec.id!r}: input {name!r} is sent twice; send each input once"
+            )
+        given[name] = frame
+    missing = [i.name for i in spec.required_inputs if i.name not in given]
+    if missing:
+        raise FrameError(
+            f"model {spec.id!r} needs input {missing[0]!r}; the request has "
+            f"{', '.join(map(repr, given)) or 'none'}"
+        )
+    return [(i, given[i.name]) for i in spec.inputs if i.name in given]

@@ -40,7 +40,6 @@ from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.errors import DeadlineExceededError, FrameServeError, RequestCancelledError
-from frameserve.plugin.model import ModelSpec
 
 __all__ = ["Scheduler"]
 
@@ -162,7 +161,7 @@ class Scheduler:
         request = self._pinned(request)
         key = request.cache_key
         entry = request.entry
-        if key is None and self.cache is not None and entry is not None and _cacheable(entry.spec):
+        if key is None and self.cache is not None and entry is not None and entry.spec.cacheable:
             key = internal_key(request, entry.version, token=entry.token)
             cached = self.cached(key)
             if cached is not None:
@@ -305,10 +304,6 @@ class Scheduler:
             if ticket.cache_key is not None and self.cache is not None:
                 self.cache.put(ticket.cache_key, outcome)
             ticket.future.set_result(outcome)
-
-
-def _cacheable(spec: ModelSpec | None) -> bool:
-    return spec is not None and spec.cacheable
 
 
 def _lower_thread_priority() -> None:

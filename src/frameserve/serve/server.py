@@ -1,4 +1,4 @@
-"""The frame server: one registry, runner and scheduler shared by every front door.
+"""The frame server: the engine, the front doors that translate for it, and hot reload.
 
 ::
 
@@ -7,7 +7,12 @@
         ...
 
 The data path reads top to bottom: front door (protocol) → request → scheduler → runner →
-model, and back. Front doors (MLClient, HTTP) only translate. Unless
+model, and back. This module builds the parts from :class:`ServerSettings`: the registry,
+runner, result cache, metrics and scheduler, and over them the one
+:class:`~frameserve.engine.engine.Engine` that the front doors (MLClient, HTTP) are given,
+each with its own :class:`~frameserve.serve.settings.DoorSettings`. The doors only translate
+their wire formats; they never hold the registry or scheduler. The HTTP door is built with its
+routes: the inference API and the training API over :class:`TrainingJobs`. Unless
 ``settings.reload_interval`` is ``None``, a :class:`~frameserve.catalogue.watcher.ModelWatcher`
 reloads model folders that are added, changed or removed while the server runs.
 """
@@ -22,10 +27,12 @@ from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
 from frameserve.catalogue.watcher import ModelWatcher
 from frameserve.engine.cache import ResultCache
 from frameserve.engine.colour import ColourManager
+from frameserve.engine.engine import Engine
 from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.scheduler import Scheduler
+from frameserve.serve.http.api import InferenceApi
 from frameserve.serve.http.server import HttpServer
 from frameserve.serve.http.training_api import TrainingApi
 from frameserve.serve.mlclient.server import MLClientServer
@@ -61,32 +68,25 @@ class FrameServer:
             cache=self.cache,
             metrics=self.metrics,
         )
-        self._register_gauges()
-        self.mlclient = MLClientServer(
-            registry=self.registry, scheduler=self.scheduler, settings=self.settings
-        )
-        self.http: HttpServer | None = None
-        if self.settings.http_port is not None:
-            self.http = HttpServer(
-                registry=self.registry,
-                scheduler=self.scheduler,
-                settings=self.settings,
-                is_ready=self.is_ready,
-            )
+        self.engine = Engine(registry=self.registry, scheduler=self.scheduler)
         self.jobs = TrainingJobs(
             self.settings.jobs_folder,
             registry=self.registry,
-            busy=lambda: self.scheduler.queue_depth(Priority.INTERACTIVE) > 0,
+            busy=lambda: self.engine.queue_depth(Priority.INTERACTIVE) > 0,
             max_upload_bytes=self.settings.max_request_bytes(1),
         )
-        if self.http is not None:
-            training = TrainingApi(self.jobs)
-            self.http.api.extensions.append(training.handle)
-            self.http.api.body_limits.append(training.body_limit)
+        self.mlclient = MLClientServer(engine=self.engine, settings=self.settings.mlclient_door())
+        self.http: HttpServer | None = None
+        http_door = self.settings.http_door()
+        if http_door is not None:
+            routes = [
+                InferenceApi(self.engine, max_frame_bytes=http_door.max_frame_bytes),
+                TrainingApi(self.jobs),
+            ]
+            self.http = HttpServer(http_door, engine=self.engine, routes=routes)
         self.watcher: ModelWatcher | None = None
         if self.settings.reload_interval is not None:
             self.watcher = ModelWatcher(self.registry, interval=self.settings.reload_interval)
-        self._ready = threading.Event()
         self._stopped = threading.Event()
 
     @property
@@ -107,44 +107,14 @@ class FrameServer:
         host, port = self.http_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def _register_gauges(self) -> None:
-        metrics = self.metrics
-        metrics.gauge(
-            "frameserve_queue_depth",
-            "Requests waiting to run, by priority.",
-            lambda: [
-                ((("priority", p.name.lower()),), self.scheduler.queue_depth(p)) for p in Priority
-            ],
-        )
-        metrics.gauge(
-            "frameserve_models_loaded",
-            "Models whose setup has run and that are held in memory.",
-            lambda: [((), len(self.runner.loaded_models()))],
-        )
-        metrics.gauge(
-            "frameserve_model_memory_bytes",
-            "Memory held by loaded models (parameters and buffers).",
-            lambda: [((), self.runner.memory_in_use())],
-        )
-        metrics.gauge(
-            "frameserve_cache_bytes",
-            "Bytes of frames held by the result cache.",
-            lambda: [((), self.cache.bytes_used if self.cache else 0)],
-        )
-        metrics.gauge(
-            "frameserve_cache_entries",
-            "Results held by the result cache.",
-            lambda: [((), len(self.cache) if self.cache else 0)],
-        )
-
     def is_ready(self) -> bool:
         """Whether the server is started and not shutting down."""
-        return self._ready.is_set()
+        return self.engine.is_ready()
 
     def start(self) -> FrameServer:
         """Open every front door and start watching the model folders; return self."""
-        ready = [_named(e.id, e.version) for e in self.registry.available()]
-        failed = [_named(e.id, e.version) for e in self.registry.entries() if not e.ok]
+        ready = [_named(e.id, e.version) for e in self.engine.models()]
+        failed = [_named(e.id, e.version) for e in self.engine.catalogue() if not e.ok]
         log.info("models: %s", ", ".join(ready) or "none")
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
@@ -153,7 +123,7 @@ class FrameServer:
             self.http.start()
         if self.watcher is not None:
             self.watcher.start()
-        self._ready.set()
+        self.engine.set_ready(True)
         return self
 
     def wait(self) -> None:
@@ -162,14 +132,14 @@ class FrameServer:
 
     def close(self) -> None:
         """Close every front door and stop the workers."""
-        self._ready.clear()
+        self.engine.set_ready(False)
         if self.watcher is not None:
             self.watcher.close()
         self.jobs.close()
         if self.http is not None:
             self.http.close()
         self.mlclient.close()
-        self.scheduler.close()
+        self.engine.close()
         self._stopped.set()
 
     def __enter__(self) -> FrameServer:

@@ -3,6 +3,10 @@
 ::
 
     settings = ServerSettings(port=0, model_folders=["studio_models"], read_timeout=5.0)
+    settings.mlclient_door()    # DoorSettings(host='127.0.0.1', port=0, ...)
+
+Each front door is told only its own part, a :class:`DoorSettings`, made here from the
+server's settings (:meth:`ServerSettings.mlclient_door`, :meth:`ServerSettings.http_door`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from frameserve.engine.devices import check_device_name
 from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES, request_bytes_limit
 from frameserve.errors import ConfigError
 
-__all__ = ["DEFAULT_JOBS_FOLDER", "JOBS_FOLDER_ENV", "ServerSettings"]
+__all__ = ["DEFAULT_JOBS_FOLDER", "JOBS_FOLDER_ENV", "DoorSettings", "ServerSettings"]
 
 #: Environment variable naming the training jobs folder (a deployment switch).
 JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
@@ -25,6 +29,36 @@ DEFAULT_JOBS_FOLDER = Path(os.environ.get(JOBS_FOLDER_ENV) or "~/.frameserve/job
 
 #: Default result cache: about 40 1080p RGB float results.
 DEFAULT_CACHE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoorSettings:
+    """What one front door is told: where it listens, how long it waits, how much it accepts.
+
+    ::
+
+        door = DoorSettings(host="127.0.0.1", port=0, max_connections=16, read_timeout=5.0,
+                            request_timeout=60.0, max_frame_bytes=1 << 26)
+
+    Attributes:
+        host, port: the address it listens on (port 0 picks a free one).
+        max_connections: connections served at once; more are answered with a busy error.
+        read_timeout: seconds a client may stay silent while sending a request.
+        request_timeout: seconds a client has to send a whole request.
+        max_frame_bytes: largest frame accepted per model input (see
+            :func:`~frameserve.engine.limits.request_bytes_limit`).
+    """
+
+    host: str
+    port: int
+    max_connections: int
+    read_timeout: float
+    request_timeout: float
+    max_frame_bytes: int
+
+    def max_request_bytes(self, inputs: int) -> int:
+        """Return the largest request body accepted when a model takes ``inputs`` images."""
+        return request_bytes_limit(self.max_frame_bytes, inputs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,3 +142,21 @@ class ServerSettings:
     def max_request_bytes(self, inputs: int) -> int:
         """Return the largest request body accepted when a model takes ``inputs`` images."""
         return request_bytes_limit(self.max_frame_bytes, inputs)
+
+    def mlclient_door(self) -> DoorSettings:
+        """Return the settings of the MLClient door (``host:port``)."""
+        return self._door(self.port)
+
+    def http_door(self) -> DoorSettings | None:
+        """Return the settings of the HTTP door (``host:http_port``); ``None``: no HTTP."""
+        return None if self.http_port is None else self._door(self.http_port)
+
+    def _door(self, port: int) -> DoorSettings:
+        return DoorSettings(
+            host=self.host,
+            port=port,
+            max_connections=self.max_connections,
+            read_timeout=self.read_timeout,
+            request_timeout=self.request_timeout,
+            max_frame_bytes=self.max_frame_bytes,
+        )

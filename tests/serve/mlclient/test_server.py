@@ -1,7 +1,7 @@
 """The MLClient front door, end to end: a real server on loopback, spoken to like Nuke's node.
 
 Every request here goes through ``tests/support/node_client.py``, which frames requests exactly
-as Foundry's compiled MLClient node does (``shared/spec/mlclient-protocol.md``). The tests read
+as Foundry's compiled MLClient node does (``docs/mlclient-protocol.md``). The tests read
 as the promises the README makes to an artist and a TD:
 
 - Connect lists every model with its inputs, outputs and knobs, each knob showing its default;

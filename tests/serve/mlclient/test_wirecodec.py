@@ -1,7 +1,7 @@
 """The MLClient wire handling in isolation: the zero-copy codec and the framing helpers.
 
 ``wirecodec`` walks the protobuf wire format by hand, so it is checked here against bytes built
-from the spec's field numbers (``shared/spec/mlclient-protocol.md``) and against the regular
+from the documented field numbers (``docs/mlclient-protocol.md``) and against the regular
 protobuf classes; ``framing`` is checked on a local socket pair.
 """
 
@@ -25,6 +25,7 @@ from frameserve.serve.mlclient.convert import frame_from_wire, frame_to_wire, se
 from frameserve.serve.mlclient.framing import HEADER_SIZE, parse_request_header, reply_header
 from frameserve.serve.mlclient.wirecodec import (
     DecodedRequest,
+    RequestKind,
     WirePixels,
     decode_request,
     encode_inference_reply,
@@ -103,7 +104,7 @@ def test_the_info_request_matches_the_golden_bytes() -> None:
     built = field_varint(1, 1) + field_bytes(2, field_varint(1, 1))
     assert built == INFO_REQUEST
     assert pb.RequestWrapper(info=True, r1=pb.RequestInfo(info=True)).SerializeToString() == built
-    assert decode(INFO_REQUEST).kind == "info"
+    assert decode(INFO_REQUEST).kind is RequestKind.INFO
 
 
 def test_an_inference_request_built_by_hand_decodes_to_views_of_its_pixels() -> None:
@@ -115,7 +116,7 @@ def test_an_inference_request_built_by_hand_decodes_to_views_of_its_pixels() -> 
     assert body == bytes.fromhex("0801 1a14 0a04 0a026964 120c 080110011801 2204 0000003f")
 
     decoded = decode(body)
-    assert decoded.kind == "inference"
+    assert decoded.kind is RequestKind.INFER
     assert [bytes(part) for part in decoded.model_parts] == [model]
     [wire] = decoded.images
     assert (wire.width, wire.height, wire.channels) == (1, 1, 1)
@@ -129,7 +130,7 @@ def test_an_inference_request_built_by_hand_decodes_to_views_of_its_pixels() -> 
 
 def test_r1_wins_over_r2_like_the_original_server() -> None:
     inference = field_bytes(2, field_varint(1, 4))
-    assert decode(field_bytes(3, inference) + field_bytes(2, b"")).kind == "info"
+    assert decode(field_bytes(3, inference) + field_bytes(2, b"")).kind is RequestKind.INFO
 
 
 def test_an_r2_split_in_two_is_merged_like_protobuf_does() -> None:
@@ -223,7 +224,7 @@ def inference_requests(draw: st.DrawFn) -> pb.RequestWrapper:
 def test_decoded_requests_match_what_protobuf_wrote(request: pb.RequestWrapper) -> None:
     body = request.SerializeToString()
     decoded = decode(body)
-    assert decoded.kind == "inference"
+    assert decoded.kind is RequestKind.INFER
     expected = [(i.width, i.height, i.channels, i.image) for i in request.r2.images]
     got = [(w.width, w.height, w.channels, body[w.start : w.end]) for w in decoded.images]
     assert got == expected

@@ -1,8 +1,11 @@
-"""The Open Inference Protocol v2 endpoints: routing, and each endpoint's answer.
+"""The Open Inference Protocol v2 endpoints: a :class:`Route` of the HTTP door.
 
-Protocol-neutral work happens elsewhere: requests are built by :func:`build_request` and run by
-the scheduler, exactly as for the MLClient door. This module only maps paths and JSON to those
-calls and their results back to JSON and tensors. ``docs/http-api.md`` is the user's guide.
+Health, server and model metadata, the model repository, metrics and inference. This module
+only translates: paths and JSON become calls to the :class:`~frameserve.engine.engine.Engine`,
+tensors become frames (:mod:`frameserve.serve.http.tensors`) handed to
+:func:`~frameserve.engine.request.build_request`, which checks the inputs and knobs exactly as
+for the MLClient door, and results go back as JSON and tensors. ``docs/http-api.md`` is the
+user's guide.
 
 Every model path also exists under ``/v2/models/{name}/versions/{version}/...``: that version,
 where the plain path means the newest. Requests are built from the exact registry entry, so a
@@ -12,7 +15,6 @@ model reloaded while one runs never mixes versions into it.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -20,34 +22,25 @@ from concurrent.futures import Future
 from typing import Any
 
 from frameserve import __version__
-from frameserve.catalogue.registry import ModelEntry, ModelRegistry
+from frameserve.catalogue.entries import ModelEntry
+from frameserve.engine.engine import Engine
+from frameserve.engine.limits import request_bytes_limit
 from frameserve.engine.request import InferenceResult, Priority, build_request
-from frameserve.engine.scheduler import Scheduler
-from frameserve.errors import (
-    DeadlineExceededError,
-    FrameError,
-    FrameServeError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ProtocolError,
-    RequestError,
-    RequestTooLargeError,
-    ServerBusyError,
-)
+from frameserve.errors import FrameError, FrameServeError, ProtocolError
 from frameserve.plugin.model import ModelSpec
+from frameserve.serve.http.routes import SMALL_BODY, Route, error_response, json_response, only
+from frameserve.serve.http.status import status_for
 from frameserve.serve.http.tensors import (
     OutputTensor,
+    binary_header,
     frames_from_tensor,
     parse_infer_body,
     tensor_from_frames,
 )
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 from frameserve.serve.net.sockets import wait_while_connected
-from frameserve.serve.settings import ServerSettings
 
-__all__ = ["OBJECTS_OUTPUT", "HttpApi", "error_response", "json_response", "status_for"]
-
-log = logging.getLogger(__name__)
+__all__ = ["OBJECTS_OUTPUT", "InferenceApi"]
 
 #: Name of the BYTES output that carries result objects as JSON documents.
 OBJECTS_OUTPUT = "objects"
@@ -55,67 +48,49 @@ OBJECTS_OUTPUT = "objects"
 RESERVED_PARAMETERS = frozenset(
     {"binary_data_output", "colourspace", "colorspace", "priority", "deadline_ms", "client_id"}
 )
-_SMALL_BODY = 1 << 20
 _DIGITS = re.compile(r"[0-9]+")
 _MODEL_PATH = re.compile(
     r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/config|/infer)?"
 )
+_SERVER_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
+_REPOSITORY_INDEX = "/v2/repository/index"
 
 
-def json_response(status: int, data: object) -> HttpResponse:
-    """Return a JSON response."""
-    return HttpResponse(status, [json.dumps(data).encode()])
+class InferenceApi(Route):
+    """Answers the OIP v2 paths from the engine.
 
+    ``max_frame_bytes`` caps each input frame of an infer request (the body may hold that
+    times the most inputs any model takes).
+    """
 
-def error_response(status: int, message: str) -> HttpResponse:
-    """Return the ``{"error": ...}`` answer every failure gets."""
-    return json_response(status, {"error": message})
+    def __init__(self, engine: Engine, *, max_frame_bytes: int) -> None:
+        self.engine = engine
+        self.max_frame_bytes = max_frame_bytes
 
-
-class HttpApi:
-    """Answers OIP v2 requests from the registry and the scheduler."""
-
-    def __init__(
-        self,
-        *,
-        registry: ModelRegistry,
-        scheduler: Scheduler,
-        settings: ServerSettings,
-        is_ready: Callable[[], bool],
-    ) -> None:
-        self.registry = registry
-        self.scheduler = scheduler
-        self.settings = settings
-        self.is_ready = is_ready
-        #: Extra endpoints (``frameserve.serve.http.training_api``): each returns its
-        #: answer, or ``None`` for a path it does not serve.
-        self.extensions: list[Callable[[HttpRequest], HttpResponse | None]] = []
-        #: Body limits of extension paths: each returns the largest body of a request's
-        #: ``(method, path)``, or ``None`` for the requests it does not serve.
-        self.body_limits: list[Callable[[str, str], int | None]] = []
+    def matches(self, path: str) -> bool:
+        """Whether ``path`` is a server path or a model path of the API."""
+        path = path.rstrip("/") or "/"
+        if path in _SERVER_PATHS or path == _REPOSITORY_INDEX:
+            return True
+        return _MODEL_PATH.fullmatch(path) is not None
 
     def body_limit(self, method: str, path: str) -> int:
-        """Largest body accepted: frames for ``infer``, what an extension says for its paths
-        (uploads), a little JSON for everything else."""
+        """Largest body accepted: frames for ``infer``, a little JSON for everything else."""
         if method == "POST" and path.endswith("/infer"):
-            return self.settings.max_request_bytes(self.registry.largest_input_count())
-        for limit in self.body_limits:
-            found = limit(method, path)
-            if found is not None:
-                return found
-        return _SMALL_BODY
+            return request_bytes_limit(self.max_frame_bytes, self.engine.largest_input_count())
+        return SMALL_BODY
 
-    def handle(self, request: HttpRequest, client: str) -> tuple[HttpResponse, str]:
-        """Answer ``request``; also return the model it concerned (for the log line).
+    def model_of(self, path: str) -> str | None:
+        """The model named in a model path."""
+        match = _MODEL_PATH.fullmatch(path.rstrip("/"))
+        return match["name"] if match else None
 
-        Every :class:`FrameServeError` becomes its JSON error answer here.
-        """
-        match = _MODEL_PATH.fullmatch(request.path.rstrip("/"))
-        model = match["name"] if match else "-"
+    def handle(self, request: HttpRequest, client: str) -> HttpResponse:
+        """Answer ``request``; every :class:`FrameServeError` becomes its JSON error answer."""
         try:
-            return self._route(request, client), model
+            return self._route(request, client)
         except FrameServeError as exc:
-            return error_response(status_for(exc), str(exc)), model
+            return error_response(status_for(exc), str(exc))
 
     def _route(self, request: HttpRequest, client: str) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
@@ -126,30 +101,26 @@ class HttpApi:
             "/metrics": self._metrics,
         }
         if path in simple:
-            return _only(request, "GET", simple[path])
-        if path == "/v2/repository/index":
-            return _only(request, "POST", self._repository_index)
-        for extension in self.extensions:
-            answer = extension(request)
-            if answer is not None:
-                return answer
+            return only(request, "GET", simple[path])
+        if path == _REPOSITORY_INDEX:
+            return only(request, "POST", self._repository_index)
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}; see docs/http-api.md")
         name, version, action = match["name"], match["version"], match["action"] or ""
         if action == "/infer":
-            return _only(request, "POST", lambda: self._infer(name, version, request, client))
+            return only(request, "POST", lambda: self._infer(name, version, request, client))
         handlers = {
             "": self._model_metadata,
             "/ready": self._model_ready,
             "/config": self._model_config,
         }
-        return _only(request, "GET", lambda: handlers[action](name, version))
+        return only(request, "GET", lambda: handlers[action](name, version))
 
     # -- server --------------------------------------------------------------------------------
 
     def _server_ready(self) -> HttpResponse:
-        ready = self.is_ready()
+        ready = self.engine.is_ready()
         return json_response(200 if ready else 503, {"ready": ready})
 
     def _server_metadata(self) -> HttpResponse:
@@ -164,36 +135,27 @@ class HttpApi:
 
     def _repository_index(self) -> HttpResponse:
         index = []
-        for entry in self.registry.entries():
+        for entry in self.engine.catalogue():
             item = {"name": entry.id, "version": entry.version}
             item["state"] = "READY" if entry.ok else "UNAVAILABLE"
             item["reason"] = entry.error or ""
             index.append(item)
         return json_response(200, index)
 
-    # -- models --------------------------------------------------------------------------------
+    def _metrics(self) -> HttpResponse:
+        text = self.engine.metrics_text().encode()
+        return HttpResponse(200, [text], content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def _entry(self, name: str, version: str | None) -> ModelEntry:
-        """Model ``name`` in ``version`` (default: the newest).
-
-        A model (or version) that failed to load is a 503, one that does not exist a 404 that
-        lists the versions there are.
-        """
-        try:
-            return self.registry.get(name, version)
-        except ModelNotFoundError as exc:
-            if self.registry.failure(name, version) is not None:
-                raise ModelLoadError(str(exc)) from None
-            raise
+    # -- models: a failed model is a 503, a missing one a 404 (Engine.model) -------------------
 
     def _model_ready(self, name: str, version: str | None) -> HttpResponse:
-        entry = self._entry(name, version)
+        entry = self.engine.model(name, version)
         return json_response(200, {"name": name, "version": entry.version, "ready": True})
 
     def _model_metadata(self, name: str, version: str | None) -> HttpResponse:
-        entry = self._entry(name, version)
+        entry = self.engine.model(name, version)
         spec = entry.spec
-        versions = [e.version for e in self.registry.available() if e.id == name]
+        versions = [e.version for e in self.engine.models() if e.id == name]
         return json_response(
             200,
             {
@@ -206,7 +168,7 @@ class HttpApi:
         )
 
     def _model_config(self, name: str, version: str | None) -> HttpResponse:
-        entry = self._entry(name, version)
+        entry = self.engine.model(name, version)
         data = entry.spec.describe()
         data.update(name=entry.id, version=entry.version, layout="HWC")
         return json_response(200, data)
@@ -216,30 +178,20 @@ class HttpApi:
     def _infer(
         self, name: str, version: str | None, request: HttpRequest, client: str
     ) -> HttpResponse:
-        entry = self._entry(name, version)
-        spec = entry.spec
-        header_length = _header_length(request)
-        body, inputs = parse_infer_body(request.body, header_length)
+        """Translate tensors to frames, one request per frame; ``build_request`` checks them."""
+        entry = self.engine.model(name, version)
+        body, inputs = parse_infer_body(request.body, _header_length(request))
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ProtocolError("request 'parameters' must be a JSON object")
         knobs = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
-        by_name = {tensor.name: tensor for tensor in inputs}
-        if len(by_name) != len(inputs):
-            raise FrameError("an input is sent twice")
-        unknown = [n for n in by_name if n not in {i.name for i in spec.inputs}]
-        if unknown:
-            declared = ", ".join(repr(i.name) for i in spec.inputs)
-            raise FrameError(f"model {spec.id!r} has no input {unknown[0]!r}; inputs: {declared}")
-        missing = [i.name for i in spec.required_inputs if i.name not in by_name]
-        if missing:
-            raise FrameError(f"model {spec.id!r} also needs input {missing[0]!r}")
-        sent = [i for i in spec.inputs if i.name in by_name]  # optional inputs may be left out
-        per_input = [frames_from_tensor(by_name[i.name], i.channels) for i in sent]
-        counts = {len(frames) for frames in per_input}
-        if len(counts) > 1:
+        # The declared channels tell a [C, H, W] tensor from an [H, W, C] one; a tensor of an
+        # input the model lacks is converted as it is and refused by build_request.
+        channels = {declared.name: declared.channels for declared in entry.spec.inputs}
+        per_input = [frames_from_tensor(tensor, channels.get(tensor.name, 0)) for tensor in inputs]
+        if len({len(frames) for frames in per_input}) > 1:
             raise FrameError("every input must hold the same number of frames")
-        batched = any(by_name[i.name].array.ndim == 4 for i in sent)
+        batched = any(tensor.array.ndim == 4 for tensor in inputs)
         colourspace = _text_parameter(parameters, "colourspace") or _text_parameter(
             parameters, "colorspace"
         )
@@ -247,7 +199,7 @@ class HttpApi:
         requests = [
             build_request(
                 entry,
-                {image.name: frame for image, frame in zip(sent, frames, strict=True)},
+                [(tensor.name, frame) for tensor, frame in zip(inputs, frames, strict=True)],
                 knobs,
                 colourspace=colourspace,
                 priority=priority,
@@ -258,24 +210,21 @@ class HttpApi:
             )
             for frames in zip(*per_input, strict=True)
         ]
-        del inputs, by_name, per_input  # the frames hold their own copies: free the body early
-        futures: list[Future[InferenceResult]] = [self.scheduler.submit(r) for r in requests]
+        del inputs, per_input  # the frames hold their own copies: free the body early
+        futures: list[Future[InferenceResult]] = [self.engine.submit(r) for r in requests]
         try:
-            results = [self._wait(request, future) for future in futures]
+            results = [_wait(request, future) for future in futures]
         finally:
             for future in futures:  # the client left, or one frame failed: drop the rest
                 future.cancel()
-        outputs = _outputs(spec, results, body, batched=batched)
+        outputs = _outputs(entry.spec, results, body, batched=batched)
         return _infer_response(entry, body, outputs)
 
-    def _wait(self, request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:
-        if request.sock is None:
-            return future.result()
-        return wait_while_connected(request.sock, future)
 
-    def _metrics(self) -> HttpResponse:
-        text = self.scheduler.metrics.render().encode()
-        return HttpResponse(200, [text], content_type="text/plain; version=0.0.4; charset=utf-8")
+def _wait(request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:
+    if request.sock is None:
+        return future.result()
+    return wait_while_connected(request.sock, future)
 
 
 def _text_parameter(parameters: dict[str, Any], name: str) -> str | None:
@@ -293,12 +242,6 @@ def _deadline(parameters: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ProtocolError(f"parameter 'deadline_ms' must be a positive number, got {value!r}")
     return time.monotonic() + value / 1000.0
-
-
-def _only(request: HttpRequest, method: str, answer: Callable[[], HttpResponse]) -> HttpResponse:
-    if request.method == method or (method == "GET" and request.method == "HEAD"):
-        return answer()
-    return error_response(405, f"{request.path} takes {method}, not {request.method}")
 
 
 def _tensor_metadata(name: str, channels: int) -> dict[str, Any]:
@@ -390,24 +333,10 @@ def _infer_response(
     header_bytes = json.dumps(header).encode()
     if not binary_parts:
         return HttpResponse(200, [header_bytes])
+    header_bytes = binary_header(header)  # padded: the tensors start aligned at the client
     return HttpResponse(
         200,
         [header_bytes, *binary_parts],
         content_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header_bytes))},
     )
-
-
-def status_for(exc: BaseException) -> int:
-    """The HTTP status an exception raised while answering maps to."""
-    if isinstance(exc, ModelLoadError | ServerBusyError):
-        return 503
-    if isinstance(exc, RequestTooLargeError):
-        return 413
-    if isinstance(exc, DeadlineExceededError):
-        return 504
-    if isinstance(exc, ModelNotFoundError):
-        return 404
-    if isinstance(exc, RequestError):
-        return 400
-    return 500

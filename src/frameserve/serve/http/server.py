@@ -1,9 +1,14 @@
 """The HTTP front door: Open Inference Protocol v2 over kept-alive HTTP/1.1 connections.
 
+The door is built with its routes (:mod:`frameserve.serve.http.routes`: the inference API,
+the training API, ...) and hands each request to the one that serves its path; it reads and
+writes HTTP, logs one line per request and counts the requests that name a model in the
+engine's metrics.
+
 Each connection has its own thread and serves requests one after another until the client
 closes, stays idle for ``read_timeout`` seconds or asks to close. Every failure is answered with
-a JSON ``{"error": ...}`` and the right status; after a framing error the connection is closed,
-because the next request's start can no longer be found.
+a JSON ``{"error": ...}`` and the status of :mod:`frameserve.serve.http.status`; after a framing
+error the connection is closed, because the next request's start can no longer be found.
 """
 
 from __future__ import annotations
@@ -12,16 +17,16 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 
-from frameserve.catalogue.registry import ModelRegistry
-from frameserve.engine.scheduler import Scheduler
+from frameserve.engine.engine import Engine
 from frameserve.errors import ProtocolError, RequestTooLargeError
-from frameserve.serve.http.api import HttpApi, error_response, status_for
+from frameserve.serve.http.routes import Route, Router, error_response
+from frameserve.serve.http.status import status_for
 from frameserve.serve.http.wire import HttpConnection, HttpResponse, write_response
 from frameserve.serve.net.listener import FrontDoor
 from frameserve.serve.net.sockets import ClientGone, ClientStalled
-from frameserve.serve.settings import ServerSettings
+from frameserve.serve.settings import DoorSettings
 
 __all__ = ["HttpServer"]
 
@@ -29,25 +34,19 @@ log = logging.getLogger(__name__)
 
 
 class HttpServer(FrontDoor):
-    """Serves the HTTP API on ``settings.host:settings.http_port``."""
+    """Serves ``routes`` over HTTP on ``settings.host:settings.port``.
 
-    def __init__(
-        self,
-        *,
-        registry: ModelRegistry,
-        scheduler: Scheduler,
-        settings: ServerSettings,
-        is_ready: Callable[[], bool],
-    ) -> None:
-        assert settings.http_port is not None
+    ``engine`` counts each request that names a model (:meth:`Engine.record_request`).
+    """
+
+    def __init__(self, settings: DoorSettings, *, engine: Engine, routes: Sequence[Route]) -> None:
         self.settings = settings
-        self.api = HttpApi(
-            registry=registry, scheduler=scheduler, settings=settings, is_ready=is_ready
-        )
+        self.engine = engine
+        self.router = Router(routes)
         super().__init__(
             name="HTTP API",
             host=settings.host,
-            port=settings.http_port,
+            port=settings.port,
             max_connections=settings.max_connections,
         )
 
@@ -77,17 +76,17 @@ class HttpServer(FrontDoor):
     def _serve_one(self, connection: HttpConnection, client: str) -> bool:
         """Read and answer one request; return whether the connection stays open."""
         started = time.perf_counter()
-        model = "-"
+        model: str | None = None
         target = "-"
         keep_alive = False
         try:
-            request = connection.read_request(self.api.body_limit)
+            request = connection.read_request(self.router.body_limit)
             if request is None:
                 return False
             target = f"{request.method} {request.path}"
             keep_alive = request.keep_alive
             try:
-                response, model = self.api.handle(request, client)
+                response, model = self.router.handle(request, client)
             except ClientGone:
                 raise  # the client left while its request waited: nothing to answer
             except Exception as exc:  # the server keeps serving whatever a request does
@@ -112,15 +111,21 @@ class HttpServer(FrontDoor):
             return False
         elapsed = (time.perf_counter() - started) * 1000
         outcome = "ok" if response.status < 400 else f"error: {_message(response)}"
-        if model != "-":
-            self.api.scheduler.metrics.request(
-                model=model if model in self.api.registry else "unknown",
+        if model is not None:
+            self.engine.record_request(
+                model=model,
                 protocol="http",
                 outcome="ok" if response.status < 400 else str(response.status),
                 seconds=elapsed / 1000,
             )
         log.info(
-            "%s %s model=%s %d %.1f ms %s", client, target, model, response.status, elapsed, outcome
+            "%s %s model=%s %d %.1f ms %s",
+            client,
+            target,
+            model or "-",
+            response.status,
+            elapsed,
+            outcome,
         )
         return keep_alive
 

@@ -5,6 +5,11 @@ Frames travel as ``[H, W, C]`` tensors, top row first (``[N, H, W, C]`` for seve
 either from the binary tensor data extension (``binary_data_size``, sliced out of the body
 without a copy) or from JSON ``data``. The layout change to and from the internal ``(C, H, W)``
 form is the one copy each way, done by torch on all cores.
+
+The JSON header of a binary answer is padded with spaces to a multiple of
+:data:`BINARY_ALIGNMENT` bytes (:func:`binary_header`), so the tensors after it start aligned
+in the client's buffer: a client can then use them in place (image writers take only aligned
+arrays). frameserve's client pads its requests the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from frameserve.plugin.frames import MAX_DIMENSION
 from frameserve.plugin.model import MAX_CHANNELS
 
 __all__ = [
+    "BINARY_ALIGNMENT",
     "DATATYPES",
     "InputTensor",
     "OutputTensor",
+    "binary_header",
     "frames_from_tensor",
     "parse_infer_body",
     "tensor_from_frames",
@@ -37,6 +44,17 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"),
     "UINT8": np.dtype("u1"),
 }
+
+
+#: The JSON header of a binary answer is padded to a multiple of this many bytes.
+BINARY_ALIGNMENT = 8
+
+
+def binary_header(header: dict[str, Any]) -> bytes:
+    """Return ``header`` as the JSON part of a binary body: padded with spaces (which JSON
+    allows) so that the binary tensors after it start :data:`BINARY_ALIGNMENT`-aligned."""
+    text = json.dumps(header).encode()
+    return text + b" " * (-len(text) % BINARY_ALIGNMENT)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The training endpoints of the HTTP API, over :class:`TrainingJobs`; ``docs/http-api.md``.
+"""The training endpoints of the HTTP API: a :class:`Route` over :class:`TrainingJobs`.
+
+``docs/http-api.md`` is the user's guide.
 
 =================================================  ==========================================
 ``POST   /v2/training/uploads?filename=NAME``      one image file's bytes; 201 ``{"id", ...}``
@@ -18,9 +20,11 @@
 =================================================  ==========================================
 
 A frame in ``pairs`` is a path the server reads (a string) or an upload (``{"upload": ID}``).
-Errors are ``{"error": ...}``: 400 for a bad request, 404 for an unknown job or upload, 409
-for a state that forbids the action, 413 for an upload above the size cap, 507 when the
-uploads waiting for jobs hold as much as the server keeps.
+Errors are ``{"error": ...}`` with the status of :mod:`frameserve.serve.http.status`: 400 for a
+bad request (settings and image files named here are the client's, so their errors are 400
+too), 404 for an unknown job or upload, 409 for a state that forbids the action, 413 for an
+upload above the size cap, 507 when the uploads waiting for jobs hold as much as the server
+keeps. A job that names an upload that is not there is a bad request (400), not a 404.
 """
 
 from __future__ import annotations
@@ -34,18 +38,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from frameserve.errors import (
-    ConfigError,
-    FrameServeError,
-    ImageIOError,
-    JobConflictError,
-    JobNotFoundError,
-    RequestError,
-    RequestTooLargeError,
-    StorageFullError,
-    UploadNotFoundError,
-)
-from frameserve.serve.http.api import error_response, json_response
+from frameserve.errors import ConfigError, FrameServeError, UploadNotFoundError
+from frameserve.serve.http.routes import Route, error_response, json_response, wrong_method
+from frameserve.serve.http.status import CLIENT_INPUT, status_for
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 from frameserve.training import LATEST, TrainingSettings
 from frameserve.training.jobs import LabelSource, TrainingJobs
@@ -59,43 +54,37 @@ UPLOADS = "/v2/training/uploads"
 CANCEL_WAIT_SECONDS = 2.0
 _JOB_PATH = re.compile(r"/v2/training/jobs/(?P<name>[^/]+)(?P<action>/[a-z_]+)?")
 _UPLOAD_PATH = re.compile(r"/v2/training/uploads/(?P<id>[^/]+)")
+#: Statuses of errors on every path but an upload's own: a missing upload that a job names is
+#: the request's mistake (400); on ``/uploads/{id}`` it is a 404 (the table's default).
+_JOB_ERRORS = {**CLIENT_INPUT, UploadNotFoundError: 400}
 
 
-class TrainingApi:
-    """Answers ``/v2/training/...``; :meth:`handle` is an :class:`HttpApi` extension and
-    :meth:`body_limit` says how large an upload may be."""
+class TrainingApi(Route):
+    """Answers ``/v2/training/...``: training jobs and the uploads they train on."""
 
     def __init__(self, jobs: TrainingJobs) -> None:
         self.jobs = jobs
 
-    def body_limit(self, method: str, path: str) -> int | None:
-        """Return the largest body of an upload request, ``None`` for other requests."""
+    def matches(self, path: str) -> bool:
+        """Whether ``path`` is a training path (jobs or uploads)."""
+        path = path.rstrip("/")
+        return any(path == root or path.startswith(root + "/") for root in (PREFIX, UPLOADS))
+
+    def body_limit(self, method: str, path: str) -> int:
+        """Return the largest body of a request: an upload's size cap, else a little JSON."""
         if method == "POST" and path.rstrip("/") == UPLOADS:
             return self.jobs.uploads.max_file_bytes
-        return None
+        return super().body_limit(method, path)
 
-    def handle(self, request: HttpRequest) -> HttpResponse | None:
-        """Answer ``request``, or return ``None`` when its path is not a training path."""
+    def handle(self, request: HttpRequest, client: str) -> HttpResponse:
+        """Answer ``request``; every :class:`FrameServeError` becomes its JSON error answer."""
         path = request.path.rstrip("/")
         uploads = path == UPLOADS or path.startswith(UPLOADS + "/")
-        if not uploads and path != PREFIX and not path.startswith(PREFIX + "/"):
-            return None
         try:
             return self._uploads(request, path) if uploads else self._route(request, path)
-        except JobNotFoundError as exc:
-            return error_response(404, str(exc))
-        except UploadNotFoundError as exc:  # naming a missing upload in a job is a bad request
-            return error_response(404 if path.startswith(UPLOADS + "/") else 400, str(exc))
-        except JobConflictError as exc:
-            return error_response(409, str(exc))
-        except RequestTooLargeError as exc:
-            return error_response(413, str(exc))
-        except StorageFullError as exc:
-            return error_response(507, str(exc))
-        except (ConfigError, ImageIOError, RequestError) as exc:
-            return error_response(400, str(exc))
         except FrameServeError as exc:
-            return error_response(500, str(exc))
+            overrides = CLIENT_INPUT if path.startswith(UPLOADS + "/") else _JOB_ERRORS
+            return error_response(status_for(exc, overrides=overrides), str(exc))
 
     # -- uploads -------------------------------------------------------------------------------
 
@@ -108,7 +97,7 @@ class TrainingApi:
                 listed = [upload.to_dict(store.max_age) for upload in store.uploads()]
                 return json_response(200, {"uploads": listed})
             if method != "POST":
-                return _wrong_method(request, "GET or POST")
+                return wrong_method(request, "GET or POST")
             filename = _query(request).get("filename")
             upload, new = store.put(request.body.data, filename or "")
             return json_response(201 if new else 200, upload.to_dict(store.max_age))
@@ -120,7 +109,7 @@ class TrainingApi:
         if method == "DELETE":
             store.delete(match["id"])
             return json_response(200, {"deleted": match["id"]})
-        return _wrong_method(request, "GET or DELETE")
+        return wrong_method(request, "GET or DELETE")
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -131,7 +120,7 @@ class TrainingApi:
                 return json_response(200, {"jobs": [s.to_dict() for s in self.jobs.jobs()]})
             if method == "POST":
                 return self._create(_body(request))
-            return _wrong_method(request, "GET or POST")
+            return wrong_method(request, "GET or POST")
         match = _JOB_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}")
@@ -141,13 +130,13 @@ class TrainingApi:
             return json_response(200, {"deleted": name})
         if action in ("", "/contact_sheet", "/package"):
             if method != "GET":
-                return _wrong_method(request, "GET or DELETE" if action == "" else "GET")
+                return wrong_method(request, "GET or DELETE" if action == "" else "GET")
             if action == "/package":
                 return self._package(name, _query(request))
             return self._status(name) if action == "" else self._contact_sheet(name)
         if action in ("/cancel", "/resume"):
             if method != "POST":
-                return _wrong_method(request, "POST")
+                return wrong_method(request, "POST")
             if action == "/cancel":
                 status = self.jobs.cancel(name, wait=CANCEL_WAIT_SECONDS)
                 return json_response(200, status.to_dict())
@@ -279,7 +268,3 @@ def _frame(item: object, where: str) -> str | UploadedFrame:
     raise ConfigError(
         f'{where}: {item!r:.200} is not a frame; give a path (a string) or {{"upload": ID}}'
     )
-
-
-def _wrong_method(request: HttpRequest, allowed: str) -> HttpResponse:
-    return error_response(405, f"{request.path} takes {allowed}, not {request.method}")

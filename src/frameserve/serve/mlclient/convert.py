@@ -19,15 +19,7 @@ import torch
 
 from frameserve.errors import FrameError, KnobError
 from frameserve.plugin.frames import MAX_DIMENSION
-from frameserve.plugin.knobs import (
-    BoolKnob,
-    ButtonKnob,
-    ChoiceKnob,
-    FloatKnob,
-    IntKnob,
-    KnobSpec,
-    StringKnob,
-)
+from frameserve.plugin.knobs import KNOB_KINDS, ChoiceKnob, KnobSpec
 from frameserve.plugin.model import MAX_CHANNELS, ModelSpec
 from frameserve.plugin.results import ResultObject
 from frameserve.serve.mlclient import messages as pb
@@ -45,13 +37,9 @@ __all__ = [
 _WIRE_FLOAT = np.dtype("<f4")
 _PARALLEL_COPY_BYTES = 4 << 20
 _COPY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlclient-copy")
-# option list of the Model message -> Python type its single value has
-_OPTION_LISTS = (
-    ("bool_options", "bool"),
-    ("int_options", "int"),
-    ("float_options", "float"),
-    ("string_options", "string"),
-    ("button_options", "button"),
+# option list of the Model message -> the option kind it holds (every kind a knob travels as)
+_OPTION_LISTS = tuple(
+    dict.fromkeys((f"{cls.wire_kind}_options", cls.wire_kind) for cls in KNOB_KINDS.values())
 )
 
 
@@ -71,22 +59,11 @@ def model_message(spec: ModelSpec, *, label: str | None = None) -> Any:
 
 
 def _add_option(message: Any, knob: KnobSpec) -> None:
-    if isinstance(knob, ButtonKnob):
-        message.button_options.add(name=knob.name, values=[False])
-    elif isinstance(knob, BoolKnob):
-        message.bool_options.add(name=knob.name, values=[knob.default])
-    elif isinstance(knob, IntKnob):
-        message.int_options.add(name=knob.name, values=[knob.default])
-    elif isinstance(knob, FloatKnob):
-        message.float_options.add(name=knob.name, values=[knob.default])
-    elif isinstance(knob, ChoiceKnob):
+    """Add ``knob`` to ``message`` as the option its kind travels as (``knob.wire_kind``)."""
+    getattr(message, f"{knob.wire_kind}_options").add(name=knob.name, values=[knob.default])
+    if isinstance(knob, ChoiceKnob):
         # The node ignores mc_options: the string option is what artists edit.
-        message.string_options.add(name=knob.name, values=[knob.default])
         message.mc_options.add(name=knob.name, value=knob.default, choices=knob.choices)
-    elif isinstance(knob, StringKnob):
-        message.string_options.add(name=knob.name, values=[knob.default])
-    else:
-        raise TypeError(f"no MLClient option kind for knob {knob!r}")
 
 
 def sent_knobs(model: Any) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """The MLClient protobuf schema (package ``mlserver``, proto2), built at import time.
 
 The field numbers and types below are the wire contract of Foundry's MLClient node
-(``shared/spec/mlclient-protocol.md``). Building the descriptors in Python keeps the schema in
+(``docs/mlclient-protocol.md``). Building the descriptors in Python keeps the schema in
 one readable table and needs no ``protoc`` step. Every scalar field is ``optional``; the
 repeated bool/int/float option values are declared packed, and parsers accept both encodings.
 

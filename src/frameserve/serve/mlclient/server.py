@@ -1,9 +1,17 @@
 """The MLClient front door: a TCP server that Foundry's compiled MLClient node talks to.
 
 One request per connection, as the node does it: read a 12-digit header and the body into a
-preallocated buffer, answer an info request from the registry, or turn an inference request
-into an :class:`~frameserve.engine.request.InferenceRequest`, submit it to the scheduler and write
-the reply straight from the result's pixel buffers, then close.
+preallocated buffer, answer an info request from the engine's models, or turn an inference
+request into an :class:`~frameserve.engine.request.InferenceRequest` (checked by
+:func:`~frameserve.engine.request.build_request`), submit it to the
+:class:`~frameserve.engine.engine.Engine` and write the reply straight from the result's pixel
+buffers, then close. This door only translates: it checks the wire (sizes, framing, image
+byte counts), never the model's inputs or knobs.
+
+**Cache.** The knob values are checked before any frame is converted
+(:func:`~frameserve.engine.request.check_knobs`); when results are cached, the request is keyed
+on those values and the image bytes as they arrived, so an identical request is answered from
+the cache without converting a frame.
 
 **Versions.** The node names models by id only, so the info reply lists, and inference runs,
 the newest version of each model. Where that is not the only version ``"1"`` — the model has
@@ -24,18 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from frameserve.catalogue.registry import ModelEntry, ModelRegistry
-from frameserve.engine.cache import frame_digest, request_key
-from frameserve.engine.request import InferenceRequest, InferenceResult, build_request
-from frameserve.engine.scheduler import Scheduler
+from frameserve.catalogue.entries import ModelEntry
+from frameserve.engine.cache import frame_digest
+from frameserve.engine.engine import Engine
+from frameserve.engine.request import (
+    CheckedKnobs,
+    InferenceRequest,
+    InferenceResult,
+    build_request,
+    check_knobs,
+)
 from frameserve.errors import (
     ModelError,
     ProtocolError,
     RequestError,
     RequestTooLargeError,
 )
-from frameserve.plugin.knobs import resolve_knobs
-from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.serve.mlclient import messages as pb
 from frameserve.serve.mlclient.convert import (
     check_wire_image,
@@ -52,6 +64,7 @@ from frameserve.serve.mlclient.framing import (
 )
 from frameserve.serve.mlclient.wirecodec import (
     DecodedRequest,
+    RequestKind,
     WirePixels,
     decode_request,
     encode_inference_reply,
@@ -64,7 +77,7 @@ from frameserve.serve.net.sockets import (
     send_buffers,
     wait_while_connected,
 )
-from frameserve.serve.settings import ServerSettings
+from frameserve.serve.settings import DoorSettings
 
 __all__ = ["MLClientServer"]
 
@@ -79,7 +92,7 @@ class _Exchange:
     """What one connection did, for its log line."""
 
     client: str
-    kind: str = "-"
+    kind: RequestKind | None = None  #: ``None`` until a request was decoded
     model: str = "-"
     size: str = "-"
     outcome: str = "ok"
@@ -87,13 +100,10 @@ class _Exchange:
 
 
 class MLClientServer(FrontDoor):
-    """Serves the MLClient protocol on ``settings.host:settings.port``."""
+    """Serves the MLClient protocol on ``settings.host:settings.port``, from ``engine``."""
 
-    def __init__(
-        self, *, registry: ModelRegistry, scheduler: Scheduler, settings: ServerSettings
-    ) -> None:
-        self.registry = registry
-        self.scheduler = scheduler
+    def __init__(self, *, engine: Engine, settings: DoorSettings) -> None:
+        self.engine = engine
         self.settings = settings
         super().__init__(
             name="MLClient protocol",
@@ -120,15 +130,14 @@ class MLClientServer(FrontDoor):
                 exchange.outcome = "closed without a request"
                 return
             decoded = decode_request(body.data)
-            if decoded.kind == "info":
-                exchange.kind = "info"
+            exchange.kind = decoded.kind
+            if decoded.kind is RequestKind.INFO:
                 self._answer_info(conn)
             else:
-                exchange.kind = "infer"
                 work, size = self._inference_request(body, decoded, exchange)
                 del body, decoded  # the frames hold their own copies: free the request bytes
                 if isinstance(work, InferenceRequest):
-                    work = wait_while_connected(conn, self.scheduler.submit(work))
+                    work = wait_while_connected(conn, self.engine.submit(work))
                 else:
                     exchange.outcome = "ok (cached)"
                 self._send_result(conn, work, size)
@@ -165,7 +174,7 @@ class MLClientServer(FrontDoor):
                 f"after {exc.received}"
             ) from None
         length = parse_request_header(header)
-        limit = self.settings.max_request_bytes(self.registry.largest_input_count())
+        limit = self.settings.max_request_bytes(self.engine.largest_input_count())
         if length > limit:
             raise RequestTooLargeError(
                 f"request of {length} bytes is above the limit of {limit} bytes "
@@ -184,8 +193,7 @@ class MLClientServer(FrontDoor):
     def _answer_info(self, conn: socket.socket) -> None:
         models = [
             model_message(entry.spec, label=label)
-            for entry, label in _menu_entries(self.registry.available())
-            if entry.spec
+            for entry, label in _menu_entries(self.engine.models())
         ]
         reply = pb.RespondWrapper(info=True, r1=pb.RespondInfo(num_models=len(models)))
         reply.r1.models.extend(models)
@@ -200,6 +208,9 @@ class MLClientServer(FrontDoor):
         An identical request answered before is found in the result cache by the digest of
         the bytes as received, before any frame is converted: then its result comes back
         instead. Also returns the size (height, width) the node needs its output in.
+
+        Only the wire is checked here (frame byte counts, image headers); the model's inputs
+        and knobs are checked by ``check_knobs`` and ``build_request``.
         """
         model = pb.Model()
         try:
@@ -208,7 +219,7 @@ class MLClientServer(FrontDoor):
         except Exception as exc:  # the protobuf runtime's DecodeError
             raise ProtocolError(f"the request's model message is not valid: {exc}") from None
         exchange.model = model.name or "-"
-        entry = self.registry.get(model.name)
+        entry = self.engine.model(model.name)
         limit = self.settings.max_frame_bytes
         for index, image in enumerate(decoded.images):
             if image.nbytes > limit:
@@ -221,9 +232,9 @@ class MLClientServer(FrontDoor):
         size = (decoded.images[0].height, decoded.images[0].width) if decoded.images else None
         if size is not None:
             exchange.size = f"{size[1]}x{size[0]}"
-        knobs = sent_knobs(model)
+        knobs = check_knobs(entry, sent_knobs(model))
         key = self._cache_key(body, decoded, entry, knobs)
-        cached = self.scheduler.cached(key) if key is not None else None
+        cached = self.engine.cached(key) if key is not None else None
         if cached is not None:
             return cached, size
         frames = [
@@ -236,13 +247,11 @@ class MLClientServer(FrontDoor):
         return request, size
 
     def _cache_key(
-        self, body: np.ndarray, decoded: DecodedRequest, entry: ModelEntry, knobs: dict[str, object]
+        self, body: np.ndarray, decoded: DecodedRequest, entry: ModelEntry, knobs: CheckedKnobs
     ) -> bytes | None:
         """The result cache key of this request, from the image bytes as they arrived."""
-        spec = entry.spec
-        if not self.scheduler.caching or not spec.cacheable:
+        if not self.engine.caches(entry):
             return None
-        values = resolve_knobs(spec.knobs, knobs)
         digests = [
             frame_digest(
                 body.data[image.start : image.end],
@@ -251,7 +260,7 @@ class MLClientServer(FrontDoor):
             )
             for image in decoded.images
         ]
-        return request_key(spec.id, entry.version, values, SCENE_LINEAR, digests, token=entry.token)
+        return self.engine.cache_key(entry, knobs, digests)
 
     def _send_result(
         self, conn: socket.socket, result: InferenceResult, size: tuple[int, ...] | None
@@ -301,19 +310,19 @@ class MLClientServer(FrontDoor):
 
     def _log(self, exchange: _Exchange) -> None:
         elapsed = (time.perf_counter() - exchange.started) * 1000
-        if exchange.kind == "infer":
-            self.scheduler.metrics.request(
-                model=exchange.model if exchange.model in self.registry else "unknown",
+        if exchange.kind is RequestKind.INFER:
+            self.engine.record_request(
+                model=exchange.model,
                 protocol="mlclient",
                 outcome="ok" if exchange.outcome.startswith("ok") else "error",
                 seconds=elapsed / 1000,
             )
-        level = logging.INFO if exchange.kind != "-" or exchange.outcome != "ok" else logging.DEBUG
+        seen = exchange.kind is not None or exchange.outcome != "ok"
         log.log(
-            level,
+            logging.INFO if seen else logging.DEBUG,
             "%s %s model=%s size=%s %.1f ms %s",
             exchange.client,
-            exchange.kind,
+            exchange.kind.value if exchange.kind is not None else "-",
             exchange.model,
             exchange.size,
             elapsed,

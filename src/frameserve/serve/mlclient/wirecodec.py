@@ -12,6 +12,7 @@ are passed to the socket as they are (see :func:`encode_inference_reply`).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from frameserve.errors import ProtocolError
 
 __all__ = [
     "DecodedRequest",
+    "RequestKind",
     "WireImage",
     "WirePixels",
     "decode_request",
@@ -28,6 +30,13 @@ __all__ = [
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
 _MAX_GROUP_DEPTH = 100  # as protobuf's own parsers
+
+
+class RequestKind(enum.Enum):
+    """What an MLClient request asks for; the value is how its log line names it."""
+
+    INFO = "info"  #: the models the server offers (``r1``)
+    INFER = "infer"  #: run a model on the images sent (``r2``)
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class WirePixels:
 class DecodedRequest:
     """A decoded ``RequestWrapper``: an info request, or an inference request's parts."""
 
-    kind: str  # "info" or "inference"
+    kind: RequestKind
     model_parts: list[memoryview] = field(default_factory=list)
     images: list[WireImage] = field(default_factory=list)
 
@@ -80,12 +89,12 @@ def decode_request(body: memoryview) -> DecodedRequest:
         elif number == 3 and wire_type == _LEN:
             inference_parts.append(value)
     if has_info:
-        return DecodedRequest("info")
+        return DecodedRequest(RequestKind.INFO)
     if not inference_parts:
         raise ProtocolError(
             "request message holds neither r1 (an info request) nor r2 (an inference request)"
         )
-    decoded = DecodedRequest("inference")
+    decoded = DecodedRequest(RequestKind.INFER)
     for start, end in inference_parts:
         for number, wire_type, value in _fields(body, start, end):
             if number == 1 and wire_type == _LEN:

@@ -1,0 +1,172 @@
+"""What the front doors see of the engine: one object to describe models and run requests.
+
+A front door (MLClient, HTTP) translates its wire format and calls :class:`Engine`; it never
+holds the registry, runner or scheduler itself. The engine describes the models (every loaded
+version, the failed ones, one by id and version), takes checked requests and answers them
+through the scheduler, looks results up in the cache, and records what the doors served::
+
+    engine = Engine(registry=registry, scheduler=scheduler)
+    entry = engine.model("blur")                         # the newest version
+    request = build_request(entry, frames, {"size": 2.0})
+    result = engine.submit(request).result()
+    engine.record_request(model="blur", protocol="http", outcome="ok", seconds=0.01)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+
+from frameserve.catalogue.entries import CatalogueEntry, ModelEntry
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.cache import request_key
+from frameserve.engine.request import CheckedKnobs, InferenceRequest, InferenceResult, Priority
+from frameserve.engine.scheduler import Scheduler
+from frameserve.errors import ModelLoadError, ModelNotFoundError
+from frameserve.plugin.model import SCENE_LINEAR
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """The models and the request path behind the front doors; thread-safe.
+
+    ``scheduler`` brings its runner, result cache and metrics; the engine registers the
+    gauges that describe them (queue depth, loaded models, their memory, the cache).
+    """
+
+    def __init__(self, *, registry: ModelRegistry, scheduler: Scheduler) -> None:
+        self._registry = registry
+        self._scheduler = scheduler
+        self._ready = threading.Event()
+        self._register_gauges()
+
+    # -- models --------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelEntry]:
+        """Every model version that loaded, in discovery order, oldest version first."""
+        return self._registry.available()
+
+    def catalogue(self) -> list[CatalogueEntry]:
+        """Every model version found, those that failed to load last (with their error)."""
+        return self._registry.entries()
+
+    def model(self, model_id: str, version: str | None = None) -> ModelEntry:
+        """Return model ``model_id`` in ``version`` (default: its newest).
+
+        Raises:
+            ModelLoadError: that model (or version) failed to load; the message says why.
+            ModelNotFoundError: there is no such model or version; the message lists what
+                there is.
+        """
+        try:
+            return self._registry.get(model_id, version)
+        except ModelNotFoundError as exc:
+            if self._registry.failure(model_id, version) is not None:
+                raise ModelLoadError(str(exc)) from None
+            raise
+
+    def largest_input_count(self) -> int:
+        """The most image inputs any loaded model takes (at least 1), for request size caps."""
+        return self._registry.largest_input_count()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def submit(self, request: InferenceRequest) -> Future[InferenceResult]:
+        """Queue a request built by :func:`~frameserve.engine.request.build_request`.
+
+        The future holds the result or the error it raised; cancel it to drop the request
+        while it is still queued (its client went away).
+        """
+        return self._scheduler.submit(request)
+
+    def caches(self, entry: ModelEntry) -> bool:
+        """Whether results of ``entry`` are cached: the cache is on and the model allows it."""
+        return self._scheduler.caching and entry.spec.cacheable
+
+    def cache_key(
+        self,
+        entry: ModelEntry,
+        knobs: CheckedKnobs,
+        digests: Iterable[bytes],
+        *,
+        colourspace: str = SCENE_LINEAR,
+    ) -> bytes:
+        """Return the result cache key of a request from its frames' digests.
+
+        A door that keys requests itself (from the bytes it received, with
+        :func:`~frameserve.engine.cache.frame_digest`) looks the key up with :meth:`cached`
+        and passes it to ``build_request(cache_key=...)`` so the result is stored under it.
+        """
+        return request_key(
+            entry.id, entry.version, knobs.values, colourspace, digests, token=entry.token
+        )
+
+    def cached(self, key: bytes) -> InferenceResult | None:
+        """The result stored under ``key``, or ``None`` (the lookup counts in the metrics)."""
+        return self._scheduler.cached(key)
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def record_request(self, *, model: str, protocol: str, outcome: str, seconds: float) -> None:
+        """Count one request a door answered; a model id no model has counts as ``unknown``."""
+        self._scheduler.metrics.request(
+            model=model if model in self._registry else "unknown",
+            protocol=protocol,
+            outcome=outcome,
+            seconds=seconds,
+        )
+
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text format."""
+        return self._scheduler.metrics.render()
+
+    def queue_depth(self, priority: Priority) -> int:
+        """How many requests of ``priority`` wait to run."""
+        return self._scheduler.queue_depth(priority)
+
+    def is_ready(self) -> bool:
+        """Whether the server is started and not shutting down."""
+        return self._ready.is_set()
+
+    def set_ready(self, ready: bool) -> None:
+        """Say whether the server is ready (started) or not (starting, shutting down)."""
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def close(self) -> None:
+        """Stop running requests: queued ones fail, running ones finish (see the scheduler)."""
+        self._ready.clear()
+        self._scheduler.close()
+
+    def _register_gauges(self) -> None:
+        scheduler = self._scheduler
+        runner, cache, metrics = scheduler.runner, scheduler.cache, scheduler.metrics
+        metrics.gauge(
+            "frameserve_queue_depth",
+            "Requests waiting to run, by priority.",
+            lambda: [((("priority", p.name.lower()),), scheduler.queue_depth(p)) for p in Priority],
+        )
+        metrics.gauge(
+            "frameserve_models_loaded",
+            "Models whose setup has run and that are held in memory.",
+            lambda: [((), len(runner.loaded_models()))],
+        )
+        metrics.gauge(
+            "frameserve_model_memory_bytes",
+            "Memory held by loaded models (parameters and buffers).",
+            lambda: [((), runner.memory_in_use())],
+        )
+        metrics.gauge(
+            "frameserve_cache_bytes",
+            "Bytes of frames held by the result cache.",
+            lambda: [((), cache.bytes_used if cache else 0)],
+        )
+        metrics.gauge(
+            "frameserve_cache_entries",
+            "Results held by the result cache.",
+            lambda: [((), len(cache) if cache else 0)],
+        )
