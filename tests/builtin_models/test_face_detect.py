@@ -79,7 +79,6 @@ def runner() -> Runner:
 def detect(runner: Runner, frame: torch.Tensor, colourspace: str = "srgb", **knobs: object):
     """Run ``face_detect`` on ``frame``; return the RGBA image and the face records."""
     spec = runner.registry.get("face_detect").spec
-    assert spec is not None
     outcome = runner.run(build_request(spec, [frame], knobs, colourspace=colourspace))
     assert isinstance(outcome, InferenceResult), outcome
     (faces,) = outcome.objects

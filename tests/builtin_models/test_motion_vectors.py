@@ -74,7 +74,6 @@ def vectors(
 ) -> torch.Tensor:
     """Run a motion-vector model through the runner; return its ``(4, H, W)`` motion layer."""
     spec = runner.registry.get(model_id).spec
-    assert spec is not None
     assert [i.name for i in spec.inputs] == ["image", "image@-1", "image@+1"]
     request = build_request(spec, [this, previous, following], knobs, colourspace=colourspace)
     result = runner.run(request)
@@ -111,7 +110,6 @@ def interior(image: torch.Tensor) -> torch.Tensor:
 
 def test_the_model_declares_nukes_motion_layer(runner: Runner) -> None:
     spec = runner.registry.get("motion_vectors").spec
-    assert spec is not None
     assert spec.temporal_window == (1, 1)
     (output,) = spec.outputs
     assert (output.name, output.channels, output.channel_names) == ("motion", 4, MOTION_CHANNELS)
@@ -310,7 +308,7 @@ def test_spynet_without_weights_says_which_variable_to_set(
     monkeypatch: pytest.MonkeyPatch, spynet_runner: Runner
 ) -> None:
     monkeypatch.delenv(SPYNET_VARIABLE, raising=False)
-    assert spynet_runner.registry.get("motion_vectors_spynet").spec is not None  # still listed
+    assert spynet_runner.registry.get("motion_vectors_spynet").ok  # still listed
     this = sintel(10)[:, :64, :64]
     with pytest.raises(ModelSetupError, match=SPYNET_VARIABLE):
         vectors(spynet_runner, "motion_vectors_spynet", this, this, this)

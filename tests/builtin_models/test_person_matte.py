@@ -87,7 +87,6 @@ def run_matte(
 ) -> torch.Tensor:
     """The model's RGBA output for ``image`` (and ``hints``), through the runner."""
     spec = runner.registry.get("person_matte").spec
-    assert spec is not None
     frames = {"image": image} if hints is None else {"image": image, "hints": hints}
     request = build_request(spec, frames, knobs, colourspace=colourspace)
     return runner.run(request).frames["image"]

@@ -33,7 +33,7 @@ from frameserve.engine.request import build_request
 from frameserve.engine.runner import Runner
 from frameserve.errors import ModelSetupError
 from frameserve.networks.motion_blur import blur, motion_kernel
-from frameserve.networks.restoration import RestorationUNet
+from frameserve.networks.restoration import RestorationUNet, load_restoration_unet
 from frameserve.plugin.model import SpatialNeeds
 from frameserve.weights import shipped_weights_path
 from tests.support.registries import registry_of
@@ -98,7 +98,6 @@ def run(
 ) -> torch.Tensor:
     """Run ``model_id`` on a ``(3, H, W)`` frame through the runner; return its output."""
     spec = runner.registry.get(model_id).spec
-    assert spec is not None
     request = build_request(spec, [image], knobs, colourspace=colourspace)
     return runner.run(request).frames["image"]
 
@@ -111,20 +110,29 @@ def test_shipped_weights_load_strictly_and_fit_the_declaration(family: str, mode
     path = shipped_weights_path(family, f"{family}.pth")
     assert path.stat().st_size < 2.5e6  # small enough to ship in the repository
     state = torch.load(path, map_location="cpu", weights_only=True)
-    network = RestorationUNet.from_state_dict(state)
+    network = load_restoration_unet(path, family)
     assert set(network.state_dict()) == set(state)
     assert all(torch.equal(network.state_dict()[k], v.float()) for k, v in state.items())
     assert model.spatial.size_multiple % network.multiple == 0
     assert (path.parent / "LICENSE").is_file() and (path.parent / "NOTICE").is_file()
 
 
-def test_weights_that_do_not_fit_are_refused() -> None:
+def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     state = torch.load(shipped_weights_path("denoise", "denoise.pth"), weights_only=True)
     del state["tail.bias"]
-    with pytest.raises(ValueError, match=r"do not fit a RestorationUNet.*tail\.bias"):
-        RestorationUNet.from_state_dict(state)
+    torch.save(state, tmp_path / "short.pth")
+    with pytest.raises(ModelSetupError, match=r"do not fit the network: missing \['tail\.bias'\]"):
+        load_restoration_unet(tmp_path / "short.pth", "denoise")
+    state["tail.bias"] = torch.zeros(5)
+    torch.save(state, tmp_path / "wrong.pth")
+    with pytest.raises(ModelSetupError, match=r"do not fit the network: .*size mismatch.*tail"):
+        load_restoration_unet(tmp_path / "wrong.pth", "denoise")
+    other = {"conv.weight": torch.zeros(3, 3, 3, 3)}
     with pytest.raises(ValueError, match="not RestorationUNet weights"):
-        RestorationUNet.from_state_dict({"conv.weight": torch.zeros(3, 3, 3, 3)})
+        RestorationUNet.for_state_dict(other)
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(ModelSetupError, match=r"denoise weights .*: not RestorationUNet weights"):
+        load_restoration_unet(tmp_path / "other.pth", "denoise")
 
 
 # -- quality on held-out photographs -------------------------------------------------------------
@@ -195,7 +203,7 @@ def mosaic(height: int, width: int) -> torch.Tensor:
 def test_a_4k_frame_is_tiled_and_restored(runner: Runner, model_id: str) -> None:
     height, width = 2160, 3840
     spec = runner.registry.get(model_id).spec
-    assert spec is not None and spec.spatial.fully_convolutional
+    assert spec.spatial.fully_convolutional
     assert spec.spatial.max_size is not None and spec.spatial.max_size < width
     knobs: dict[str, float] = {}
     if model_id == "denoise":
@@ -309,12 +317,16 @@ def reference_dncnn(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Te
     return x - y
 
 
-@pytest.mark.parametrize(("channels", "depth"), [(3, 20), (1, 17)], ids=["colour", "grey"])
+@pytest.mark.parametrize(
+    ("channels", "depth", "wrapper"),
+    [(3, 20, None), (1, 17, None), (3, 20, "params"), (3, 20, "state_dict")],
+    ids=["colour", "grey", "basicsr-params", "checkpoint-state-dict"],
+)
 def test_the_authors_dncnn_weights_load_from_the_env_var(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, channels: int, depth: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, channels: int, depth: int, wrapper: str | None
 ) -> None:
     state = kair_state_dict(channels, depth)
-    torch.save(state, tmp_path / "dncnn.pth")
+    torch.save(state if wrapper is None else {wrapper: state}, tmp_path / "dncnn.pth")
     monkeypatch.setenv(DNCNN_WEIGHTS_ENV, str(tmp_path / "dncnn.pth"))
     runner = Runner(ModelRegistry(builtins=True), device="cpu")
     frame = noisy(crop("coffee", 100, 200, 48))
@@ -335,10 +347,10 @@ def test_the_dncnn_spatial_needs_match_the_authors_depth() -> None:
     [
         ("unset", f"set {DNCNN_WEIGHTS_ENV} to its path"),
         ("missing", f"{DNCNN_WEIGHTS_ENV} is '.*nowhere.pth', which is not a file"),
-        ("junk", "cannot be read as PyTorch weights"),
-        ("list", "is not a state dict"),
+        ("junk", r"cannot read DnCNN weights '.*weights\.pth'"),
+        ("list", r"DnCNN weights '.*' hold a list; expected a state dict"),
         ("batch-norm", "unexpected keys.*running_mean.*batch normalisation"),
-        ("short", r"do not fit a DnCNN\(3, depth=5, width=64\).*size mismatch.*model\.8"),
+        ("short", r"do not fit the network: .*size mismatch.*model\.8"),
     ],
 )
 def test_bad_dncnn_weights_give_clear_errors(

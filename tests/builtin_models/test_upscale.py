@@ -106,7 +106,6 @@ def luma_psnr(result: torch.Tensor, truth: torch.Tensor, shave: int) -> float:
 def upscale(runner: Runner, model_id: str, image: torch.Tensor, **knobs: object) -> torch.Tensor:
     """Run ``model_id`` on an sRGB-encoded ``(3, H, W)`` frame through the runner."""
     spec = runner.registry.get(model_id).spec
-    assert spec is not None
     request = build_request(spec, [image], knobs, colourspace="srgb")
     return runner.run(request).frames["image"]
 
@@ -245,10 +244,9 @@ def test_detail_goes_into_luma_and_chroma_stays_bicubic(net: VDSR) -> None:
 def test_models_declare_scale_colour_and_tiles(runner: Runner, scale: int) -> None:
     entry = runner.registry.get(f"upscale_x{scale}")
     assert entry.ok and entry.builtin
-    assert entry.model_class is not None and issubclass(entry.model_class, VDSRUpscale)
+    assert issubclass(entry.model_class, VDSRUpscale)
     assert entry.model_class.output_scale == scale
     spec = entry.spec
-    assert spec is not None
     assert (spec.colourspace_in, spec.colourspace_out) == ("srgb", "srgb")
     assert spec.spatial.fully_convolutional
     # An output pixel sees 20 upscaled pixels and the bicubic's 2 input pixels.
@@ -292,7 +290,6 @@ def test_detail_knob_mixes_bicubic_and_vdsr(runner: Runner) -> None:
     torch.testing.assert_close(half, (plain + full) / 2, atol=1e-5, rtol=0)
     assert float((full - plain).abs().max()) > 0.05
     spec = runner.registry.get("upscale_x2").spec
-    assert spec is not None
     with pytest.raises(KnobError, match="detail"):
         build_request(spec, [image], {"detail": 3.0})
 
@@ -304,7 +301,6 @@ def test_hdr_values_survive(runner: Runner) -> None:
     image[:, 34:60, 34:60] = -0.25  # negative values (a filter's lobe, out of gamut)
     image[1, 40, 10] = float("nan")
     spec = runner.registry.get("upscale_x2").spec
-    assert spec is not None
     request = build_request(spec, [image], {}, colourspace="scene_linear")
     result = runner.run(request).frames["image"]
     assert result.shape == (3, 128, 128)
@@ -396,7 +392,6 @@ def test_frameserve_run_writes_frames_twice_the_size(runner: Runner, tmp_path: P
     (done,) = frameserve(["run", "upscale_x2", *args, "--frames", "1-2"])
     assert done.returncode == 0, done.stderr
     spec = runner.registry.get("upscale_x2").spec
-    assert spec is not None
     for frame, pixels in frames.items():
         written = read_image(tmp_path / f"big.{frame:04d}.exr").pixels
         assert written.shape == (3, 40, 56)

@@ -70,8 +70,8 @@ def test_builtins_are_found() -> None:
     for model_id in ("identity", "blur", "difference"):
         entry = entries[model_id]
         assert entry.ok and entry.builtin and entry.error is None
-        assert entry.spec is not None and entry.spec.id == model_id
-        assert entry.model_class is not None and entry.model_class.id == model_id
+        assert entry.spec.id == model_id
+        assert entry.model_class.id == model_id
         assert Path(entry.source) == BUILTIN_FOLDER / model_id / "model.py"
     assert registry.get("blur") is entries["blur"]
 

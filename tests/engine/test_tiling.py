@@ -274,7 +274,6 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
 
 def run(runner: Runner, model_id: str, *frames: torch.Tensor) -> torch.Tensor:
     spec = runner.registry.get(model_id).spec
-    assert spec is not None
     return runner.run(build_request(spec, list(frames), {})).frames["image"]
 
 
@@ -407,7 +406,7 @@ def test_running_out_of_memory_retries_in_smaller_tiles(
     oom_runner: Runner, model_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     frame = photo(301, 437)
-    with caplog.at_level(logging.WARNING, logger="frameserve.engine.runner"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.engine.execution"):
         out = run(oom_runner, model_id, frame)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # 304x440 whole, then tiles of at most 220 pixels, then at most 108 (100 or less), which fit

@@ -156,7 +156,6 @@ def test_descriptions_list_channel_names_optional_inputs_and_scale() -> None:
 
 def test_an_optional_input_may_be_left_out_by_position_or_by_name(runner: Runner) -> None:
     spec = runner.registry.get("masked").spec
-    assert spec is not None
     image = torch.from_numpy(photo(20, 30))
     matte = torch.zeros(1, 20, 30)
     matte[:, :, :15] = 1.0
@@ -232,7 +231,6 @@ def test_an_upscaling_model_is_padded_and_tiled_on_the_input_grid(runner: Runner
     image = torch.from_numpy(photo(75, 101))  # odd sizes: padded to multiples of 2
     whole_spec = runner.registry.get("upscale3").spec
     tiled_spec = runner.registry.get("upscale3_small_tiles").spec
-    assert whole_spec is not None and tiled_spec is not None
     whole = runner.run(build_request(whole_spec, [image], {})).frames["image"]
     tiled = runner.run(build_request(tiled_spec, [image], {})).frames["image"]
     assert whole.shape == (3, 225, 303)
@@ -244,7 +242,6 @@ def test_an_upscaling_model_is_padded_and_tiled_on_the_input_grid(runner: Runner
 
 def test_an_output_of_the_wrong_scale_is_the_models_error(runner: Runner) -> None:
     spec = runner.registry.get("wrong_scale").spec
-    assert spec is not None
     with pytest.raises(ModelRunError, match=r"declares output_scale 3, so 30x30 was expected"):
         runner.run(build_request(spec, [torch.zeros(3, 10, 10)], {}))
 

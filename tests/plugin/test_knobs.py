@@ -9,6 +9,7 @@ import pytest
 
 from frameserve.errors import ConfigError, FrameServeError, KnobError
 from frameserve.plugin.knobs import (
+    KNOB_KINDS,
     BoolKnob,
     ButtonKnob,
     ChoiceKnob,
@@ -18,6 +19,8 @@ from frameserve.plugin.knobs import (
     KnobValues,
     StringKnob,
     check_knob_specs,
+    knob_class,
+    knob_from_description,
     resolve_knobs,
 )
 
@@ -474,3 +477,78 @@ def test_specs_are_frozen() -> None:
     spec = FloatKnob("size", default=1.0)
     with pytest.raises(AttributeError):
         spec.default = 2.0  # type: ignore[misc]
+
+
+# -- the kinds ---------------------------------------------------------------------------------
+
+
+def test_every_kind_is_named_once_in_the_order_messages_list_them() -> None:
+    assert list(KNOB_KINDS) == ["bool", "int", "float", "string", "choice", "button"]
+    assert all(cls.kind == kind for kind, cls in KNOB_KINDS.items())
+    assert {type(spec) for spec in blur_knobs()} == set(KNOB_KINDS.values())
+    assert knob_class("choice") is ChoiceKnob
+    with pytest.raises(ConfigError, match="unknown knob type 'rgb'; the knob types are 'bool'"):
+        knob_class("rgb")
+
+
+def test_each_kind_knows_its_options_types_number_and_wire_option() -> None:
+    facts = {
+        kind: (cls.option_names(), cls.value_types, cls.number_type, cls.wire_kind)
+        for kind, cls in KNOB_KINDS.items()
+    }
+    assert facts == {
+        "bool": ((), (bool,), bool, "bool"),
+        "int": (("min", "max"), (int, float), int, "int"),
+        "float": (("min", "max"), (float,), float, "float"),
+        "string": ((), (str,), None, "string"),
+        "choice": (("choices",), (str,), int, "string"),  # the node has no menus
+        "button": ((), (bool,), bool, "button"),
+    }
+
+
+def test_the_number_form_of_a_value_is_what_a_network_gets() -> None:
+    size, steps, invert, note, edges, brightest = blur_knobs()
+    numbers = [
+        size.as_number(2.5),
+        steps.as_number(3),
+        invert.as_number(True),
+        edges.as_number("mirror"),  # the index of the choice
+        brightest.as_number(False),
+    ]
+    assert numbers == [2.5, 3, True, 1, False]
+    assert [type(n) for n in numbers] == [float, int, bool, int, bool]
+    with pytest.raises(TypeError, match="a string knob has no number form"):
+        note.as_number("hello")
+
+
+def test_other_value_is_a_valid_value_that_differs_from_the_default() -> None:
+    size, _, invert, note, edges, brightest = blur_knobs()
+    assert size.other_value() == 100.0  # the maximum first
+    assert FloatKnob("gain", default=4.0, min=0.0, max=4.0).other_value() == 0.0
+    assert IntKnob("count", default=2).other_value() == 3  # unbounded: the default plus one
+    assert invert.other_value() is True and brightest.other_value() is True
+    assert edges.other_value() == "mirror"
+    assert ChoiceKnob("only", default="a", choices=("a",)).other_value() is None
+    assert note.other_value() is None  # free text: nothing is sure to mean something else
+
+
+def test_value_from_text_reads_a_value_of_the_kind_without_checking_bounds() -> None:
+    assert IntKnob.value_from_text(" 12 ") == 12
+    assert FloatKnob.value_from_text("1e3") == 1000.0
+    assert BoolKnob.value_from_text("Yes") is True and ButtonKnob.value_from_text("off") is False
+    assert StringKnob.value_from_text("a:b") == "a:b"
+    for cls, text in ((IntKnob, "1.5"), (FloatKnob, "much"), (BoolKnob, "maybe")):
+        with pytest.raises(ValueError):
+            cls.value_from_text(text)
+
+
+def test_a_described_knob_is_rebuilt_as_it_was() -> None:
+    for spec in blur_knobs():
+        rebuilt = knob_from_description(spec.describe())
+        assert type(rebuilt) is type(spec) and rebuilt.describe() == spec.describe()
+    unknown = knob_from_description({"name": "colour", "type": "rgb", "default": [1, 0, 0]})
+    assert type(unknown) is StringKnob and unknown.parse_text("1 0 0") == "1 0 0"
+    with pytest.raises(ConfigError, match="described a knob without a name"):
+        knob_from_description({"type": "float"})
+    with pytest.raises(ConfigError, match="choices must be a non-empty list"):
+        knob_from_description({"name": "mode", "type": "choice", "default": "a"})

@@ -205,7 +205,6 @@ def runner(registry: ModelRegistry) -> Runner:
 
 def spec_of(registry: ModelRegistry, model_id: str) -> ModelSpec:
     spec = registry.get(model_id).spec
-    assert spec is not None
     return spec
 
 
@@ -401,7 +400,6 @@ def test_the_docstring_example_matches_a_reference(runner: Runner) -> None:
 def test_setup_runs_once_on_first_use_and_never_at_load(models_folder: Path) -> None:
     fresh = ModelRegistry([models_folder], builtins=False)  # a fresh import: a fresh class
     model_class = fresh.get("counting").model_class
-    assert model_class is not None
     assert model_class.setup_calls == 0  # type: ignore[attr-defined]
     runner = Runner(fresh)
     assert model_class.setup_calls == 0  # type: ignore[attr-defined]

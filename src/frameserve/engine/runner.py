@@ -1,43 +1,21 @@
-"""Running requests on models: where (device), how (batches, tiles, precision), colour, checks.
+"""Running requests on models: where (device), in which groups, in which colourspace.
 
 The runner decides *where* and *how* a request runs; the scheduler decides *when*. For each
 request, or each batch of requests the scheduler grouped, it:
 
-1. checks the frame size against the model's :class:`~frameserve.plugin.model.SpatialNeeds` (a model
-   that cannot be tiled gets no frame above its ``max_size``: :class:`FrameError`);
+1. checks the frame size against the model's :class:`~frameserve.plugin.model.SpatialNeeds` (a
+   model that cannot be tiled gets no frame above its ``max_size``: :class:`FrameError`);
 2. converts the frames from the request's colourspace to the model's (on the CPU) and stacks
    them into one ``(N, C, H, W)`` tensor per input;
 3. takes the model from its :class:`~frameserve.engine.pool.ModelPool` (``setup`` on first use,
    within the memory budget; a model in use is never unloaded): the exact version the request
    holds (:attr:`InferenceRequest.entry`, pinned by the front door or the scheduler), else the
    registry's newest, so a model reloaded meanwhile never mixes into a request;
-4. pads the frames to the model's ``size_multiple`` by mirroring, and cuts frames larger than
-   ``max_size`` into overlapping tiles when the model is fully convolutional
-   (:class:`~frameserve.engine.tiling.TileGrid`); each tile goes to the device, through the model
-   under ``torch.inference_mode``, and is blended back into a frame on the CPU;
-5. checks what came back against the declared outputs (:mod:`frameserve.engine.outputs`), crops the
-   padding off, and converts it back to the request's colourspace.
-
-**Running out of memory** (``torch.OutOfMemoryError``, ``MemoryError``, an allocator's "out of
-memory" ``RuntimeError``): a batch is run again one request at a time; a fully convolutional
-model is run again in tiles of half the size, down to
-:func:`~frameserve.engine.tiling.min_tile_size`, with a WARNING each time. The tile size that worked
-is remembered for that model while it stays loaded. Other models fail with :class:`ModelRunError`.
-
-**Precision and memory order.** On CUDA, a model that declares ``half_precision`` runs in
-float16 (see :class:`~frameserve.plugin.model.Model` for the rule model code follows): its
-``torch.nn.Module`` attributes are converted with ``.half()`` after setup, frames are cast to
-float16 on the device, ``predict`` runs under ``torch.autocast(float16)`` (so stray float32
-tensors still work) and outputs are cast back to float32. A model that writes its own
-``predict_batch`` gets every request there, a single one as a batch of one, so that a model
-holding a convolution (``Conv2d`` or ``ConvTranspose2d`` among its module attributes) can be
-given its ``(N, C, H, W)`` frames in channels-last memory order, on CUDA and on the CPU
-(measured on the CPU: 2.9x faster for a 7-layer conv net at 1080p,
-``benchmarks/memory_format.py``). ``(C, H, W)`` frames for ``predict`` stay contiguous: a
-channels-last ``(C, H, W)`` view gains nothing (``image[None]`` loses the layout for the
-convolution; measured). If the first prediction on channels-last frames raises, the runner
-tries again with contiguous frames and, if that works, keeps giving that model contiguous
-frames (a WARNING says so).
+4. hands the stacked frames to its :class:`~frameserve.engine.execution.Executor`, which pads
+   and tiles them, runs the model on the device (half precision, channels-last memory order)
+   and falls back to smaller batches and tiles when memory runs out
+   (:mod:`frameserve.engine.execution`);
+5. converts each request's checked outputs back to the request's colourspace.
 
 **Batches** (:meth:`Runner.run_batch`): requests with the same model, knob values, frame sizes
 and colourspace run in one call to ``predict_batch`` (at most the model's
@@ -49,8 +27,6 @@ error.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -58,29 +34,15 @@ import torch
 
 from frameserve.catalogue.registry import ModelEntry, ModelRegistry
 from frameserve.engine.colour import ColourManager, default_manager
-from frameserve.engine.devices import (
-    default_memory_budget,
-    is_out_of_memory,
-    release_memory,
-    resolve_device,
-)
-from frameserve.engine.outputs import ModelOutputs, StitchedOutputs, split_batch, whole_outputs
-from frameserve.engine.pool import LoadedModel, ModelPool, model_modules
+from frameserve.engine.devices import default_memory_budget, resolve_device
+from frameserve.engine.execution import CHANNELS_LAST_ON_CPU, Executor
+from frameserve.engine.outputs import ModelOutputs
+from frameserve.engine.pool import ModelPool
 from frameserve.engine.request import InferenceRequest, InferenceResult
-from frameserve.engine.tiling import TileGrid, smaller_tile_size
 from frameserve.errors import FrameError, FrameServeError, ModelRunError
-from frameserve.plugin.knobs import KnobValues
-from frameserve.plugin.model import Model, ModelSpec
+from frameserve.plugin.model import ModelSpec
 
 __all__ = ["CHANNELS_LAST_ON_CPU", "Runner"]
-
-log = logging.getLogger(__name__)
-
-#: Whether convolutional models get channels-last frames on the CPU too (measured faster).
-CHANNELS_LAST_ON_CPU = True
-
-_CONVOLUTIONS = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
-_CONVOLUTION_NAMES = frozenset({"Conv2d", "ConvTranspose2d"})  # inside TorchScript modules
 
 Outcome = InferenceResult | FrameServeError
 
@@ -119,15 +81,20 @@ class Runner:
         self.registry = registry
         self.device = resolve_device(device)
         self._colour = colour
-        self.half_precision = (
-            self.device.type == "cuda" if half_precision is None else half_precision
-        )
+        if half_precision is None:
+            half_precision = self.device.type == "cuda"
+        self._executor = Executor(self.device, half_precision=half_precision)
         if memory_budget_bytes is None:
             memory_budget_bytes = default_memory_budget(self.device)
         self._pool = ModelPool(
-            registry, self.device, budget_bytes=memory_budget_bytes, prepare=self._prepare
+            registry, self.device, budget_bytes=memory_budget_bytes, prepare=self._executor.prepare
         )
         registry.add_listener(self._pool.retire_stale)  # drop replaced models once idle
+
+    @property
+    def half_precision(self) -> bool:
+        """Whether models that declare ``half_precision`` run in float16."""
+        return self._executor.half_precision
 
     @property
     def memory_budget_bytes(self) -> int | None:
@@ -230,7 +197,9 @@ class Runner:
             for name in names
         }
         with self._pool.use(entry) as loaded:
-            items = self._execute(loaded, spec, inputs, first.knobs, size, single, len(requests))
+            items = self._executor.run(
+                loaded, inputs, first.knobs, size, single=single, count=len(requests)
+            )
         return [
             self._finish(spec, item, request) for item, request in zip(items, requests, strict=True)
         ]
@@ -256,230 +225,6 @@ class Runner:
         if source == target:
             return frame  # the common case needs no colour configuration at all
         return self.colour.convert(frame, source, target)
-
-    # -- padding, tiles and running out of memory ----------------------------------------------
-
-    def _execute(
-        self,
-        loaded: LoadedModel,
-        spec: ModelSpec,
-        inputs: dict[str, torch.Tensor],
-        knobs: KnobValues,
-        size: tuple[int, int] | None,
-        single: bool,
-        count: int,
-    ) -> list[ModelOutputs | FrameServeError]:
-        needs = spec.spatial
-        tried: int | None = None  # the tile size this call fell back to (only ever smaller)
-        while True:
-            grid = None
-            limit = _smallest(needs.max_size, loaded.tile_limit, tried)
-            if size is not None:
-                grid = TileGrid(
-                    *size,
-                    multiple=needs.size_multiple,
-                    overlap=needs.overlap,
-                    max_tile=limit if needs.fully_convolutional else None,
-                )
-                if not grid.is_whole:
-                    log.debug("model %s: %s", spec.id, grid)
-            try:
-                return self._run_grid(loaded, spec, inputs, knobs, grid, single, count)
-            except Exception as exc:
-                if not isinstance(exc, _OutOfMemory) and not is_out_of_memory(exc):
-                    raise
-                reason = str(exc)  # keep no reference to the frames of the failed attempt
-            release_memory(self.device)
-            where = f"{count} frame(s)" if size is None else f"{count} frame(s) of {_wxh(size)}"
-            if count > 1:
-                log.warning(
-                    "model %s ran out of memory on %s with a batch of %s; running them one by "
-                    "one (%s)",
-                    spec.id,
-                    self.device,
-                    where,
-                    reason,
-                )
-                return [
-                    item
-                    for index in range(count)
-                    for item in self._execute(
-                        loaded,
-                        spec,
-                        {name: x[index : index + 1] for name, x in inputs.items()},
-                        knobs,
-                        size,
-                        single,
-                        1,
-                    )
-                ]
-            tile = None
-            if grid is not None:  # the size limit that failed
-                whole = grid.is_whole or limit is None
-                tile = max(grid.tile_height, grid.tile_width) if whole else limit
-            if not needs.fully_convolutional or tile is None:
-                why = (
-                    "it does not declare itself fully convolutional"
-                    if not needs.fully_convolutional
-                    else "its inputs differ in size"
-                )
-                raise ModelRunError(
-                    f"model {spec.id!r} ran out of memory on {self.device} with {where} and "
-                    f"cannot be tiled ({why}): {reason}"
-                )
-            smaller = smaller_tile_size(tile, multiple=needs.size_multiple, overlap=needs.overlap)
-            if smaller is None:
-                raise ModelRunError(
-                    f"model {spec.id!r} ran out of memory on {self.device} even in tiles of "
-                    f"at most {tile}x{tile} pixels: {reason}"
-                )
-            log.warning(
-                "model %s ran out of memory on %s with %s in pieces of up to %dx%d pixels; "
-                "trying tiles of at most %dx%d (%s)",
-                spec.id,
-                self.device,
-                where,
-                tile,
-                tile,
-                smaller,
-                smaller,
-                reason,
-            )
-            tried = smaller
-            loaded.tile_limit = _smallest(loaded.tile_limit, smaller)
-
-    def _run_grid(
-        self,
-        loaded: LoadedModel,
-        spec: ModelSpec,
-        inputs: dict[str, torch.Tensor],
-        knobs: KnobValues,
-        grid: TileGrid | None,
-        single: bool,
-        count: int,
-    ) -> list[ModelOutputs | FrameServeError]:
-        if grid is None or grid.is_whole:
-            frames = inputs if grid is None else {n: grid.pad(x) for n, x in inputs.items()}
-            raws = self._predict(loaded, spec, frames, knobs, single, count)
-            first = next(iter(frames.values()), None)
-            size = None if first is None else (int(first.shape[-2]), int(first.shape[-1]))
-            items: list[ModelOutputs | FrameServeError] = []
-            for raw in raws:
-                try:
-                    items.append(whole_outputs(spec, raw, grid, size))
-                except ModelRunError as exc:
-                    items.append(exc)
-            return items
-        padded = {name: grid.pad(x) for name, x in inputs.items()}
-        stitched: list[StitchedOutputs | FrameServeError] = [
-            StitchedOutputs() for _ in range(count)
-        ]
-        for tile in grid.tiles:
-            window = (..., *tile.window)
-            raws = self._predict(
-                loaded, spec, {n: x[window] for n, x in padded.items()}, knobs, single, count
-            )
-            for index, raw in enumerate(raws):
-                target = stitched[index]
-                if isinstance(target, StitchedOutputs):
-                    try:
-                        target.add(spec, grid, tile, raw)
-                    except ModelRunError as exc:
-                        stitched[index] = exc
-            if all(isinstance(s, FrameServeError) for s in stitched):
-                break
-        return [s if isinstance(s, FrameServeError) else s.outputs() for s in stitched]
-
-    # -- the call into model code --------------------------------------------------------------
-
-    def _prepare(self, loaded: LoadedModel) -> None:
-        """Convert a freshly set-up model for this device (the pool calls it after setup)."""
-        spec = loaded.spec
-        modules = model_modules(loaded.model)
-        loaded.half = self.half_precision and spec.half_precision
-        if loaded.half:
-            for module in modules:
-                module.half()
-        convolutional = any(
-            isinstance(m, _CONVOLUTIONS) or getattr(m, "original_name", None) in _CONVOLUTION_NAMES
-            for module in modules
-            for m in module.modules()
-        )
-        loaded.batched = type(loaded.model).predict_batch is not Model.predict_batch
-        on_cpu = self.device.type == "cpu"
-        channels_last_here = CHANNELS_LAST_ON_CPU or not on_cpu
-        loaded.channels_last = convolutional and loaded.batched and channels_last_here
-
-    def _predict(
-        self,
-        loaded: LoadedModel,
-        spec: ModelSpec,
-        frames: dict[str, torch.Tensor],
-        knobs: KnobValues,
-        single: bool,
-        count: int,
-    ) -> list[object]:
-        """Run the model on ``frames`` (``(N, C, H, W)``, CPU); return N raw results."""
-        try:
-            if not loaded.channels_last or loaded.channels_last_proven:
-                return self._call(loaded, spec, frames, knobs, single, count, loaded.channels_last)
-            try:
-                raws = self._call(loaded, spec, frames, knobs, single, count, True)
-            except ModelRunError as first:
-                raws = self._call(loaded, spec, frames, knobs, single, count, False)
-                loaded.channels_last = False
-                log.warning(
-                    "model %s failed on channels-last frames (%s); it gets contiguous frames "
-                    "from now on",
-                    spec.id,
-                    first,
-                )
-                return raws
-            loaded.channels_last_proven = True
-            return raws
-        except ModelRunError as exc:
-            log.error("model %s failed while predicting", spec.id, exc_info=exc.__cause__ or exc)
-            raise
-
-    def _call(
-        self,
-        loaded: LoadedModel,
-        spec: ModelSpec,
-        frames: dict[str, torch.Tensor],
-        knobs: KnobValues,
-        single: bool,
-        count: int,
-        channels_last: bool,
-    ) -> list[object]:
-        try:
-            on_device = {
-                n: self._to_device(x, loaded.half, channels_last) for n, x in frames.items()
-            }
-            autocast = (
-                torch.autocast(self.device.type, dtype=torch.float16)
-                if loaded.half
-                else contextlib.nullcontext()
-            )
-            with torch.inference_mode(), autocast:
-                if single and not loaded.batched:
-                    return [loaded.model.predict({n: x[0] for n, x in on_device.items()}, knobs)]
-                raw = loaded.model.predict_batch(on_device, knobs)
-        except FrameServeError:
-            raise
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                raise _OutOfMemory(f"{type(exc).__name__}: {exc}") from None
-            raise ModelRunError(f"model {spec.id!r} failed: {type(exc).__name__}: {exc}") from exc
-        return split_batch(spec, raw, count)
-
-    def _to_device(self, frames: torch.Tensor, half: bool, channels_last: bool) -> torch.Tensor:
-        moved = frames.to(self.device, torch.float16 if half else torch.float32)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        return moved.contiguous(memory_format=layout)
-
-
-class _OutOfMemory(Exception):
-    """The model, or the runner around it, ran out of memory (internal: it is retried)."""
 
 
 def _frame_size(spec: ModelSpec, request: InferenceRequest) -> tuple[int, int] | None:
@@ -513,11 +258,6 @@ def _frame_size(spec: ModelSpec, request: InferenceRequest) -> tuple[int, int] |
 def _stack(frames: list[torch.Tensor]) -> torch.Tensor:
     """Return ``frames`` (``(C, H, W)`` each) as one ``(N, C, H, W)`` tensor; a view for one."""
     return frames[0][None] if len(frames) == 1 else torch.stack(frames)
-
-
-def _smallest(*limits: int | None) -> int | None:
-    given = [limit for limit in limits if limit is not None]
-    return min(given) if given else None
 
 
 def _wxh(size: tuple[int, int]) -> str:

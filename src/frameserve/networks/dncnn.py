@@ -16,8 +16,10 @@ float32 in and out, any height and width.
 ``model.0.weight`` ``(64, C, 3, 3)``, ``model.0.bias`` ``(64,)``, then ``model.2``,
 ``model.4``... (odd indices are the ReLUs, which hold no weights) up to
 ``model.{2 * (depth - 1)}.weight`` ``(C, 64, 3, 3)``; depth 17 for the fixed-level models, 20
-for the blind ones. :func:`dncnn_from_state_dict` reads channels, depth and width from the
-keys, builds the network and loads the weights with ``strict=True``. A one-channel (grey)
+for the blind ones. :func:`load_dncnn` reads the file (also when it nests the state dict
+under ``"state_dict"`` or ``"params"``), builds the network of the channels, depth and width
+its keys describe (:func:`dncnn_for_state_dict`) and loads the weights through the strict
+loader (:mod:`frameserve.networks.state_dicts`). A one-channel (grey)
 network denoises an RGB frame channel by channel (:meth:`DnCNN.forward` folds the channels
 into the batch).
 """
@@ -27,11 +29,18 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["DnCNN", "dncnn_from_state_dict"]
+from frameserve.errors import ModelSetupError
+from frameserve.networks.state_dicts import load_strict, read_state_dict
+
+__all__ = ["DnCNN", "dncnn_for_state_dict", "load_dncnn"]
+
+#: Keys under which training checkpoints (and BasicSR) nest a state dict.
+_WRAPPERS = ("state_dict", "params")
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +94,11 @@ class DnCNN(nn.Module):
         return x - noise
 
 
-def dncnn_from_state_dict(state: Mapping[str, torch.Tensor]) -> DnCNN:
-    """Return a :class:`DnCNN` holding ``state`` (the authors' key layout), loaded strictly.
+def dncnn_for_state_dict(state: Mapping[str, torch.Tensor]) -> DnCNN:
+    """Return a new :class:`DnCNN` of the layout ``state``'s keys describe (the authors').
+
+    Its weights are fresh: load ``state`` with
+    :func:`~frameserve.networks.state_dicts.load_strict` (:func:`load_dncnn` does both).
 
     Raises:
         ValueError: the keys or shapes are not a DnCNN's without batch normalisation (the
@@ -120,13 +132,21 @@ def dncnn_from_state_dict(state: Mapping[str, torch.Tensor]) -> DnCNN:
     if first is None or last is None or first.ndim != 4 or last.ndim != 4:
         raise ValueError("not DnCNN weights: the first and last layers need 4-D conv weights")
     width, channels = int(first.shape[0]), int(first.shape[1])
-    network = DnCNN(channels, depth=len(convs), width=width)
+    return DnCNN(channels, depth=len(convs), width=width)
+
+
+def load_dncnn(path: Path, what: str, device: torch.device | str = "cpu") -> DnCNN:
+    """Return the :class:`DnCNN` whose weights ``path`` holds, loaded strictly.
+
+    The network is on ``device``, in eval mode; ``what`` names it in messages.
+
+    Raises:
+        ModelSetupError: the file cannot be read, does not hold DnCNN weights (the message
+            says what was found), or its tensors do not fit the layout their keys describe.
+    """
+    state = read_state_dict(path, what, unwrap=_WRAPPERS)
     try:
-        network.load_state_dict(dict(state), strict=True)
-    except RuntimeError as exc:
-        details = " ".join(line.strip() for line in str(exc).splitlines()[1:])
-        raise ValueError(
-            f"the weights do not fit a DnCNN({channels}, depth={len(convs)}, width={width}): "
-            f"{details[:300]}"
-        ) from None
-    return network
+        network = dncnn_for_state_dict(state)
+    except ValueError as exc:
+        raise ModelSetupError(f"{what} weights {str(path)!r}: {exc}") from None
+    return load_strict(network, state, path, what, device)

@@ -20,6 +20,10 @@ the image's (the ``deblur`` network gets the blur's path this way,
 :func:`frameserve.networks.motion_blur.path_code`), which go in with the image and are not part
 of the output.
 
+**Weights.** :func:`load_restoration_unet` reads a weights file, builds the network its keys
+and shapes describe (:meth:`RestorationUNet.for_state_dict`) and loads it through the strict
+loader (:mod:`frameserve.networks.state_dicts`); float16 weights load as float32.
+
 Heights and widths must be multiples of :attr:`RestorationUNet.multiple`
 (``2 * 2 ** (levels - 1)``); the frameserve engine pads frames. Every convolution of a level
 costs the same per full-resolution pixel (a quarter of the pixels per level down, four times
@@ -42,12 +46,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RestorationUNet", "flops_per_pixel", "restore_in_range"]
+from frameserve.errors import ModelSetupError
+from frameserve.networks.state_dicts import load_strict, read_state_dict
+
+__all__ = ["RestorationUNet", "flops_per_pixel", "load_restoration_unet", "restore_in_range"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +147,12 @@ class RestorationUNet(nn.Module):
             nn.init.zeros_(self.tail.bias)
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> RestorationUNet:
-        """Return the network whose weights ``state`` holds (its layout read from the keys and
-        shapes), with them loaded strictly; float16 weights are loaded as float32.
+    def for_state_dict(cls, state: Mapping[str, torch.Tensor]) -> RestorationUNet:
+        """Return a new network of the layout ``state``'s keys and shapes describe.
+
+        Its weights are fresh: load ``state`` with
+        :func:`~frameserve.networks.state_dicts.load_strict` (:func:`load_restoration_unet`
+        does both).
 
         Raises:
             ValueError: ``state`` is not the state dict of a :class:`RestorationUNet`.
@@ -164,23 +175,13 @@ class RestorationUNet(nn.Module):
         condition = int(head.shape[1]) // 4 - channels
         levels = 1 + sum(1 for key in state if _DOWN.match(key))
         blocks = sum(1 for key in state if _MIDDLE_BLOCK.match(key))
-        network = cls(
+        return cls(
             channels,
             width=int(head.shape[0]),
             levels=levels,
             blocks=max(blocks, 1),
             condition=condition,
         )
-        try:
-            network.load_state_dict({key: value.float() for key, value in state.items()})
-        except RuntimeError as exc:
-            details = " ".join(line.strip() for line in str(exc).splitlines()[1:])
-            raise ValueError(
-                f"the weights do not fit a RestorationUNet(width="
-                f"{int(head.shape[0])}, levels={levels}, blocks={blocks}): "
-                f"{details[:300]}"
-            ) from None
-        return network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the restored ``(N, C, H, W)`` frames from ``(N, C + condition, H, W)`` inputs
@@ -196,6 +197,25 @@ class RestorationUNet(nn.Module):
             y = decoder(self.act(up(y)) + skips.pop())
         image = x[:, : self.channels] if self.condition else x
         return image + F.pixel_shuffle(self.tail(y), 2)
+
+
+def load_restoration_unet(
+    path: Path, what: str, device: torch.device | str = "cpu"
+) -> RestorationUNet:
+    """Return the :class:`RestorationUNet` whose weights ``path`` holds, loaded strictly.
+
+    The network is on ``device``, in eval mode; ``what`` names it in messages ("deblur").
+
+    Raises:
+        ModelSetupError: the file cannot be read, does not hold a RestorationUNet's weights,
+            or its tensors do not fit the layout their keys describe.
+    """
+    state = read_state_dict(path, what)
+    try:
+        network = RestorationUNet.for_state_dict(state)
+    except ValueError as exc:
+        raise ModelSetupError(f"{what} weights {str(path)!r}: {exc}") from None
+    return load_strict(network, state, path, what, device)
 
 
 def flops_per_pixel(network: nn.Module, channels: int = 3, size: int = 64) -> float:

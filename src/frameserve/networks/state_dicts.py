@@ -1,10 +1,16 @@
-"""Reading published weight files and loading them into our networks with ``strict=True``.
+"""Reading weight files and loading them into our networks with ``strict=True``.
 
-Every built-in network loads its weights through here, so a wrong file fails the same way for
-each: a :class:`~frameserve.errors.ModelSetupError` naming the network, the file and what does
-not fit (missing or unexpected tensor names, or a shape that differs)::
+Every built-in network with weights (published ones and those frameserve trained: SINet,
+ExtremeC3Net, BlazeFace, VDSR, SPyNet, the restoration U-Net of ``deblur`` and ``denoise``,
+DnCNN) reads its file with :func:`read_state_dict` and loads it with :func:`load_strict`, so
+a wrong file fails the same way for each: a :class:`~frameserve.errors.ModelSetupError` naming
+the network, the file and what does not fit (missing or unexpected tensor names, or a shape
+that differs)::
 
     net = load_strict(VDSR(), read_state_dict(path, "VDSR"), path, "VDSR", device)
+
+A network whose layout is read from its weights (the restoration U-Net, DnCNN) is built empty
+from the state dict's keys and shapes first, then loaded here like any other.
 """
 
 from __future__ import annotations
@@ -27,8 +33,16 @@ NetworkT = TypeVar("NetworkT", bound=nn.Module)
 _COUNTER_SUFFIX = ".num_batches_tracked"
 
 
-def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: Path, what: str, *, unwrap: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """Return the state dict saved in ``path`` (read with ``weights_only=True``, on the CPU).
+
+    Args:
+        path: the weights file.
+        what: the network's name, for error messages ("SINet").
+        unwrap: keys under which a file may nest the state dict, tried in order (a training
+            checkpoint's ``"state_dict"``, BasicSR's ``"params"``).
 
     Raises:
         ModelSetupError: the file cannot be read, or holds something other than a mapping of
@@ -36,8 +50,11 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # torch raises many kinds for damaged or foreign files
         raise ModelSetupError(f"cannot read {what} weights {str(path)!r}: {exc}") from exc
+    for key in unwrap:
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
         raise ModelSetupError(
             f"{what} weights {str(path)!r} hold a {type(state).__name__}; expected a state dict "

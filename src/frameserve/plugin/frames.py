@@ -1,13 +1,18 @@
 """The one internal form of a frame, and the checks every front door applies to it.
 
-Inside frameserve a frame is a ``torch.Tensor`` of shape ``(C, H, W)``:
+This is the one place that defines it; every other module points here. Inside frameserve a
+frame is a ``torch.Tensor`` of shape ``(C, H, W)``:
 
 - dtype ``float32``;
 - channels first (the MLClient wire's planar layout maps onto it without a transpose);
 - **top row first** (Nuke sends rows bottom to top; the MLClient door flips them);
-- scene-linear values, never clipped: values above 1 (highlights) and below 0 are normal, and
-  NaN/Inf pass through to the model untouched.
+- **scene-linear** values unless declared otherwise: a request may say which colourspace its
+  frames are in, and a model which colourspace it wants (``colourspace_in`` /
+  ``colourspace_out``); the runner converts between them (:mod:`frameserve.engine.colour`);
+- **never clipped**: values above 1 (highlights) and below 0 are normal, and NaN/Inf pass
+  through to the model untouched.
 
+A batch of frames, as ``predict_batch`` gets them, is the same stacked: ``(N, C, H, W)``.
 Front doors convert their wire format to this form before a request is built, and back after
 the result comes out; models, the scheduler and the runner see nothing else.
 """

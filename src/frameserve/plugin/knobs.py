@@ -11,19 +11,32 @@ A model declares its knobs as a list of specs::
 Values are validated once, at the front door, by :func:`resolve_knobs`, which returns a
 :class:`KnobValues` mapping holding exactly the values the request sent and the defaults for the
 rest. Values belong to the request: nothing is ever stored on the model.
+
+**Knob kinds** are defined here and nowhere else. :data:`KNOB_KINDS` maps each kind's name
+(``"float"``, the ``type`` of :meth:`KnobSpec.describe` and of a package manifest) to its
+class, and each class knows the facts other parts of frameserve ask about its kind: the
+options it takes besides name, default, help and label (:meth:`KnobSpec.option_names`), the
+Python types of its values (:attr:`KnobSpec.value_types`), the number a network gets it as
+(:attr:`KnobSpec.number_type`, :meth:`KnobSpec.as_number`), the MLClient option that carries it
+(:attr:`KnobSpec.wire_kind`) and how a value is written as text
+(:meth:`KnobSpec.value_from_text`). :func:`knob_from_description` rebuilds a spec from its
+described form, as a server sends it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from frameserve.errors import ConfigError, KnobError
 
 __all__ = [
+    "KNOB_KINDS",
     "BoolKnob",
     "ButtonKnob",
     "ChoiceKnob",
@@ -34,8 +47,12 @@ __all__ = [
     "KnobValues",
     "StringKnob",
     "check_knob_specs",
+    "knob_class",
+    "knob_from_description",
     "resolve_knobs",
 ]
+
+log = logging.getLogger(__name__)
 
 KnobValue = bool | int | float | str
 
@@ -48,9 +65,22 @@ _FALSE_WORDS = {"0", "false", "no", "off"}
 
 @dataclass(frozen=True, kw_only=True)
 class KnobSpec:
-    """What every knob declares: a name, a default and a help text."""
+    """What every knob declares: a name, a default and a help text.
+
+    Class attributes (facts about the kind, the same for every knob of it):
+        kind: the kind's name (the ``type`` of :meth:`describe`; a key of :data:`KNOB_KINDS`).
+        value_types: the Python types a value converts to without loss, its own type first
+            (a package knob fed as a TorchScript attribute sets an attribute of one of them).
+        number_type: the type of number a network gets a value as (a scalar tensor of
+            ``bool``, ``int`` or ``float``; see :meth:`as_number`), ``None`` for free text.
+        wire_kind: the MLClient option that carries the knob (the node knows ``bool``,
+            ``int``, ``float``, ``string`` and ``button`` options).
+    """
 
     kind: ClassVar[str] = ""
+    value_types: ClassVar[tuple[type, ...]] = ()
+    number_type: ClassVar[type | None] = None
+    wire_kind: ClassVar[str] = ""
     name: str = field(kw_only=False)
     default: Any
     help: str = ""
@@ -75,9 +105,40 @@ class KnobSpec:
         """
         raise NotImplementedError
 
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Return the options this kind takes besides name, default, help and label."""
+        common = {f.name for f in fields(KnobSpec)}
+        return tuple(f.name for f in fields(cls) if f.name not in common)
+
+    @classmethod
+    def value_from_text(cls, text: str) -> KnobValue:
+        """Return ``text`` read as a value of this kind, not yet checked against a spec.
+
+        Raises:
+            ValueError: ``text`` does not write a value of this kind.
+        """
+        return text
+
     def parse_text(self, text: str) -> KnobValue:
         """Return the value written as ``text`` (command lines, query strings), validated."""
-        return self.validate(text)
+        return self.validate(self.value_from_text(text))
+
+    def as_number(self, value: KnobValue) -> bool | int | float:
+        """Return a valid ``value`` as the number a network gets (see :attr:`number_type`).
+
+        Raises:
+            TypeError: the kind has no number form (free text).
+        """
+        if self.number_type is None:
+            raise TypeError(f"a {self.kind} knob has no number form")
+        number: bool | int | float = self.number_type(value)
+        return number
+
+    def other_value(self) -> KnobValue | None:
+        """Return a valid value other than the default, or ``None`` when no value is sure to
+        mean something else (free text); checks use it to see that a knob changes anything."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Return the spec as plain data (for ``frameserve models --json`` and HTTP)."""
@@ -95,6 +156,9 @@ class BoolKnob(KnobSpec):
     """An on/off knob (a checkbox in Nuke)."""
 
     kind: ClassVar[str] = "bool"
+    value_types: ClassVar[tuple[type, ...]] = (bool,)
+    number_type: ClassVar[type | None] = bool
+    wire_kind: ClassVar[str] = "bool"
     default: bool = False
 
     def validate(self, value: object, *, what: str = "knob") -> bool:
@@ -104,11 +168,23 @@ class BoolKnob(KnobSpec):
             return bool(value)
         raise self._error(what, value, "expected a bool (true or false)")
 
-    def parse_text(self, text: str) -> bool:
+    @classmethod
+    def value_from_text(cls, text: str) -> bool:
         word = text.strip().lower()
         if word in _TRUE_WORDS | _FALSE_WORDS:
             return word in _TRUE_WORDS
-        raise self._error("knob", text, "expected a bool: true or false (also yes/no, on/off, 1/0)")
+        raise ValueError(f"{text!r} is not a bool")
+
+    def parse_text(self, text: str) -> bool:
+        try:
+            return self.value_from_text(text)
+        except ValueError:
+            raise self._error(
+                "knob", text, "expected a bool: true or false (also yes/no, on/off, 1/0)"
+            ) from None
+
+    def other_value(self) -> bool:
+        return not self.default
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +192,7 @@ class ButtonKnob(BoolKnob):
     """A button: ``True`` only in the request sent when the artist presses it."""
 
     kind: ClassVar[str] = "button"
+    wire_kind: ClassVar[str] = "button"
     default: bool = False
 
     def __post_init__(self) -> None:
@@ -134,6 +211,9 @@ class IntKnob(KnobSpec):
     """A whole number, optionally bounded by ``min`` and ``max`` (inclusive; 32-bit)."""
 
     kind: ClassVar[str] = "int"
+    value_types: ClassVar[tuple[type, ...]] = (int, float)
+    number_type: ClassVar[type | None] = int
+    wire_kind: ClassVar[str] = "int"
     default: int = 0
     min: int | None = None
     max: int | None = None
@@ -163,11 +243,18 @@ class IntKnob(KnobSpec):
             raise KnobError(f"{what} {self.name!r}: {number} is above the maximum {high}")
         return number
 
+    @classmethod
+    def value_from_text(cls, text: str) -> int:
+        return int(text.strip())
+
     def parse_text(self, text: str) -> int:
         try:
-            return self.validate(int(text.strip()))
+            return self.validate(self.value_from_text(text))
         except ValueError:
             raise self._error("knob", text, "expected a whole number") from None
+
+    def other_value(self) -> int:
+        return self.validate(_other_number(self))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min": self.min, "max": self.max}
@@ -182,6 +269,9 @@ class FloatKnob(KnobSpec):
     """
 
     kind: ClassVar[str] = "float"
+    value_types: ClassVar[tuple[type, ...]] = (float,)
+    number_type: ClassVar[type | None] = float
+    wire_kind: ClassVar[str] = "float"
     default: float = 0.0
     min: float | None = None
     max: float | None = None
@@ -215,14 +305,29 @@ class FloatKnob(KnobSpec):
             number = float(self.max)
         return number
 
+    @classmethod
+    def value_from_text(cls, text: str) -> float:
+        return float(text.strip())
+
     def parse_text(self, text: str) -> float:
         try:
-            return self.validate(float(text.strip()))
+            return self.validate(self.value_from_text(text))
         except ValueError:
             raise self._error("knob", text, "expected a number") from None
 
+    def other_value(self) -> float:
+        return self.validate(_other_number(self))
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min": self.min, "max": self.max}
+
+
+def _other_number(spec: IntKnob | FloatKnob) -> int | float:
+    """A bound other than the default (the maximum first), else the default plus one."""
+    for candidate in (spec.max, spec.min):
+        if candidate is not None and candidate != spec.default:
+            return candidate
+    return spec.default + 1
 
 
 def _within_float32(value: float, bound: float) -> bool:
@@ -234,6 +339,8 @@ class StringKnob(KnobSpec):
     """Free text."""
 
     kind: ClassVar[str] = "string"
+    value_types: ClassVar[tuple[type, ...]] = (str,)
+    wire_kind: ClassVar[str] = "string"
     default: str = ""
 
     def validate(self, value: object, *, what: str = "knob") -> str:
@@ -247,10 +354,13 @@ class ChoiceKnob(KnobSpec):
     """One of a fixed list of strings (a menu).
 
     The MLClient node ignores menus, so it is offered there as a string knob whose value is
-    checked against ``choices``.
+    checked against ``choices``. A network gets the index of the chosen item.
     """
 
     kind: ClassVar[str] = "choice"
+    value_types: ClassVar[tuple[type, ...]] = (str,)
+    number_type: ClassVar[type | None] = int
+    wire_kind: ClassVar[str] = "string"
     default: str = ""
     choices: tuple[str, ...] = field(default_factory=tuple)
 
@@ -272,8 +382,59 @@ class ChoiceKnob(KnobSpec):
             raise self._error(what, value, f"choose one of {allowed}")
         return value
 
+    def as_number(self, value: KnobValue) -> int:
+        return self.choices.index(str(value))
+
+    def other_value(self) -> str | None:
+        return next((c for c in self.choices if c != self.default), None)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "choices": list(self.choices)}
+
+
+#: Every knob kind by name, in the order messages list them.
+KNOB_KINDS: Mapping[str, type[KnobSpec]] = MappingProxyType(
+    {cls.kind: cls for cls in (BoolKnob, IntKnob, FloatKnob, StringKnob, ChoiceKnob, ButtonKnob)}
+)
+
+
+def knob_class(kind: str) -> type[KnobSpec]:
+    """Return the knob class of ``kind`` (``"float"``: :class:`FloatKnob`).
+
+    Raises:
+        ConfigError: no knob kind has that name (the message lists them).
+    """
+    try:
+        return KNOB_KINDS[kind]
+    except KeyError:
+        known = ", ".join(repr(name) for name in KNOB_KINDS)
+        raise ConfigError(f"unknown knob type {kind!r}; the knob types are {known}") from None
+
+
+def knob_from_description(data: Mapping[str, Any]) -> KnobSpec:
+    """Return the knob spec ``data`` describes (:meth:`KnobSpec.describe` data, as a server
+    sends it).
+
+    A knob type this version does not know becomes a :class:`StringKnob`: its value, written
+    as text, is sent as it is and the server validates it.
+
+    Raises:
+        ConfigError: the description lacks a name, or its values do not make a valid spec.
+    """
+    name = data.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"the server described a knob without a name: {dict(data)!r}")
+    kind = str(data.get("type", ""))
+    options: dict[str, Any] = {"help": str(data.get("help") or "")}
+    options["label"] = str(data.get("label") or "")
+    cls = KNOB_KINDS.get(kind)
+    if cls is None:
+        log.warning("knob %r has type %r, unknown here; its value is sent as text", name, kind)
+        return StringKnob(name, default="", **options)
+    for key in ("default", *cls.option_names()):
+        if data.get(key) is not None:
+            options[key] = data[key]
+    return cls(name, **options)
 
 
 class KnobValues(Mapping[str, KnobValue]):

@@ -23,10 +23,9 @@ A model is a Python class in its own folder (``my_models/sharpen/model.py``)::
             )[:, 0]
             return image + knobs["amount"] * edges
 
-**Frames**, in and out, are float32 ``torch.Tensor`` of shape ``(C, H, W)``: channels first,
-top row first, scene-linear values (never clipped: values above 1 and below 0 are normal). The
-server converts every wire format to this form and back; a model never sees protobuf, byte
-order or Nuke's bottom-up rows.
+**Frames**, in and out, are in frameserve's one internal frame form, defined in
+:mod:`frameserve.plugin.frames`. The server converts every wire format to it and back; a model
+never sees protobuf, byte order or Nuke's bottom-up rows.
 
 **Colour**: a model declares the colourspace it wants its inputs in and gives its outputs in
 (``colourspace_in`` / ``colourspace_out``, names from the OpenColorIO config; scene-linear by
@@ -322,8 +321,9 @@ class Model:
         """Compute the outputs of one request.
 
         Args:
-            frames: one float32 ``(C, H, W)`` tensor per declared input, by input name, on the
-                model's device; top row first, scene-linear, not clipped.
+            frames: one frame per declared input, by input name, in the internal form
+                (:mod:`frameserve.plugin.frames`), on the model's device, in the model's
+                ``colourspace_in``.
             knobs: this request's knob values.
 
         Returns:
@@ -338,7 +338,7 @@ class Model:
         """Compute several requests that share knob values and frame size, at once.
 
         Args:
-            frames: one float32 ``(N, C, H, W)`` tensor per input, by input name.
+            frames: one ``(N, C, H, W)`` batch of frames per input, by input name.
             knobs: the knob values all N requests share.
 
         Returns:

@@ -67,7 +67,6 @@ def registry_of(*folders: Path) -> ModelRegistry:
 def run(runner: Runner, model_id: str, *frames: torch.Tensor, **knobs: object) -> torch.Tensor:
     """Run ``frames`` through ``model_id`` on ``runner``; return the first output."""
     spec = runner.registry.get(model_id).spec
-    assert spec is not None
     result = runner.run(build_request(spec, list(frames), knobs))
     return result.frames[spec.outputs[0].name]
 
@@ -128,7 +127,6 @@ def test_batches_of_example_requests_equal_single_ones(examples: Runner) -> None
     images = [plate(seed=seed) for seed in range(3)]
     for model_id in EXAMPLE_IDS:
         spec = examples.registry.get(model_id).spec
-        assert spec is not None
         requests = [build_request(spec, [image], {"strength": 0.3}) for image in images]
         results = examples.run_batch(requests)
         for image, result in zip(images, results, strict=True):
@@ -223,7 +221,6 @@ def test_a_temporal_window_stacks_neighbours_oldest_first(tmp_path: Path) -> Non
     manifest = "temporal_window = [1, 1]\n" + IMAGE_IO.format(id="temporal")
     runner = Runner(registry_of(make_package(tmp_path / "temporal", network, manifest)))
     spec = runner.registry.get("temporal").spec
-    assert spec is not None
     assert [i.name for i in spec.inputs] == ["image", "image@-1", "image@+1"]
     current, previous, following = plate(seed=1), plate(seed=2), plate(seed=3)
     output = run(runner, "temporal", current, previous, following)

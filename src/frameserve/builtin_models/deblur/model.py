@@ -35,7 +35,7 @@ import torch
 from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds
 from frameserve.errors import ModelSetupError
 from frameserve.networks.motion_blur import PATH_CODE_CHANNELS, path_code
-from frameserve.networks.restoration import RestorationUNet, restore_in_range
+from frameserve.networks.restoration import load_restoration_unet, restore_in_range
 from frameserve.weights import shipped_weights_path
 
 #: The longest path the network learnt, in pixels.
@@ -100,18 +100,14 @@ class Deblur(Model):
 
     def setup(self, device: torch.device) -> None:
         path = shipped_weights_path("deblur", "deblur.pth")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            network = RestorationUNet.from_state_dict(state)
-        except Exception as exc:  # a damaged file: torch raises many kinds
-            raise ModelSetupError(f"{path} does not hold the deblur network: {exc}") from exc
+        network = load_restoration_unet(path, "deblur", device)
         if network.condition != PATH_CODE_CHANNELS or network.channels != 3:
             raise ModelSetupError(f"{path} holds a network that is not told a blur's path")
         if type(self).spatial.size_multiple % network.multiple:
             raise ModelSetupError(
                 f"{path} holds a network that needs multiples of {network.multiple}"
             )
-        self.network = network.to(device).eval()
+        self.network = network
 
     def predict(self, frames: Mapping[str, torch.Tensor], knobs: KnobValues) -> torch.Tensor:
         return self.predict_batch({"image": frames["image"][None]}, knobs)[0]

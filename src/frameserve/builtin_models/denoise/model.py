@@ -23,14 +23,13 @@ plate (0) and the denoised frame (1).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 
 from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds
 from frameserve.errors import ModelSetupError
-from frameserve.networks.dncnn import dncnn_from_state_dict
-from frameserve.networks.restoration import RestorationUNet, restore_in_range
+from frameserve.networks.dncnn import load_dncnn
+from frameserve.networks.restoration import load_restoration_unet, restore_in_range
 from frameserve.weights import shipped_weights_path, user_weights_path
 
 #: The environment variable naming the authors' DnCNN weights file.
@@ -43,27 +42,6 @@ STRENGTH = FloatKnob(
     max=1.0,
     help="How much of the correction to apply: 0 returns the plate, 1 the restored frame.",
 )
-
-
-def load_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """Read a state dict (tensors only, no code runs) from ``path``.
-
-    Raises:
-        ModelSetupError: the file cannot be read as PyTorch weights.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for damaged or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelSetupError(
-            f"{what} at {path} cannot be read as PyTorch weights: {reason}"
-        ) from exc
-    for wrapper in ("state_dict", "params"):  # a training checkpoint's or BasicSR's wrapping
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ModelSetupError(f"{what} at {path} is not a state dict (a mapping of tensors)")
-    return state
 
 
 class Denoise(Model):
@@ -87,15 +65,12 @@ class Denoise(Model):
 
     def setup(self, device: torch.device) -> None:
         path = shipped_weights_path("denoise", "denoise.pth")
-        try:
-            network = RestorationUNet.from_state_dict(load_weights(path, "denoise weights"))
-        except ValueError as exc:
-            raise ModelSetupError(f"{path}: {exc}") from None
+        network = load_restoration_unet(path, "denoise", device)
         if type(self).spatial.size_multiple % network.multiple:
             raise ModelSetupError(
                 f"{path} holds a network that needs multiples of {network.multiple}"
             )
-        self.network = network.to(device).eval()
+        self.network = network
 
     def predict(self, frames: Mapping[str, torch.Tensor], knobs: KnobValues) -> torch.Tensor:
         return self.predict_batch({"image": frames["image"][None]}, knobs)[0]
@@ -131,10 +106,7 @@ class DenoiseDnCNN(Model):
         path = user_weights_path(
             DNCNN_WEIGHTS_ENV, "the authors' DnCNN weights (KAIR's dncnn_color_blind.pth)"
         )
-        try:
-            network = dncnn_from_state_dict(load_weights(path, f"{DNCNN_WEIGHTS_ENV}"))
-        except ValueError as exc:
-            raise ModelSetupError(f"{DNCNN_WEIGHTS_ENV} names {path}: {exc}") from None
+        network = load_dncnn(path, "DnCNN", device)
         if network.channels not in (1, 3):
             raise ModelSetupError(
                 f"{DNCNN_WEIGHTS_ENV} names {path}: a DnCNN for {network.channels} channels; "
@@ -145,7 +117,7 @@ class DenoiseDnCNN(Model):
                 f"{DNCNN_WEIGHTS_ENV} names {path}: a DnCNN of {len(network.model) // 2 + 1} "
                 f"layers; this model takes at most {type(self).spatial.overlap}"
             )
-        self.network = network.to(device).eval()
+        self.network = network
 
     def predict(self, frames: Mapping[str, torch.Tensor], knobs: KnobValues) -> torch.Tensor:
         return self.predict_batch({"image": frames["image"][None]}, knobs)[0]

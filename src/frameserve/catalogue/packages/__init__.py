@@ -13,23 +13,24 @@ channels and value ranges the network works in. ``docs/packages.md`` is the refe
         soften.onnx
 
     [cls] = load_package_classes(Path("studio_models/soften"))   # reads the manifest only
-    report = check_package("studio_models/soften")                # loads and runs the network
+
+This package reads a package into a model; making and checking packages (a test run of the
+network, ``frameserve package`` and ``frameserve check``) is :mod:`frameserve.packaging`.
 
 - :func:`load_package_classes` turns a package folder into a generated
   :class:`~frameserve.plugin.model.Model` subclass (:class:`PackageModel`); the registry calls it
   for every folder holding a ``model.toml``. The network loads in ``setup``, never at listing time.
 - :func:`read_manifest` reads and checks a manifest; every problem is a
   :class:`~frameserve.errors.ModelLoadError` naming the file, the key and what is allowed.
-- :func:`check_package` (``frameserve check``) runs the network once on a test frame and
-  checks what it returns; :func:`write_package` (``frameserve package``) writes a package
-  atomically, after that check.
+- :class:`Network` runs a network file (:func:`load_network`); :func:`onnx_external_files`
+  lists the weights files an ONNX graph keeps beside it.
 """
 
 from __future__ import annotations
 
-from frameserve.catalogue.packages._check import CheckReport, check_package, write_package
 from frameserve.catalogue.packages._manifest import read_manifest
 from frameserve.catalogue.packages._model import PackageModel, load_package_classes, model_class
+from frameserve.catalogue.packages._networks import Network, load_network, onnx_external_files
 from frameserve.catalogue.packages._schema import (
     FEEDS,
     MANIFEST_FILE,
@@ -47,16 +48,16 @@ __all__ = [
     "MANIFEST_FILE",
     "NETWORK_FORMATS",
     "SCHEMA",
-    "CheckReport",
     "InputDecl",
     "KnobDecl",
     "Manifest",
+    "Network",
     "OutputDecl",
     "PackageModel",
-    "check_package",
     "dump_toml",
+    "load_network",
     "load_package_classes",
     "model_class",
+    "onnx_external_files",
     "read_manifest",
-    "write_package",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -37,33 +37,32 @@ from frameserve.catalogue.packages._tables import (
     show,
 )
 from frameserve.errors import ConfigError, ModelLoadError
-from frameserve.plugin.knobs import (
-    BoolKnob,
-    ButtonKnob,
-    ChoiceKnob,
-    FloatKnob,
-    IntKnob,
-    KnobSpec,
-    StringKnob,
-)
+from frameserve.plugin.knobs import KNOB_KINDS, ButtonKnob, KnobSpec
 from frameserve.plugin.model import MAX_CHANNELS, SCENE_LINEAR, SpatialNeeds
 
 __all__ = ["read_manifest"]
 
-_KNOB_CLASSES: Mapping[str, type[KnobSpec]] = {
-    "bool": BoolKnob,
-    "int": IntKnob,
-    "float": FloatKnob,
-    "string": StringKnob,
-    "choice": ChoiceKnob,
-    "button": ButtonKnob,
-}
+
+def _feed_takes(feed: str, cls: type[KnobSpec]) -> bool:
+    """Whether ``feed`` can carry the values of a knob of class ``cls``."""
+    if feed == "input":  # a scalar network input
+        return cls.number_type is not None
+    if feed in ("gain", "offset"):  # arithmetic on an image
+        return cls.value_types[0] in (int, float)
+    return True  # an attribute of one of the kind's value types
+
+
 #: The knob types each feed accepts.
 _FEED_TYPES: Mapping[str, tuple[str, ...]] = {
-    "input": ("bool", "int", "float", "choice", "button"),
-    "attribute": ("bool", "int", "float", "string", "choice", "button"),
-    "gain": ("int", "float"),
-    "offset": ("int", "float"),
+    feed: tuple(kind for kind, cls in KNOB_KINDS.items() if _feed_takes(feed, cls))
+    for feed in FEEDS
+}
+#: How a value of each Python type is read from TOML, and what the message says is allowed.
+_TOML_VALUES: Mapping[type, tuple[Callable[[object], Any], str]] = {
+    bool: (as_bool, "true or false"),
+    int: (as_int, "a whole number"),
+    float: (as_number, "a finite number"),
+    str: (as_str, "a string"),
 }
 _WEIGHTS_ONLY = {".pth", ".ckpt", ".safetensors", ".bin", ".pkl"}
 
@@ -93,11 +92,8 @@ _SPATIAL_KEYS = ("fully_convolutional", "size_multiple", "overlap", "max_size")
 _INPUT_KEYS = ("name", "channels", "use", "range", "normalise", "tensor")
 _OUTPUT_KEYS = ("name", "channels", "use", "range", "normalise")
 _KNOB_KEYS = ("name", "type", "default", "help", "label", "feed", "target")
-_KNOB_EXTRA_KEYS: Mapping[str, tuple[str, ...]] = {
-    "int": ("min", "max"),
-    "float": ("min", "max"),
-    "choice": ("choices",),
-}
+#: The options any knob type takes (``min``, ``max``, ``choices``).
+_KNOB_OPTIONS = tuple(dict.fromkeys(o for c in KNOB_KINDS.values() for o in c.option_names()))
 
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}\Z")
@@ -370,42 +366,32 @@ def _knob(
     file: Path, index: int, data: object, inputs: tuple[InputDecl, ...], network_format: str
 ) -> KnobDecl:
     where = f"knobs[{index}]"
-    every_key = (*_KNOB_KEYS, "min", "max", "choices")
-    first = Table(file, where, data, every_key, what="a [[knobs]] item")
+    first = Table(file, where, data, (*_KNOB_KEYS, *_KNOB_OPTIONS), what="a [[knobs]] item")
     kind = first.text(
         "type",
-        pattern=re.compile(f"(?:{'|'.join(_KNOB_CLASSES)})\\Z"),
-        allowed=f"a knob type: {', '.join(repr(t) for t in _KNOB_CLASSES)}",
+        pattern=re.compile(f"(?:{'|'.join(KNOB_KINDS)})\\Z"),
+        allowed=f"a knob type: {', '.join(repr(t) for t in KNOB_KINDS)}",
     )
-    keys = _KNOB_KEYS + _KNOB_EXTRA_KEYS.get(kind, ())
-    table = Table(file, where, data, keys, what=f"a {kind} knob")
+    cls = KNOB_KINDS[kind]
+    options = cls.option_names()
+    table = Table(file, where, data, _KNOB_KEYS + options, what=f"a {kind} knob")
     name = table.text("name", pattern=NON_EMPTY, allowed="a knob name")
     arguments: dict[str, Any] = {
         "help": table.text("help", ""),
         "label": table.text("label", ""),
     }
-    if kind in ("bool", "button"):
-        if table.has("default") or kind == "bool":
-            arguments["default"] = table.get("default", as_bool, "true or false")
-    elif kind == "int":
-        arguments["default"] = table.get("default", as_int, "a whole number")
-        for bound in ("min", "max"):
-            if table.has(bound):
-                arguments[bound] = table.get(bound, as_int, "a whole number")
-    elif kind == "float":
-        arguments["default"] = table.get("default", as_number, "a finite number")
-        for bound in ("min", "max"):
-            if table.has(bound):
-                arguments[bound] = table.get(bound, as_number, "a finite number")
-    else:
-        if kind == "choice":
-            choices = table.get("choices", as_choices, "a non-empty list of strings")
-            arguments["choices"] = choices
-            arguments["default"] = table.get("default", as_str, "one of the choices", choices[0])
-        else:
-            arguments["default"] = table.get("default", as_str, "a string")
+    convert, allowed = _TOML_VALUES[cls.value_types[0]]
+    if "choices" in options:  # the default may be left out: the first choice
+        choices = table.get("choices", as_choices, "a non-empty list of strings")
+        arguments["choices"] = choices
+        arguments["default"] = table.get("default", convert, "one of the choices", choices[0])
+    elif table.has("default") or not issubclass(cls, ButtonKnob):  # a button's is always false
+        arguments["default"] = table.get("default", convert, allowed)
+    for bound in ("min", "max"):
+        if bound in options and table.has(bound):
+            arguments[bound] = table.get(bound, convert, allowed)
     try:
-        spec = _KNOB_CLASSES[kind](name, **arguments)
+        spec = cls(name, **arguments)
     except ConfigError as exc:
         raise ModelLoadError(f"{file}: {where}: {exc}") from None
     feed = table.text(

@@ -49,14 +49,11 @@ __all__ = ["PackageModel", "load_package_classes", "model_class"]
 
 log = logging.getLogger(__name__)
 
-#: The Python types of TorchScript attributes each knob type can set.
-_ATTRIBUTE_TYPES: Mapping[str, tuple[type, ...]] = {
-    "bool": (bool,),
-    "button": (bool,),
-    "int": (int, float),
-    "float": (float,),
-    "string": (str,),
-    "choice": (str,),
+#: The dtype of the scalar tensor a network input gets for a knob's number form.
+_SCALAR_DTYPES: Mapping[type, torch.dtype] = {
+    bool: torch.bool,
+    int: torch.int64,
+    float: torch.float32,
 }
 
 
@@ -302,16 +299,9 @@ def _channels(frames: torch.Tensor, use: Sequence[int], channels: int) -> torch.
 
 
 def _scalar(knob: KnobDecl, value: KnobValue, device: torch.device) -> torch.Tensor:
-    """Return a knob value as the scalar tensor a network input gets."""
-    kind = knob.spec.kind
-    if kind == "choice":
-        choices: tuple[str, ...] = getattr(knob.spec, "choices", ())
-        return torch.tensor(choices.index(str(value)), dtype=torch.int64, device=device)
-    if kind in ("bool", "button"):
-        return torch.tensor(bool(value), dtype=torch.bool, device=device)
-    if kind == "int":
-        return torch.tensor(int(value), dtype=torch.int64, device=device)
-    return torch.tensor(float(value), dtype=torch.float32, device=device)
+    """Return a knob value as the scalar tensor a network input gets (its number form)."""
+    number = knob.spec.as_number(value)
+    return torch.tensor(number, dtype=_SCALAR_DTYPES[type(number)], device=device)
 
 
 def _check_inputs(manifest: Manifest, runtime: Network) -> None:
@@ -362,7 +352,7 @@ def _check_attributes(manifest: Manifest, runtime: Network) -> dict[str, type]:
     for knob in manifest.feeds("attribute"):
         assert isinstance(runtime, TorchScriptNetwork)  # the manifest allows no other
         found = runtime.attribute_type(knob.target)
-        accepted = _ATTRIBUTE_TYPES[knob.spec.kind]
+        accepted = knob.spec.value_types
         if found is None or found not in accepted:
             what = "has no such attribute" if found is None else f"holds a {found.__name__}"
             allowed = " or ".join(t.__name__ for t in accepted)
