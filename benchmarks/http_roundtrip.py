@@ -8,13 +8,23 @@ For 1920x1080 and 3840x2160 RGB float32 frames through the ``identity`` model:
 - **MLClient**: the same frame through the MLClient protocol (as ``mlclient_roundtrip.py``);
 - **raw echo**: the HTTP request's bytes echoed by a plain TCP server in another process.
 
-Target: HTTP binary at most 2x the raw echo. Then the throughput of ``frameserve run`` with
-``blur`` on a sequence of 1080p half-float EXR frames (100 by default), ``--local`` and through
-the server, in frames per second (process start-up included).
+Target: HTTP binary at most 2x the raw echo.
+
+Then whole shots: ``frameserve run identity`` over a sequence of 1080p half-float EXR frames
+(100 by default), ``--local`` and ``--server`` (a server started for it), each a
+``python -m frameserve`` subprocess. Reported per run: the wall time (process start-up
+included) and the run's own rate (its summary line: reading, running and writing only).
+Target: ``--server`` within 1.2x of ``--local`` (run time).
+
+**Before and after in one run**: ``--compare-src /work/baseline/src`` runs everything again
+with ``PYTHONPATH`` pointing at another checkout's ``src`` (its own server, its own
+``frameserve run``); both trees' figures are printed side by side, measured on the same
+machine at the same time.
 
 Usage::
 
     python benchmarks/http_roundtrip.py [--repeats 15] [--frames 100] [--skip-sequence]
+    python benchmarks/http_roundtrip.py --compare-src /work/baseline/src [--skip-roundtrip]
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +62,7 @@ from tests.support.node_client import (
 
 SIZES = ((1920, 1080), (3840, 2160))
 TARGET = 2.0
+SEQUENCE_TARGET = 1.2
 
 
 def http_request_parts(frame: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -171,37 +185,106 @@ def write_sequence(folder: Path, count: int) -> str:
     return str(folder / "plate.####.exr")
 
 
-def run_sequence(pattern: str, output: str, count: int, backend: list[str]) -> float:
-    """Run ``frameserve run blur`` over the sequence; return frames per second."""
+@dataclass(frozen=True)
+class SequenceRun:
+    """One ``frameserve run`` over the sequence: wall time and the run's own rate."""
+
+    frames: int
+    seconds: float  # the whole command, process start-up included
+    frames_per_second: float  # from the run's summary line: start-up left out
+
+    @property
+    def wall_rate(self) -> float:
+        """Frames per second of the whole command."""
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+_SUMMARY = re.compile(r"frameserve run: done: (\d+) frames: \1 written .*\(([0-9.]+) frames/s\)")
+
+
+def run_sequence(
+    pattern: str, output: str, count: int, backend: list[str], *, src: Path, model: str
+) -> SequenceRun:
+    """Run ``python -m frameserve run MODEL`` (from ``src``) over the sequence; time it."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")])
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "frameserve",
-        "run",
-        "blur",
-        "--input",
-        pattern,
-        "--output",
-        output,
-        "--frames",
-        f"1-{count}",
-        "--overwrite",
-        *backend,
-    ]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    env.pop("FRAMESERVE_MODELS", None)
+    command = [sys.executable, "-m", "frameserve", "run", model, "--input", pattern]
+    command += ["--output", output, "--frames", f"1-{count}", "--overwrite", *backend]
     start = time.perf_counter()
-    subprocess.run(
+    finished = subprocess.run(
         command,
-        check=True,
         env=env,
-        cwd=REPO_ROOT,
+        cwd=Path(output).parent,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    return count / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    summary = _SUMMARY.search(finished.stderr)
+    if finished.returncode != 0 or summary is None:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({finished.returncode}):\n{finished.stderr[-2000:]}"
+        )
+    return SequenceRun(count, seconds, float(summary.group(2)))
+
+
+def measure_sequences(
+    trees: dict[str, Path], *, frames: int, repeats: int, model: str
+) -> dict[str, dict[str, SequenceRun]]:
+    """Time ``--local`` and ``--server`` runs of each tree (its own server); best of repeats.
+
+    The runs of the trees alternate (local and server of one tree, then of the next, then
+    again), so that a change in the machine's load touches every figure alike.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="frameserve-bench-"))
+    best: dict[str, dict[str, SequenceRun]] = {label: {} for label in trees}
+    try:
+        pattern = write_sequence(folder, frames)
+        with ExitStack() as stack:
+            urls = {}
+            for label, src in trees.items():
+                mlclient_port, http_port = free_port(), free_port()
+                stack.enter_context(started_server(mlclient_port, http_port=http_port, src=src))
+                urls[label] = f"http://127.0.0.1:{http_port}"
+            for _ in range(repeats):
+                for label, src in trees.items():
+                    output = str(folder / f"out_{label}.####.exr")
+                    backends = {"local": ["--local"], "server": ["--server", urls[label]]}
+                    for where, flags in backends.items():
+                        result = run_sequence(pattern, output, frames, flags, src=src, model=model)
+                        kept = best[label].get(where)
+                        if kept is None or result.seconds < kept.seconds:
+                            best[label][where] = result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return best
+
+
+def sequence_report(
+    results: dict[str, dict[str, SequenceRun]], *, frames: int, repeats: int, model: str
+) -> str:
+    """The table of the sequence runs: wall time, rates, and --server against --local."""
+    lines = [
+        f"frameserve run {model}, {frames} frames 1920x1080 half EXR in, float EXR out; "
+        f"best of {repeats}; {os.cpu_count()} CPUs",
+        f"{'tree':>8} {'where':>7} {'wall s':>8} {'frames/s':>9} {'run frames/s':>13}"
+        f"   target --server <= {SEQUENCE_TARGET:g}x --local",
+    ]
+    for label, runs in results.items():
+        for where in ("local", "server"):
+            run = runs[where]
+            lines.append(
+                f"{label:>8} {where:>7} {run.seconds:8.2f} {run.wall_rate:9.2f} "
+                f"{run.frames_per_second:13.2f}"
+            )
+        ratio = runs["server"].seconds / runs["local"].seconds
+        loop = runs["local"].frames_per_second / runs["server"].frames_per_second
+        verdict = "ok" if ratio <= SEQUENCE_TARGET else "MISSED"
+        lines.append(
+            f"{label:>8} --server / --local: {ratio:.2f}x wall, {loop:.2f}x run loop  {verdict}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,13 +293,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--frames", type=int, default=100, help="sequence length")
     parser.add_argument("--skip-sequence", action="store_true")
+    parser.add_argument("--skip-roundtrip", action="store_true")
+    parser.add_argument(
+        "--sequence-repeats", type=int, default=1, help="runs of each sequence (best kept)"
+    )
+    parser.add_argument("--model", default="identity", help="model of the sequence runs")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        metavar="SRC",
+        help="also measure another checkout's src folder (e.g. /work/baseline/src)",
+    )
     args = parser.parse_args(argv)
+    trees = {"this": REPO_ROOT / "src"}
+    if args.compare_src is not None:
+        if not (args.compare_src / "frameserve" / "__init__.py").is_file():
+            parser.error(f"--compare-src {args.compare_src}: no frameserve package there")
+        trees["compare"] = args.compare_src.resolve()
+    if not args.skip_roundtrip:
+        for label, src in trees.items():
+            roundtrip_table(label, src, repeats=args.repeats)
+    if not args.skip_sequence:
+        results = measure_sequences(
+            trees, frames=args.frames, repeats=args.sequence_repeats, model=args.model
+        )
+        print(
+            sequence_report(
+                results, frames=args.frames, repeats=args.sequence_repeats, model=args.model
+            )
+        )
+    return 0
+
+
+def roundtrip_table(label: str, src: Path, *, repeats: int) -> None:
+    """Print the round-trip table of the server from ``src`` (``label`` names the tree)."""
     mlclient_port, http_port = free_port(), free_port()
     print(
-        f"HTTP round trip, identity model, RGB float32; median of {args.repeats}; "
+        f"HTTP round trip ({label}: {src}), identity model, RGB float32; median of {repeats}; "
         f"{os.cpu_count()} CPUs"
     )
-    with started_server(mlclient_port, http_port=http_port), echo_server() as echo_port:
+    with (
+        started_server(mlclient_port, http_port=http_port, src=src),
+        echo_server() as echo_port,
+    ):
         print(
             f"{'size':>10} {'raw echo':>9} {'HTTP bin':>9} {'ratio':>6} {'client':>8} "
             f"{'MLClient':>9}  target HTTP <= {TARGET:g}x echo"
@@ -227,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 mlclient_port=mlclient_port,
                 http_port=http_port,
                 echo_port=echo_port,
-                repeats=args.repeats,
+                repeats=repeats,
             )
             ratio = result["http"] / result["echo"]
             verdict = "ok" if ratio <= TARGET else "MISSED"
@@ -236,23 +355,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{size[0]}x{size[1]:<5} {result['echo']:8.1f}ms {result['http']:8.1f}ms "
                 f"{ratio:5.2f}x {client_ms:>7}ms {result['mlclient']:8.1f}ms  {verdict}"
             )
-        if not args.skip_sequence:
-            folder = Path(tempfile.mkdtemp(prefix="frameserve-bench-"))
-            try:
-                pattern = write_sequence(folder, args.frames)
-                output = str(folder / "out.####.exr")
-                local = run_sequence(pattern, output, args.frames, ["--local"])
-                served = run_sequence(
-                    pattern, output, args.frames, ["--server", f"http://127.0.0.1:{http_port}"]
-                )
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            print(
-                f"frameserve run blur, {args.frames} frames 1920x1080 half EXR "
-                f"(start-up included): --local {local:.2f} frames/s, "
-                f"--server {served:.2f} frames/s"
-            )
-    return 0
 
 
 if __name__ == "__main__":

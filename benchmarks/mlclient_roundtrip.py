@@ -220,21 +220,18 @@ def wait_for_info(
 
 
 @contextmanager
-def started_server(port: int, *, http_port: int = 0) -> Iterator[None]:
-    """Run ``python -m frameserve serve`` on 127.0.0.1:port until the block exits.
-
-    ``http_port`` 0 leaves the HTTP API off.
-    """
+def started_server(port: int, *, http_port: int = 0, src: Path | None = None) -> Iterator[None]:
+    """Run ``python -m frameserve serve`` (from ``src``, default this checkout's) on
+    127.0.0.1:port until the block exits; ``http_port`` 0 leaves the HTTP API off."""
     command = [sys.executable, "-m", "frameserve", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--http-port", str(http_port)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")])
+        filter(None, [str(src or REPO_ROOT / "src"), env.get("PYTHONPATH")])
     )
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
+        cwd = (src or REPO_ROOT / "src").parent
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
             client = NodeClient("127.0.0.1", port, timeout=5.0)
             wait_for_info(client, process, log)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import socket
 import threading
@@ -34,6 +35,7 @@ from frameserve.client import (
     ServiceUnavailableError,
 )
 from frameserve.client import _exceptions as exceptions_module
+from frameserve.client._tensors import as_input, encode_request
 from frameserve.errors import FrameServeError
 from frameserve.serve.server import FrameServer
 from tests.support.servers import start_server
@@ -243,6 +245,23 @@ def test_binary_outputs_are_writable_views_of_one_buffer(client: Client, plate: 
     frame = client.infer("identity", plate).frame
     assert frame.flags.writeable and not frame.flags.owndata
     frame += 1.0  # a caller may work on the result in place
+
+
+def test_binary_tensors_start_aligned_both_ways(client: Client, plate: np.ndarray) -> None:
+    """Both JSON headers are padded, so frames land aligned (image writers need that)."""
+    for request_id in ("", "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg"):
+        encoded = encode_request(
+            [as_input("image", plate)],
+            parameters={"binary_data_output": True},
+            outputs=None,
+            binary=True,
+            request_id=request_id,
+        )
+        header = bytes(encoded.body[0])
+        assert len(header) % 8 == 0 and json.loads(header)["id"] == request_id
+        result = client.infer("identity", plate, request_id=request_id)
+        assert result.frame.flags.aligned and result.id == request_id
+        np.testing.assert_array_equal(result.frame, plate)
 
 
 def test_knob_values_reach_the_model_and_objects_come_back(

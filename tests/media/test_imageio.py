@@ -82,7 +82,7 @@ def test_exr_half_round_trip_is_half_precision(tmp_path: Path, rng: np.random.Ge
 def test_exr_half_overflow_is_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pixels = np.zeros((1, 2, 3), np.float32)
     pixels[0, 0, :2] = [1e5, -7e4]
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "big.exr", pixels, pixel_type="half")
 
     assert "2 values" in caplog.text and "half" in caplog.text
@@ -94,7 +94,7 @@ def test_exr_keeps_nan_and_inf_with_a_warning(
 ) -> None:
     pixels = np.zeros((1, 2, 2), np.float32)
     pixels[0, 0] = [np.nan, np.inf]
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "odd.exr", pixels)
 
     assert "1 NaN and 1 infinite" in caplog.text
@@ -120,7 +120,7 @@ def test_png_clips_out_of_range_values_with_a_warning(
     pixels = np.full((1, 2, 4), 0.5, np.float32)  # one channel: the (H, W, 1) view case
     pixels[0, 0] = [1.5, -0.25, np.nan, np.inf]
     before = pixels.copy()
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "clip.png", pixels)
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -136,7 +136,7 @@ def test_png_clips_out_of_range_values_with_a_warning(
 def test_in_range_png_logs_no_warning(
     tmp_path: Path, photo: Frame, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "photo.png", photo)
     assert caplog.records == []
 
@@ -186,7 +186,7 @@ def test_extension_case_and_spelling(tmp_path: Path, extension: str, photo: Fram
 
 def test_float64_and_float16_input(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     big = np.array([[[1e300, 0.25]]], np.float64)  # beyond float32: inf, reported, no warning
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "f64.exr", big)
     assert "1 infinite" in caplog.text
     np.testing.assert_array_equal(read_image(tmp_path / "f64.exr").pixels, [[[np.inf, 0.25]]])
@@ -303,7 +303,7 @@ def test_windows_dropped_by_other_formats_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pixels = np.zeros((3, 5, 7), np.float32)
-    with caplog.at_level(logging.WARNING, logger="frameserve.media.imageio"):
+    with caplog.at_level(logging.WARNING, logger="frameserve.media.image_write"):
         write_image(tmp_path / "w.tif", pixels, data_window=(3, 4, 7, 5))
     assert "dropped" in caplog.text
     image = read_image(tmp_path / "w.tif")

@@ -1,12 +1,20 @@
-"""Command-line flags that several ``frameserve`` commands share."""
+"""Command-line flags that several ``frameserve`` commands share, and their defaults.
+
+Defaults come from the settings objects the flags fill in (:func:`setting_default`), so a
+flag and its setting cannot drift apart::
+
+    parser.add_argument("--workers", type=int, default=setting_default(ServerSettings, "workers"))
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
 from frameserve.catalogue.registry import MODELS_ENV
 
-__all__ = ["add_model_flags"]
+__all__ = ["add_model_flags", "setting_default"]
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, where: str = "") -> None:
@@ -24,3 +32,25 @@ def add_model_flags(parser: argparse.ArgumentParser, *, where: str = "") -> None
     )
     parser.add_argument("--no-builtins", action="store_true", help="leave out the built-in models")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def setting_default(settings: type[Any], name: str) -> Any:
+    """Return the default of field ``name`` of the settings dataclass ``settings``.
+
+    ::
+
+        setting_default(ServerSettings, "port")        # 55555
+        setting_default(RunOptions, "stop_after")      # 10
+
+    Raises:
+        LookupError: ``settings`` has no such field, or the field has no default.
+    """
+    for item in dataclasses.fields(settings):
+        if item.name != name:
+            continue
+        if item.default is not dataclasses.MISSING:
+            return item.default
+        if item.default_factory is not dataclasses.MISSING:
+            return item.default_factory()
+        raise LookupError(f"{settings.__name__}.{name} has no default")
+    raise LookupError(f"{settings.__name__} has no field {name!r}")

@@ -75,19 +75,19 @@ def run_infer(
     files = [read_image(path) for path in _input_paths(spec, first_input, more_inputs)]
     frames = []
     for declared, image in zip(spec.inputs, files, strict=True):
-        pixels = image.pixels
-        if pixels.shape[0] == 1 and declared.channels > 1:
+        pixels = image.hwc  # (H, W, C) as read; the runner gets a (C, H, W) view
+        if pixels.shape[2] == 1 and declared.channels > 1:
             log.info(
                 "input %r: repeating the single channel %d times", declared.name, declared.channels
             )
-            pixels = np.repeat(pixels, declared.channels, axis=0)
-        frames.append(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)))
+            pixels = np.repeat(pixels, declared.channels, axis=2)
+        frames.append(torch.from_numpy(pixels).permute(2, 0, 1))
     request = build_request(spec, frames, knobs, client="command line", protocol="infer")
     result = Runner(registry, device=device).run(request)
     first_file = files[0] if files else None
     for index, (name, frame) in enumerate(result.frames.items()):
         target = Path(output) if index == 0 else _sibling(Path(output), name)
-        same_size = first_file is not None and first_file.pixels.shape[1:] == tuple(frame.shape[1:])
+        same_size = first_file is not None and first_file.size == tuple(frame.shape[1:])
         write_image(
             target,
             frame.numpy(),

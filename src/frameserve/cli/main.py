@@ -17,15 +17,14 @@ from typing import Any
 from frameserve import __version__
 from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
-from frameserve.catalogue.watcher import DEFAULT_RELOAD_INTERVAL
-from frameserve.cli.flags import add_model_flags
+from frameserve.cli.flags import add_model_flags, setting_default
 from frameserve.cli.package import add_package_parsers
 from frameserve.cli.run import add_run_parser
 from frameserve.cli.train import add_train_parsers
-from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES
+from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.plugin.model import ImageSpec
-from frameserve.serve.settings import DEFAULT_JOBS_FOLDER, ServerSettings
+from frameserve.serve.settings import ServerSettings
 
 __all__ = ["main"]
 
@@ -57,69 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="start the server")
-    serve.add_argument(
-        "--jobs-folder",
-        type=Path,
-        default=DEFAULT_JOBS_FOLDER,
-        help=f"where training jobs live (default {DEFAULT_JOBS_FOLDER})",
-    )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
-    )
-    serve.add_argument(
-        "--port", type=int, default=55555, help="MLClient TCP port (0: any free port)"
-    )
-    serve.add_argument("--http-port", type=int, default=8000, help="HTTP API port (0: no HTTP API)")
-    serve.add_argument(
-        "--device",
-        default="auto",
-        help="torch device to run models on: auto (a CUDA GPU if there is one), cpu, cuda, cuda:1",
-    )
-    serve.add_argument(
-        "--memory-budget-mb",
-        type=int,
-        default=None,
-        help="memory loaded models may hold before the least recently used is unloaded "
-        "(default: most of the GPU's memory, or a share of RAM)",
-    )
-    serve.add_argument(
-        "--ocio",
-        default=None,
-        help="OpenColorIO config for colour conversions (default: $OCIO, "
-        "else the built-in ACES config)",
-    )
-    serve.add_argument(
-        "--workers", type=int, default=2, help="interactive requests run at once (default 2)"
-    )
-    serve.add_argument(
-        "--batch-workers", type=int, default=1, help="batch requests run at once (default 1)"
-    )
-    serve.add_argument(
-        "--cache-mb", type=int, default=1024, help="result cache size in MiB (0: no cache)"
-    )
-    serve.add_argument(
-        "--max-frame-bytes",
-        type=int,
-        default=DEFAULT_MAX_FRAME_BYTES,
-        help="largest frame accepted per model input (default: 8K RGBA float)",
-    )
-    serve.add_argument(
-        "--read-timeout",
-        type=float,
-        default=30.0,
-        help="seconds a client may stay silent mid-request",
-    )
-    serve.add_argument(
-        "--max-connections", type=int, default=256, help="connections served at once"
-    )
-    serve.add_argument(
-        "--reload-interval",
-        type=float,
-        default=DEFAULT_RELOAD_INTERVAL,
-        metavar="S",
-        help="look for added, changed or removed models every S seconds and reload them "
-        f"(default {DEFAULT_RELOAD_INTERVAL:g}; 0: no hot reload)",
-    )
+    _add_serve_flags(serve)
     serve.set_defaults(run=_serve)
 
     models = commands.add_parser("models", help="list the models, without starting a server")
@@ -144,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="knob value (repeatable)"
     )
     infer.add_argument(
-        "--device", default="auto", help="torch device: auto (CUDA if there is one), cpu, cuda"
+        "--device", default=AUTO, help=f"torch device: {AUTO} (CUDA if there is one), cpu, cuda"
     )
     infer.set_defaults(run=_infer)
 
@@ -155,6 +92,98 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (serve, models, infer):
         add_model_flags(sub)
     return parser
+
+
+def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    """The flags of ``serve``; every default is the :class:`ServerSettings` field's."""
+
+    def default(name: str) -> Any:
+        return setting_default(ServerSettings, name)
+
+    serve.add_argument(
+        "--jobs-folder",
+        type=Path,
+        default=default("jobs_folder"),
+        help=f"where training jobs live (default {default('jobs_folder')})",
+    )
+    serve.add_argument(
+        "--host", default=default("host"), help="address to listen on (default: loopback only)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=default("port"),
+        help=f"MLClient TCP port (default {default('port')}; 0: any free port)",
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=default("http_port"),
+        help=f"HTTP API port (default {default('http_port')}; 0: no HTTP API)",
+    )
+    serve.add_argument(
+        "--device",
+        default=default("device"),
+        help=f"torch device to run models on: {AUTO} (a CUDA GPU if there is one), cpu, cuda, "
+        f"cuda:1 (default {default('device')})",
+    )
+    serve.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=None,
+        help="memory loaded models may hold before the least recently used is unloaded "
+        "(default: most of the GPU's memory, or a share of RAM)",
+    )
+    serve.add_argument(
+        "--ocio",
+        default=default("ocio"),
+        help="OpenColorIO config for colour conversions (default: $OCIO, "
+        "else the built-in ACES config)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=default("workers"),
+        help=f"interactive requests run at once (default {default('workers')})",
+    )
+    serve.add_argument(
+        "--batch-workers",
+        type=int,
+        default=default("batch_workers"),
+        help=f"batch requests run at once (default {default('batch_workers')})",
+    )
+    serve.add_argument(
+        "--cache-mb",
+        type=int,
+        default=default("cache_bytes") >> 20,
+        help=f"result cache size in MiB (default {default('cache_bytes') >> 20}; 0: no cache)",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=default("max_frame_bytes"),
+        help="largest frame accepted per model input (default: 8K RGBA float)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=float,
+        default=default("read_timeout"),
+        help=f"seconds a client may stay silent mid-request (default {default('read_timeout'):g})",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=default("max_connections"),
+        help=f"connections served at once (default {default('max_connections')})",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=default("reload_interval"),
+        metavar="S",
+        help="look for added, changed or removed models every S seconds and reload them "
+        f"(default {default('reload_interval'):g}; 0: no hot reload)",
+    )
 
 
 def _configure_logging(*, verbose: bool, default: int) -> None:
@@ -170,12 +199,9 @@ def _registry(args: argparse.Namespace) -> ModelRegistry:
     return ModelRegistry(folders, builtins=not args.no_builtins)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from frameserve.engine.memory import tune_allocator
-    from frameserve.serve.server import FrameServer
-
-    tune_allocator()
-    settings = ServerSettings(
+def _server_settings(args: argparse.Namespace) -> ServerSettings:
+    """Map the ``serve`` flags onto :class:`ServerSettings` (the one place that does)."""
+    return ServerSettings(
         host=args.host,
         port=args.port,
         http_port=args.http_port or None,
@@ -195,6 +221,14 @@ def _serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval or None,
         jobs_folder=args.jobs_folder,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from frameserve.engine.memory import tune_allocator
+    from frameserve.serve.server import FrameServer
+
+    tune_allocator()
+    settings = _server_settings(args)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "listening on %s: the MLClient protocol has no authentication; anyone who can "

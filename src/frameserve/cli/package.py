@@ -14,7 +14,7 @@ normalisation, output ``use``), edit ``model.toml`` and run ``check``. ``check``
 existing package the same way and prints a summary. Both exit 0 when the package is sound, 1
 when it is not (the message says what is wrong, with expected and actual shapes), 2 for wrong
 flags. The manifest's reference is ``docs/packages.md``; the work is done by
-:mod:`frameserve.catalogue.packages`.
+:mod:`frameserve.packaging`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from frameserve.catalogue.packages import SCHEMA, CheckReport, check_package, write_package
+from frameserve.catalogue.packages import SCHEMA
 from frameserve.errors import ConfigError
+from frameserve.packaging import CheckReport, check_package, write_package
+from frameserve.plugin.knobs import KNOB_KINDS, ButtonKnob
 
 __all__ = ["add_package_parsers", "parse_image_flag", "parse_knob_flag"]
 
-_WORDS = {"true": True, "yes": True, "on": True, "1": True}
-_WORDS.update({"false": False, "no": False, "off": False, "0": False})
+_KIND_NAMES = ", ".join(list(KNOB_KINDS)[:-1]) + f" or {list(KNOB_KINDS)[-1]}"
 
 
 def add_package_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,44 +172,36 @@ def parse_knob_flag(text: str) -> dict[str, Any]:
     kind, _, tail = rest.partition(":")
     if not sep or not name or not kind:
         raise ConfigError(f"--knob {text!r}: write NAME=TYPE:DEFAULT[:MIN:MAX]")
+    cls = KNOB_KINDS.get(kind)
+    if cls is None:
+        raise ConfigError(f"--knob {text!r}: unknown type {kind!r}; use {_KIND_NAMES}")
     item: dict[str, Any] = {"name": name, "type": kind}
-    if kind == "button":
+    options = cls.option_names()
+    if issubclass(cls, ButtonKnob):  # a button's default is always false
         return item
-    if kind == "string":
+    if "choices" in options:
+        parts = tail.split(":")
+        if len(parts) != 2 or not parts[1]:
+            raise ConfigError(f"--knob {text!r}: write NAME={kind}:DEFAULT:A,B,C")
+        item["default"], item["choices"] = parts[0], parts[1].split(",")
+        return item
+    if cls.value_types[0] is str:  # free text: everything after the first ':'
         item["default"] = tail
         return item
     parts = tail.split(":")
-    if kind == "choice":
-        if len(parts) != 2 or not parts[1]:
-            raise ConfigError(f"--knob {text!r}: write NAME=choice:DEFAULT:A,B,C")
-        item["default"], item["choices"] = parts[0], parts[1].split(",")
-        return item
-    converters: dict[str, Callable[[str], object]] = {"int": int, "float": float, "bool": _word}
-    convert = converters.get(kind)
-    if convert is None:
-        raise ConfigError(
-            f"--knob {text!r}: unknown type {kind!r}; use float, int, bool, choice, string or "
-            "button"
-        )
-    if not parts[0] or len(parts) not in (1, 3) or (kind == "bool" and len(parts) != 1):
-        bounds = "" if kind == "bool" else "[:MIN:MAX]"
+    bounded = "min" in options
+    if not parts[0] or len(parts) not in ((1, 3) if bounded else (1,)):
+        bounds = "[:MIN:MAX]" if bounded else ""
         raise ConfigError(f"--knob {text!r}: write NAME={kind}:DEFAULT{bounds}")
     try:
-        item["default"] = convert(parts[0])
+        item["default"] = cls.value_from_text(parts[0])
         if len(parts) == 3:
             for key, value in (("min", parts[1]), ("max", parts[2])):
                 if value:
-                    item[key] = convert(value)
+                    item[key] = cls.value_from_text(value)
     except ValueError:
         raise ConfigError(f"--knob {text!r}: {parts} are not all {kind} values") from None
     return item
-
-
-def _word(text: str) -> bool:
-    try:
-        return _WORDS[text.strip().lower()]
-    except KeyError:
-        raise ValueError(text) from None
 
 
 def _pairs(texts: list[str], flag: str, form: str) -> dict[str, str]:

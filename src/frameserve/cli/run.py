@@ -20,26 +20,44 @@ This module is the command line only: it parses the flags into a backend and che
 
 How frames are skipped, checked, run in parallel (``--jobs``) and written, how failures stop
 a run (``--stop-after``) and what the exit status is: see :mod:`frameserve.shots.run`.
-A progress line on stderr (:mod:`frameserve.cli.progress`) shows frames done, frames per second,
-the time left and the skipped and failed counts.
+A progress line on stderr (:class:`frameserve.cli.progress.FrameProgress`) shows frames done,
+frames per second, the time left and the skipped and failed counts.
+
+**Stopping.** Ctrl-C (exit status 130) and ``SIGTERM`` (exit status 143) stop the run at once:
+frames in flight write nothing more, and the temporary files of writes in progress are removed
+(:func:`frameserve.media.atomic.remove_pending`). A run killed outright (``SIGKILL``) cannot
+clean up; the next run in the same output folders removes what it left.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from types import FrameType
 
 from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
-from frameserve.cli.flags import add_model_flags
+from frameserve.cli.flags import add_model_flags, setting_default
 from frameserve.cli.infer import parse_knob_texts
+from frameserve.cli.progress import FrameProgress
+from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError
+from frameserve.media.atomic import remove_pending
 from frameserve.media.imageio import SUPPORTED_EXTENSIONS
 from frameserve.media.sequences import FramePattern, format_frames, parse_frames
 from frameserve.plugin.model import ModelSpec
-from frameserve.shots.backends import Backend, LocalBackend, ServerBackend
-from frameserve.shots.run import DEFAULT_LOCAL_JOBS, RunOptions, run_sequence
+from frameserve.shots.backends import (
+    DEFAULT_SERVER_TIMEOUT,
+    Backend,
+    LocalBackend,
+    ServerBackend,
+)
+from frameserve.shots.run import RunOptions, run_sequence
 
 __all__ = ["add_run_parser", "parse_channels"]
 
@@ -47,6 +65,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_JOBS = 4  # the server batches and runs requests in parallel: keep it fed
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+#: Exit status of a run stopped by SIGTERM (128 + the signal's number, as a shell reports it).
+TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the run stops as on Ctrl-C."""
 
 
 def parse_channels(text: str) -> tuple[str, ...]:
@@ -160,25 +184,29 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--jobs",
         type=int,
         metavar="N",
-        help=f"frames in flight (default {DEFAULT_LOCAL_JOBS} local, {DEFAULT_SERVER_JOBS} "
-        "with --server)",
+        help=f"frames in flight (default {setting_default(RunOptions, 'jobs')} local, "
+        f"{DEFAULT_SERVER_JOBS} with --server)",
     )
     run.add_argument("--half", action="store_true", help="write EXR outputs as half floats")
+    stop_after = setting_default(RunOptions, "stop_after")
     run.add_argument(
         "--stop-after",
         type=int,
-        default=10,
+        default=stop_after,
         metavar="N",
-        help="stop after N frames in a row failed (default 10; 0: never)",
+        help=f"stop after N frames in a row failed (default {stop_after}; 0: never)",
     )
     run.add_argument(
         "--timeout",
         type=float,
-        default=600.0,
+        default=DEFAULT_SERVER_TIMEOUT,
         metavar="SECONDS",
-        help="with --server: seconds to wait for one frame's answer (default 600)",
+        help="with --server: seconds to wait for one frame's answer "
+        f"(default {DEFAULT_SERVER_TIMEOUT:g})",
     )
-    run.add_argument("--device", help="torch device to run the model on (local runs; default auto)")
+    run.add_argument(
+        "--device", help=f"torch device to run the model on (local runs; default {AUTO})"
+    )
     add_model_flags(run, where="local runs")
     run.set_defaults(run=_run)
 
@@ -187,13 +215,44 @@ def _run(args: argparse.Namespace) -> int:
     """Carry out ``frameserve run`` from parsed arguments; return the exit status."""
     backend = _backend(args)
     try:
-        spec = backend.describe(args.model)
-        options = _options(args, spec)
-        report = run_sequence(backend, spec, options)
+        with _stop_on_sigterm():
+            spec = backend.describe(args.model)
+            options = _options(args, spec)
+            report = run_sequence(backend, spec, options, progress=FrameProgress(sys.stderr))
+    except KeyboardInterrupt as exc:
+        removed = remove_pending()  # writes in progress on the worker threads
+        log.debug("stopped: %d temporary file(s) of writes in progress removed", removed)
+        if isinstance(exc, _Terminated):
+            return TERMINATED_EXIT_CODE
+        raise
     finally:
         if isinstance(backend, ServerBackend):
             backend.close()
     return report.exit_code
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """Turn ``SIGTERM`` into :class:`_Terminated` in the main thread while the block runs.
+
+    A second ``SIGTERM`` (while the run stops) gets the handler that was there before: by
+    default, the process ends at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    before = previous if previous is not None else signal.SIG_DFL
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, before)
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _backend(args: argparse.Namespace) -> Backend:
@@ -201,7 +260,7 @@ def _backend(args: argparse.Namespace) -> Backend:
         registry = ModelRegistry(
             [*args.models, *model_folders_from_env()], builtins=not args.no_builtins
         )
-        return LocalBackend(registry, device=args.device or "auto")
+        return LocalBackend(registry, device=args.device or AUTO)
     ignored = [
         flag
         for flag, given in (
@@ -242,14 +301,17 @@ def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
         colourspace=args.colourspace,
         overwrite=args.overwrite,
         skip_missing=args.skip_missing,
-        jobs=args.jobs
-        if args.jobs is not None
-        else DEFAULT_LOCAL_JOBS
-        if args.server is None
-        else DEFAULT_SERVER_JOBS,
+        jobs=_jobs(args),
         half=args.half,
         stop_after=args.stop_after,
     )
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """``--jobs``, else the default for where the model runs."""
+    if args.jobs is not None:
+        return int(args.jobs)
+    return int(setting_default(RunOptions, "jobs")) if args.server is None else DEFAULT_SERVER_JOBS
 
 
 def _patterns(

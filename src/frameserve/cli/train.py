@@ -19,8 +19,11 @@ the server answers that it cannot read a frame, the message suggests ``--upload`
 
 Every command talks to ``--server`` (default ``http://127.0.0.1:8000``) through
 :class:`frameserve.client.Client`; ``train --local`` and ``export --local`` work on a jobs
-folder in this process instead. Exit status: 0 when it went well (with ``--follow``: the job is
-done), 1 when the job failed or was cancelled or the server refused, 2 for wrong flags.
+folder in this process instead. Progress (``--follow``, ``--local``) is the command line's one
+progress display (:class:`frameserve.cli.progress.StepProgress`); flag defaults come from
+:class:`~frameserve.training.settings.TrainingSettings`. Exit status: 0 when it went well
+(with ``--follow``: the job is done), 1 when the job failed or was cancelled or the server
+refused, 2 for wrong flags.
 """
 
 from __future__ import annotations
@@ -31,16 +34,18 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from frameserve.cli.flags import setting_default
+from frameserve.cli.progress import StepProgress, clock_text, number_text
 from frameserve.client import BadRequestError, Client, TrainingJob
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.media.sequences import FramePattern, parse_frames
 from frameserve.serve.settings import DEFAULT_JOBS_FOLDER
+from frameserve.training.settings import TrainingSettings
 
-__all__ = ["DEFAULT_SERVER", "add_train_parsers", "progress_text"]
+__all__ = ["DEFAULT_SERVER", "add_train_parsers"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: Seconds between two looks at a followed job.
@@ -69,7 +74,8 @@ def add_train_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
     train.add_argument(
         "--validation", metavar="PATH", help="--labels/--values: another folder or table"
     )
-    train.add_argument("--steps", type=int, default=2000, help="training steps (default 2000)")
+    steps = setting_default(TrainingSettings, "steps")
+    train.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     train.add_argument(
         "--setting", action="append", default=[], metavar="NAME=JSON",
         help="another training setting, e.g. crop_size=32 or network=medium (repeatable)",
@@ -203,24 +209,22 @@ def _upload_note(done: int, total: int, filename: str) -> None:
 
 
 def _train_local(args: argparse.Namespace, kind: str) -> int:
-    from frameserve.training import ImagePairs, Trainer, TrainingProgress, TrainingSettings
+    from frameserve.training import ImagePairs, Trainer, TrainingProgress
     from frameserve.training.jobs import LabelSource
 
     settings = TrainingSettings.from_dict(_settings(args))
     folder = Path(args.jobs_folder).expanduser() / args.name
-    line = ProgressLine(sys.stderr)
+    line = StepProgress(sys.stderr)
 
     def report(progress: TrainingProgress) -> None:
         eta = progress.eta_seconds if math.isfinite(progress.eta_seconds) else None
         line.show(
-            progress_text(
-                progress.step,
-                progress.total_steps,
-                loss=progress.train_loss,
-                validation_loss=progress.validation_loss,
-                speed=progress.steps_per_second,
-                eta=eta,
-            )
+            progress.step,
+            progress.total_steps,
+            loss=progress.train_loss,
+            validation_loss=progress.validation_loss,
+            speed=progress.steps_per_second,
+            eta=eta,
         )
 
     if kind == "image":
@@ -245,18 +249,19 @@ def _train_local(args: argparse.Namespace, kind: str) -> int:
 
 def _follow(client: Client, name: str) -> int:
     """Show job ``name``'s progress until it ends; 0 when it is done."""
-    line = ProgressLine(sys.stderr)
+    line = StepProgress(sys.stderr)
 
     def show(job: TrainingJob) -> None:
-        text = progress_text(
+        line.show(
             job.step,
             job.total_steps,
             loss=job.loss,
             validation_loss=job.validation_loss,
             speed=job.steps_per_second,
             eta=job.eta_seconds,
+            state=job.state,
+            force=job.finished,
         )
-        line.show(f"{text}  {job.state}", force=job.finished)
 
     try:
         job = client.training.wait(name, interval=FOLLOW_INTERVAL, on_progress=show)
@@ -284,10 +289,10 @@ def _jobs(args: argparse.Namespace) -> int:
                 job.name,
                 job.state,
                 f"{job.step}/{job.total_steps}",
-                _number(job.loss),
-                _number(job.validation_loss),
+                number_text(job.loss),
+                number_text(job.validation_loss),
                 f"{job.steps_per_second:.1f}" if job.steps_per_second else "-",
-                _clock(job.eta_seconds),
+                clock_text(job.eta_seconds),
                 job.device,
             )
         )
@@ -318,83 +323,6 @@ def _resume(args: argparse.Namespace) -> int:
         job = client.training.resume(args.name, steps=args.steps)
         print(f"job {job.name!r}: {job.state} from step {job.step} of {job.total_steps}")
         return _follow(client, args.name) if args.follow else 0
-
-
-# -- text --------------------------------------------------------------------------------------
-
-
-class ProgressLine:
-    """One line of progress on ``stream``: redrawn in place on a terminal, else printed every
-    few seconds (and once more at the end)."""
-
-    def __init__(self, stream: IO[str], *, interval: float = 5.0) -> None:
-        self.stream = stream
-        try:
-            self.tty = bool(stream.isatty())
-        except (AttributeError, ValueError):
-            self.tty = False
-        self.interval = interval
-        self._last = -math.inf
-        self._text = ""
-        self._shown = ""
-        self._drawn = False
-
-    def show(self, text: str, *, force: bool = False) -> None:
-        """Show ``text`` as the current progress."""
-        self._text = text
-        now = time.monotonic()
-        if self.tty:
-            if force or now - self._last >= 0.1:
-                self.stream.write("\r\x1b[K" + text)
-                self._drawn, self._last = True, now
-        elif force or now - self._last >= self.interval:
-            self.stream.write(text + "\n")
-            self._last = now
-        else:
-            return
-        self._shown = text
-        self.stream.flush()
-
-    def end(self) -> None:
-        """Finish the line (a non-terminal gets the last progress if it was not printed)."""
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-        elif not self.tty and self._text != self._shown:
-            self.stream.write(self._text + "\n")
-        self.stream.flush()
-
-
-def progress_text(
-    step: int,
-    total: int,
-    *,
-    loss: float | None,
-    validation_loss: float | None = None,
-    speed: float = 0.0,
-    eta: float | None = None,
-) -> str:
-    """Return a progress line: ``[#####...] 120/2000  loss 0.0123  val 0.015  14.2 steps/s
-    ETA 0:02:12``."""
-    width = 20
-    filled = width * min(step, total) // total if total else width
-    parts = [f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total}", f"loss {_number(loss)}"]
-    if validation_loss is not None:
-        parts.append(f"val {_number(validation_loss)}")
-    if speed:
-        parts.append(f"{speed:.1f} steps/s")
-    parts.append(f"ETA {_clock(eta)}")
-    return "  ".join(parts)
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    whole = round(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _job_data(job: TrainingJob) -> dict[str, Any]:

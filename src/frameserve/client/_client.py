@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -22,13 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from frameserve.client._exceptions import (
-    HTTPStatusError,
     NotFoundError,
     ProtocolViolation,
     ServiceUnavailableError,
-    error_for_status,
 )
 from frameserve.client._models import InferResult, ModelInfo, model_info_from
+from frameserve.client._requests import Requester
 from frameserve.client._tensors import (
     DATATYPES,
     HEADER_LENGTH,
@@ -39,7 +37,7 @@ from frameserve.client._tensors import (
     parse_objects,
 )
 from frameserve.client._training import Training
-from frameserve.client._transport import HTTPTransport, Response
+from frameserve.client._transport import HTTPTransport
 
 __all__ = ["DEFAULT_URL", "Client", "Frames", "KnobValue"]
 
@@ -88,14 +86,14 @@ class Client:
         if parts.query or parts.fragment:
             raise ValueError(f"url must not have a query or fragment, got {url!r}")
         self.url = url.rstrip("/")
-        self._prefix = parts.path.rstrip("/")
         self._transport = HTTPTransport(
             parts.hostname, parts.port or 80, timeout=timeout, retries=retries
         )
+        self._requests = Requester(self._transport, prefix=parts.path.rstrip("/"))
         self._configs: dict[tuple[str, str | None], ModelInfo] = {}
         self._lock = threading.Lock()
         #: The training endpoints: uploads, jobs, progress, packages (:class:`Training`).
-        self.training = Training(self)
+        self.training = Training(self._requests)
 
     @property
     def timeout(self) -> float | None:
@@ -118,7 +116,7 @@ class Client:
         Raises:
             ConnectError: nothing answers at the URL.
         """
-        return self._request("GET", "/v2/health/live").status == 200
+        return self._requests.request("GET", "/v2/health/live").status == 200
 
     def ready(self) -> bool:
         """Return whether the server is ready to serve (False while starting or stopping).
@@ -126,11 +124,11 @@ class Client:
         Raises:
             ConnectError: nothing answers at the URL.
         """
-        return self._request("GET", "/v2/health/ready").status == 200
+        return self._requests.request("GET", "/v2/health/ready").status == 200
 
     def server_metadata(self) -> dict[str, Any]:
         """Return the server's ``name``, ``version`` and protocol ``extensions``."""
-        return self._json_object(self._call("GET", "/v2"), "the server metadata")
+        return self._requests.json_object(self._requests.call("GET", "/v2"), "the server metadata")
 
     # -- models ---------------------------------------------------------------------------
 
@@ -140,8 +138,8 @@ class Client:
         A model that failed has ``state == "UNAVAILABLE"`` and says why in ``reason``; the
         others carry their inputs, outputs and knobs from their config.
         """
-        response = self._call("POST", "/v2/repository/index")
-        index = self._json(response, "the repository index")
+        response = self._requests.call("POST", "/v2/repository/index")
+        index = self._requests.json(response, "the repository index")
         if not isinstance(index, list) or not all(
             isinstance(e, dict) and isinstance(e.get("name"), str) for e in index
         ):
@@ -240,7 +238,7 @@ class Client:
             inputs, parameters=parameters, outputs=outputs, binary=binary, request_id=request_id
         )
         path = self._model_path(name, version, "infer")
-        response = self._call("POST", path, headers=request.headers, body=request.body)
+        response = self._requests.call("POST", path, headers=request.headers, body=request.body)
         length_text = response.header(HEADER_LENGTH)
         try:
             header_length = None if length_text is None else int(length_text)
@@ -302,15 +300,17 @@ class Client:
     def _fetch_config(
         self, name: str, version: str | None, *, index_entry: Mapping[str, Any] | None = None
     ) -> ModelInfo:
-        response = self._call("GET", self._model_path(name, version, "config"))
-        config = self._json_object(response, f"the config of model {name!r}")
+        response = self._requests.call("GET", self._model_path(name, version, "config"))
+        config = self._requests.json_object(response, f"the config of model {name!r}")
         info = model_info_from(name, config=config, index_entry=index_entry)
         with self._lock:
             self._configs[(name, version)] = info
         return info
 
     def _index_entries(self) -> list[dict[str, Any]]:
-        index = self._json(self._call("POST", "/v2/repository/index"), "the repository index")
+        index = self._requests.json(
+            self._requests.call("POST", "/v2/repository/index"), "the repository index"
+        )
         if not isinstance(index, list):
             raise ProtocolViolation("the repository index is not a list")
         return [entry for entry in index if isinstance(entry, dict)]
@@ -320,45 +320,6 @@ class Client:
         if version is not None:
             path += f"/versions/{quote(version, safe='')}"
         return f"{path}/{action}"
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str] | None = None,
-        body: Sequence[bytes | memoryview] = (),
-    ) -> Response:
-        """Send a request and return the answer, whatever its status."""
-        return self._transport.request(method, self._prefix + path, headers=headers, body=body)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str] | None = None,
-        body: Sequence[bytes | memoryview] = (),
-    ) -> Response:
-        """Send a request; raise the :class:`HTTPStatusError` of an error status."""
-        response = self._request(method, path, headers=headers, body=body)
-        if response.status >= 400:
-            raise error_for_status(response.status, _error_message(response))
-        if not 200 <= response.status < 300:
-            raise HTTPStatusError(response.status, f"unexpected status {response.reason!r}")
-        return response
-
-    def _json(self, response: Response, what: str) -> Any:
-        try:
-            return json.loads(response.body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolViolation(f"{what} is not JSON: {exc}") from exc
-
-    def _json_object(self, response: Response, what: str) -> dict[str, Any]:
-        document = self._json(response, what)
-        if not isinstance(document, dict):
-            raise ProtocolViolation(f"{what} is not a JSON object")
-        return document
 
 
 def _knob_parameters(knobs: Mapping[str, KnobValue] | None) -> dict[str, Any]:
@@ -375,15 +336,3 @@ def _knob_parameters(knobs: Mapping[str, KnobValue] | None) -> dict[str, Any]:
             )
         parameters[name] = plain
     return parameters
-
-
-def _error_message(response: Response) -> str:
-    """The server's ``{"error": ...}`` text, or what the body says when it is not that."""
-    try:
-        document = json.loads(response.body)
-    except (UnicodeDecodeError, ValueError):
-        document = None
-    if isinstance(document, dict) and isinstance(document.get("error"), str):
-        return str(document["error"])
-    text = bytes(response.body[:500]).decode("utf-8", "replace").strip()
-    return text or response.reason

@@ -27,6 +27,7 @@ import numpy.typing as npt
 from frameserve.client._exceptions import ProtocolViolation
 
 __all__ = [
+    "BINARY_ALIGNMENT",
     "DATATYPES",
     "HEADER_LENGTH",
     "DecodedResponse",
@@ -47,6 +48,10 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"),
     "UINT8": np.dtype("u1"),
 }
+
+#: The JSON header of a binary request is padded with spaces to a multiple of this many bytes,
+#: so that the tensors after it start aligned in the server's buffer (usable in place).
+BINARY_ALIGNMENT = 8
 
 _BYTES_LENGTH = struct.Struct("<I")
 
@@ -118,8 +123,9 @@ def encode_request(
 ) -> EncodedRequest:
     """Return the HTTP headers and body of an inference request.
 
-    Binary: a JSON header whose inputs give ``binary_data_size``, then each frame's bytes in
-    input order. JSON: each input's values in ``data``, flattened row-major.
+    Binary: a JSON header whose inputs give ``binary_data_size`` (padded with spaces to a
+    multiple of :data:`BINARY_ALIGNMENT` bytes), then each frame's bytes in input order. JSON:
+    each input's values in ``data``, flattened row-major.
     """
     header: dict[str, Any] = {}
     if request_id is not None:
@@ -144,6 +150,7 @@ def encode_request(
     text = json.dumps(header, separators=(",", ":")).encode()
     if not binary:
         return EncodedRequest({"Content-Type": "application/json"}, [text])
+    text += b" " * (-len(text) % BINARY_ALIGNMENT)  # JSON allows trailing spaces
     body: list[bytes | memoryview] = [text]
     body += [t.array.data.cast("B") for t in inputs if t.array.nbytes]
     headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}

@@ -28,13 +28,11 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import quote, urlencode
 
 from frameserve.client._exceptions import ProtocolViolation
-
-if TYPE_CHECKING:
-    from frameserve.client._client import Client
+from frameserve.client._requests import Requester
 
 __all__ = ["FINAL_STATES", "Training", "TrainingFrame", "TrainingJob", "Upload"]
 
@@ -159,8 +157,8 @@ class TrainingJob:
 class Training:
     """The training endpoints of one server (``client.training``); see the module docstring."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, requests: Requester) -> None:
+        self._requests = requests
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -195,7 +193,7 @@ class Training:
             NotFoundError: no such upload.
         """
         identity = upload.id if isinstance(upload, Upload) else upload
-        self._client._call("DELETE", f"{_UPLOADS}/{quote(identity, safe='')}")
+        self._requests.call("DELETE", f"{_UPLOADS}/{quote(identity, safe='')}")
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -325,7 +323,7 @@ class Training:
             NotFoundError: no such job.
             ConflictError: it is queued or running (cancel it first).
         """
-        self._client._call("DELETE", _job_path(name))
+        self._requests.call("DELETE", _job_path(name))
 
     def wait(
         self,
@@ -352,7 +350,7 @@ class Training:
         Raises:
             NotFoundError: no such job, or no contact sheet yet.
         """
-        return bytes(self._client._call("GET", _job_path(name, "contact_sheet")).body)
+        return bytes(self._requests.call("GET", _job_path(name, "contact_sheet")).body)
 
     def download_package(
         self,
@@ -386,7 +384,7 @@ class Training:
             raise FileExistsError(f"{target} already exists; pass force=True to replace it")
         options = {"format": format, "checkpoint": checkpoint, "id": model_id, "version": version}
         query = urlencode({key: value for key, value in options.items() if value is not None})
-        archive = self._client._call("GET", f"{_job_path(name, 'package')}?{query}").body
+        archive = self._requests.call("GET", f"{_job_path(name, 'package')}?{query}").body
         _unpack(bytes(archive), target)
         return target
 
@@ -404,8 +402,8 @@ class Training:
             filename = filename or os.path.basename(os.fspath(file))
         path = f"{_UPLOADS}?{urlencode({'filename': filename})}"
         headers = {"Content-Type": "application/octet-stream"}
-        response = self._client._call("POST", path, headers=headers, body=[data])
-        answer = self._client._json_object(response, "the upload's description")
+        response = self._requests.call("POST", path, headers=headers, body=[data])
+        answer = self._requests.json_object(response, "the upload's description")
         return Upload.from_dict(answer), response.status == 201
 
     def _job_answer(self, method: str, path: str, body: object = None) -> TrainingJob:
@@ -414,11 +412,11 @@ class Training:
         if body is not None:
             headers = {"Content-Type": "application/json"}
             parts = (json.dumps(body).encode(),)
-        response = self._client._call(method, path, headers=headers, body=parts)
-        return TrainingJob.from_dict(self._client._json_object(response, "a training job"))
+        response = self._requests.call(method, path, headers=headers, body=parts)
+        return TrainingJob.from_dict(self._requests.json_object(response, "a training job"))
 
     def _get_object(self, path: str, what: str) -> dict[str, Any]:
-        return self._client._json_object(self._client._call("GET", path), what)
+        return self._requests.json_object(self._requests.call("GET", path), what)
 
 
 def _job_path(name: str, action: str = "") -> str:

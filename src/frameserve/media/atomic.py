@@ -12,11 +12,16 @@ removes the temporary file and leaves the target as it was.
     with atomic_path(Path("out/soft.1001.exr")) as temporary:
         some_library.save(temporary)          # anything that writes a file by its name
 
-**Temporary names** are ``.NAME.tmp-PID-RANDOM.EXT``: hidden, with the writer's process id,
-keeping the extension (so libraries that pick a format by extension still do). A process that
-is killed mid-write cannot remove its own temporary file; :func:`remove_leftovers` removes
-those whose writer is no longer running, so the next run (or server start) in that folder
-cleans up after a killed one, while writes of other live processes are left alone.
+**Temporary names** are ``.NAME.tmp-HOST-PID-RANDOM.EXT``: hidden, with the writer's machine
+(8 hex digits of a hash of its host name) and process id, keeping the extension (so libraries
+that pick a format by extension still do). A process that is killed mid-write cannot remove
+its own temporary file; :func:`remove_leftovers` removes those whose writer is no longer
+running, so the next run (or server start) in that folder cleans up after a killed one, while
+writes of other live processes are left alone. A process id means something on its own machine
+only: in a folder that several machines write to (a render farm's shot folder on a file
+server), a temporary file of another machine is removed only once it is older than
+:data:`STALE_AFTER` (a write in progress keeps its file fresh). Names without a machine
+(``.NAME.tmp-PID-RANDOM.EXT``, as earlier versions wrote them) count as this machine's.
 
 **Signals.** An interrupt (``KeyboardInterrupt``, or a ``SIGTERM`` turned into one by the
 command line) removes the temporary file of a write in progress on the main thread.
@@ -27,20 +32,25 @@ Temporary files of writes in progress on other threads are removed by
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
 import secrets
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 __all__ = [
+    "STALE_AFTER",
     "atomic_path",
     "is_temporary",
     "remove_leftovers",
     "remove_pending",
+    "sync_folder",
     "temporary_path",
     "write_atomically",
     "write_bytes_atomically",
@@ -48,7 +58,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_TEMPORARY = re.compile(r"\A\..+\.tmp-(?P<pid>[0-9]+)-[0-9a-f]{12}(\.[^.]*)?\Z")
+#: Seconds after which a temporary file written on another machine counts as left over.
+STALE_AFTER = 24 * 3600.0
+
+_TEMPORARY = re.compile(
+    r"\A\..+\.tmp-(?:(?P<host>[0-9a-f]{8})-)?(?P<pid>[0-9]+)-[0-9a-f]{12}(\.[^.]*)?\Z"
+)
+#: This machine in temporary names: 8 hex digits of a hash of its host name.
+_HOST = hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
 _pending: set[Path] = set()
 _pending_lock = threading.Lock()
 
@@ -56,7 +73,7 @@ _pending_lock = threading.Lock()
 def temporary_path(path: Path) -> Path:
     """Return a fresh hidden temporary name beside ``path`` (same extension)."""
     token = secrets.token_hex(6)
-    return path.parent / f".{path.stem}.tmp-{os.getpid()}-{token}{path.suffix}"
+    return path.parent / f".{path.stem}.tmp-{_HOST}-{os.getpid()}-{token}{path.suffix}"
 
 
 def is_temporary(path: Path) -> bool:
@@ -93,7 +110,7 @@ def atomic_path(path: Path, *, sync: bool = True) -> Iterator[Path]:
         with _pending_lock:
             _pending.discard(temporary)
     if sync:
-        _sync_folder(path.parent)
+        sync_folder(path.parent)
 
 
 def write_atomically(
@@ -115,18 +132,22 @@ def write_bytes_atomically(
     write_atomically(path, lambda stream: stream.write(data), sync=sync)
 
 
-def remove_leftovers(folder: Path, *, recursive: bool = False) -> int:
+def remove_leftovers(
+    folder: Path, *, recursive: bool = False, stale_after: float = STALE_AFTER
+) -> int:
     """Remove temporary files in ``folder`` whose writing process is gone; return how many.
 
-    Files of processes still running (another ``frameserve run`` writing into the same
-    folder) are kept. Never raises: a folder that cannot be read has nothing to remove.
+    Files of processes still running on this machine (another ``frameserve run`` writing
+    into the same folder) are kept; files another machine writes are kept until they are
+    ``stale_after`` seconds old. Never raises: a folder that cannot be read has nothing to
+    remove.
     """
     removed = 0
     try:
         candidates = folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*")
         for candidate in candidates:
             match = _TEMPORARY.match(candidate.name)
-            if match is None or _alive(int(match["pid"])):
+            if match is None or not _left_over(candidate, match, stale_after):
                 continue
             with contextlib.suppress(OSError):
                 candidate.unlink()
@@ -154,7 +175,18 @@ def remove_pending() -> int:
     return removed
 
 
+def _left_over(candidate: Path, match: re.Match[str], stale_after: float) -> bool:
+    """Whether the temporary file ``candidate`` (its name parsed) was left by a dead writer."""
+    if match["host"] in (None, _HOST):
+        return not _alive(int(match["pid"]))
+    try:  # another machine's: its process ids mean nothing here
+        return time.time() - candidate.stat().st_mtime > stale_after
+    except OSError:
+        return False
+
+
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, killed but not yet reaped, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -163,7 +195,18 @@ def _alive(pid: int) -> bool:
         return False
     except (PermissionError, OSError):
         return True  # exists, owned by someone else (or we cannot tell: keep it)
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits to be reaped (Linux ``/proc``; elsewhere False)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # "PID (COMMAND) STATE ...": the command may hold spaces and parentheses.
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] in ("Z", "X")
 
 
 def _sync_file(path: Path) -> None:
@@ -173,8 +216,11 @@ def _sync_file(path: Path) -> None:
         raise FileNotFoundError(f"nothing was written to {str(path)!r}")
 
 
-def _sync_folder(folder: Path) -> None:
-    """Flush the folder entry of a rename to disk (where the system allows it)."""
+def sync_folder(folder: Path) -> None:
+    """Flush the folder entry of a rename in ``folder`` to disk (where the system allows it).
+
+    For a folder staged whole under a temporary name and renamed into place.
+    """
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -8,15 +8,28 @@ a model locally or on a server::
 
     backend = LocalBackend(ModelRegistry(), device="cuda")
     spec = backend.describe("blur")
-    outputs, objects = backend.infer("blur", {"image": frame}, {"size": 4.0}, colourspace=None)
+    image = read_image("plate.1001.exr")
+    outputs, objects = backend.infer("blur", {"image": image.hwc}, {"size": 4.0},
+                                     colourspace=None)
+    write_image("soft.1001.exr", outputs["image"], layout="HWC")
 
-Frames here are numpy arrays in the internal form (:data:`Frame`). Only
-:class:`ServerBackend` imports the HTTP client, and only when one is made.
+**Frames here are interleaved** (:data:`Frame`, ``(H, W, C)``): the order image files and the
+HTTP wire use, so that the pixels cross from a file to a model and back with as few copies as
+possible. Where bytes are copied:
+
+- :class:`ServerBackend`: none on this side. The frame read from a file is sent from its own
+  memory, the answer's frames are views of the response body, written as they are. (The
+  server makes the one copy each way between the wire and the internal ``(C, H, W)`` form.)
+- :class:`LocalBackend`: the frame goes to the runner as a ``(C, H, W)`` view
+  (``torch.permute``, no copy); the runner makes it contiguous on its way to the model (the
+  one copy in, none for a channels-last model), and the ``(C, H, W)`` outputs come back as
+  ``(H, W, C)`` views that the writer makes interleaved (the one copy out).
+
+Only :class:`ServerBackend` imports the HTTP client, and only when one is made.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
@@ -27,20 +40,12 @@ import torch
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.request import build_request
 from frameserve.engine.runner import Runner
-from frameserve.errors import ConfigError, ModelLoadError
-from frameserve.plugin.knobs import (
-    BoolKnob,
-    ButtonKnob,
-    ChoiceKnob,
-    FloatKnob,
-    IntKnob,
-    KnobSpec,
-    KnobValue,
-    StringKnob,
-)
+from frameserve.errors import ModelLoadError
+from frameserve.plugin.knobs import KnobSpec, KnobValue, knob_from_description
 from frameserve.plugin.model import ImageSpec, ModelSpec
 
 __all__ = [
+    "DEFAULT_SERVER_TIMEOUT",
     "Backend",
     "Frame",
     "LocalBackend",
@@ -48,10 +53,13 @@ __all__ = [
     "knob_spec_from_config",
 ]
 
-log = logging.getLogger(__name__)
+
+#: Seconds a :class:`ServerBackend` waits for one frame's answer unless told otherwise.
+DEFAULT_SERVER_TIMEOUT = 600.0
 
 Frame = npt.NDArray[np.float32]
-"""A frame in the internal form, as numpy: float32 ``(C, H, W)``, top row first."""
+"""A frame as a backend takes and gives it: float32 ``(H, W, C)``, top row first (interleaved,
+as files and the HTTP wire store it; possibly a view that is not C-contiguous)."""
 
 
 class Backend(Protocol):
@@ -69,10 +77,11 @@ class Backend(Protocol):
         *,
         colourspace: str | None,
     ) -> tuple[dict[str, Frame], list[dict[str, Any]]]:
-        """Run ``model`` on one frame per input (float32 ``(C, H, W)``, by input name).
+        """Run ``model`` on one frame per input (float32 ``(H, W, C)``, by input name).
 
-        Returns the output frames by name (float32 ``(C, H, W)``) and the result objects as
-        JSON-friendly dicts (``{"name": ..., "records": [...]}``).
+        Returns the output frames by name (float32 ``(H, W, C)``, maybe views that are not
+        C-contiguous) and the result objects as JSON-friendly dicts
+        (``{"name": ..., "records": [...]}``).
         """
         ...
 
@@ -83,7 +92,7 @@ class LocalBackend:
     ::
 
         backend = LocalBackend(ModelRegistry(), device="cuda")
-        outputs, objects = backend.infer("blur", {"image": frame}, {"size": 4.0},
+        outputs, objects = backend.infer("blur", {"image": hwc}, {"size": 4.0},
                                          colourspace=None)
     """
 
@@ -103,10 +112,14 @@ class LocalBackend:
         *,
         colourspace: str | None,
     ) -> tuple[dict[str, Frame], list[dict[str, Any]]]:
-        """Run ``model`` in-process; see :meth:`Backend.infer`."""
+        """Run ``model`` in-process; see :meth:`Backend.infer`.
+
+        The frames reach the runner as ``(C, H, W)`` views of the arrays given, without a
+        copy; outputs come back as ``(H, W, C)`` views of the model's ``(C, H, W)`` results.
+        """
         spec = self.describe(model)
         tensors = {
-            declared.name: torch.from_numpy(frames[declared.name])
+            declared.name: _planar_view(frames[declared.name])
             for declared in spec.inputs
             if declared.name in frames
         }
@@ -114,22 +127,26 @@ class LocalBackend:
             spec, tensors, knobs, colourspace=colourspace, client="frameserve run", protocol="run"
         )
         result = self.runner.run(request)
-        outputs = {name: tensor.numpy() for name, tensor in result.frames.items()}
+        outputs = {
+            name: tensor.numpy().transpose(1, 2, 0) for name, tensor in result.frames.items()
+        }
         return outputs, [obj.to_data() for obj in result.objects]
 
 
 class ServerBackend:
     """Sends each frame to a frameserve HTTP server with :class:`frameserve.client.Client`.
 
-    Frames cross the wire as ``(H, W, C)``; they are converted from and to the internal
-    ``(C, H, W)`` form here, at the boundary.
+    Frames cross the wire as ``(H, W, C)``, the order a backend takes and gives them: no
+    layout change on this side.
 
     ::
 
         backend = ServerBackend("http://render7:8000", timeout=600.0)
     """
 
-    def __init__(self, url: str, *, timeout: float = 600.0, retries: int = 2) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = DEFAULT_SERVER_TIMEOUT, retries: int = 2
+    ) -> None:
         from frameserve.client import Client  # only a server run needs the HTTP client
 
         self.url = url
@@ -157,59 +174,40 @@ class ServerBackend:
         *,
         colourspace: str | None,
     ) -> tuple[dict[str, Frame], list[dict[str, Any]]]:
-        """Run ``model`` on the server; see :meth:`Backend.infer`."""
-        hwc = {
-            name: np.ascontiguousarray(frame.transpose(1, 2, 0)) for name, frame in frames.items()
-        }
+        """Run ``model`` on the server; see :meth:`Backend.infer`.
+
+        A C-contiguous float32 frame is sent from its own memory; the output frames are views
+        of the answer's body.
+        """
         values = cast("Mapping[str, KnobValue]", knobs)  # checked by the knob specs
-        result = self._client.infer(model, hwc, knobs=values, colourspace=colourspace)
-        outputs = {
-            name: np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32)
-            for name, frame in result.frames.items()
-        }
+        result = self._client.infer(model, dict(frames), knobs=values, colourspace=colourspace)
+        outputs = {name: _float32(frame) for name, frame in result.frames.items()}
         return outputs, [dict(obj) for obj in result.objects]
 
     def close(self) -> None:
         """Close the client's connections."""
-        close = getattr(self._client, "close", None)
-        if close is not None:
-            close()
+        self._client.close()
 
 
-_KNOB_TYPES: dict[str, type[KnobSpec]] = {
-    "bool": BoolKnob,
-    "button": ButtonKnob,
-    "int": IntKnob,
-    "float": FloatKnob,
-    "string": StringKnob,
-    "choice": ChoiceKnob,
-}
+def _planar_view(frame: Frame) -> torch.Tensor:
+    """A ``(C, H, W)`` tensor viewing an ``(H, W, C)`` frame: no copy, unless the array is
+    not float32, is read-only or runs backwards (torch shares none of those)."""
+    array = np.asarray(frame, dtype=np.float32)
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        array = array.copy()
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _float32(frame: npt.NDArray[Any]) -> Frame:
+    """An answer's frame as float32 ``(H, W, C)``: the same array when it already is one."""
+    array = frame[:, :, np.newaxis] if frame.ndim == 2 else frame
+    return array if array.dtype == np.float32 else array.astype(np.float32)
 
 
 def knob_spec_from_config(config: Mapping[str, Any]) -> KnobSpec:
     """Return the knob spec a server describes as ``config`` (``KnobSpec.describe()`` data).
 
-    A knob type this version does not know becomes a :class:`StringKnob`: its ``--knob`` text
-    is sent as it is and the server validates it.
-
-    Raises:
-        ConfigError: the description lacks a name, or its values do not make a valid spec.
+    See :func:`~frameserve.plugin.knobs.knob_from_description`: a knob type this version does
+    not know becomes a :class:`~frameserve.plugin.knobs.StringKnob`.
     """
-    name = config.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"the server described a knob without a name: {dict(config)!r}")
-    kind = str(config.get("type", ""))
-    options: dict[str, Any] = {"help": str(config.get("help") or "")}
-    options["label"] = str(config.get("label") or "")
-    cls = _KNOB_TYPES.get(kind)
-    if cls is None:
-        log.warning("knob %r has type %r, unknown here; its value is sent as text", name, kind)
-        return StringKnob(name, default="", **options)
-    if "default" in config and config["default"] is not None:
-        options["default"] = config["default"]
-    if cls in (IntKnob, FloatKnob):
-        options["min"] = config.get("min")
-        options["max"] = config.get("max")
-    if cls is ChoiceKnob:
-        options["choices"] = tuple(config.get("choices") or ())
-    return cls(name, **options)
+    return knob_from_description(config)

@@ -1,45 +1,42 @@
-"""Run a model over an image sequence: the per-frame loop, its options and its report.
+"""Run a model over an image sequence: the per-frame loop, its options, progress and report.
 
 :func:`run_sequence` takes checked :class:`RunOptions` and a
 :class:`~frameserve.shots.backends.Backend`, and returns a :class:`RunReport`:
 
-1. A frame whose every output file exists is skipped (unless ``overwrite``), so a run that
-   was stopped resumes where it was. Every other frame's input files are checked before any
-   work starts: a missing one stops the run with the list of missing files, or, with
-   ``skip_missing``, those frames are skipped with a warning.
-2. ``jobs`` frames are in flight at once, each read, run and written by one worker thread;
-   at most ``jobs`` frames are held in memory. Outputs are written atomically (a file appears
-   complete or not at all), with the first input's data window, display window and metadata
-   when the sizes match; result objects go to a JSON sidecar beside the first output
-   (``out.1001.exr`` → ``out.1001.json``). ``colourspace`` names the colourspace the files
-   are in; the runner converts to what the model wants and back, so outputs are in it too.
+1. Temporary files that killed writers left in the output folders are removed first
+   (:func:`frameserve.media.atomic.remove_leftovers`). A frame whose every output file exists
+   is skipped (unless ``overwrite``), so a run that was stopped resumes where it was. Every
+   other frame's input files are checked before any work starts: a missing one stops the run
+   with the list of missing files, or, with ``skip_missing``, those frames are skipped with a
+   warning.
+2. ``jobs`` frames are in flight at once, each read, run and written by one worker thread
+   (:class:`~frameserve.shots.frames.FrameProcessor`); at most ``jobs`` frames are held in
+   memory. Outputs are written atomically (a file appears complete or not at all), with the
+   first input's data window, display window and metadata when the sizes match; result
+   objects go to a JSON sidecar beside the first output (``out.1001.exr`` →
+   ``out.1001.json``). ``colourspace`` names the colourspace the files are in; the runner
+   converts to what the model wants and back, so outputs are in it too.
 3. A failed frame is logged with its number and error and the run goes on; it stops early when
    ``stop_after`` frames in a row failed, or at once on an error no frame can get past (an
    unknown model or knob, a model that cannot set up). :attr:`RunReport.exit_code`: 0 when
-   every frame is written or skipped, 1 when a frame failed. Ctrl-C stops at once: no partial
-   file is left.
+   every frame is written or skipped, 1 when a frame failed. Ctrl-C stops at once: frames in
+   flight write nothing more, and no partial file is left.
 
-Progress is shown with :class:`~frameserve.cli.progress.Progress`.
+Progress goes to a :class:`RunProgress` given by the caller (the command line draws a
+progress line, :class:`frameserve.cli.progress.FrameProgress`); this layer draws nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Literal, Protocol
 
-import numpy as np
-
-from frameserve.cli.progress import Progress
 from frameserve.errors import (
     ColourError,
     ConfigError,
@@ -47,18 +44,21 @@ from frameserve.errors import (
     KnobError,
     ModelLoadError,
     ModelNotFoundError,
-    ModelRunError,
     ModelSetupError,
 )
-from frameserve.media.imageio import ImageFile, Window, read_image, write_image
+from frameserve.media.atomic import remove_leftovers
 from frameserve.media.sequences import FramePattern, format_frames
-from frameserve.plugin.model import ImageSpec, ModelSpec
-from frameserve.shots.backends import Backend, Frame
+from frameserve.plugin.model import ModelSpec
+from frameserve.shots.backends import Backend
+from frameserve.shots.frames import FrameProcessor, FrameTask, neighbour_path, objects_pattern
 
 __all__ = [
     "DEFAULT_LOCAL_JOBS",
+    "PROGRESS_INTERVAL",
     "FrameTask",
+    "RunEnd",
     "RunOptions",
+    "RunProgress",
     "RunReport",
     "run_sequence",
 ]
@@ -66,6 +66,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_JOBS = 2  # one frame computing while the next is read and the last is written
+
+#: Seconds between two :meth:`RunProgress.update` calls while frames are in flight (at most).
+PROGRESS_INTERVAL = 0.25
 
 # Errors that every frame would hit alike: the run stops at the first one.
 _FATAL_ERRORS = (
@@ -124,20 +127,6 @@ class RunOptions:
             raise ConfigError("a run needs at least one output pattern (--output PATTERN)")
 
 
-@dataclass(frozen=True)
-class FrameTask:
-    """The files of one frame: what to read and what to write.
-
-    ``inputs`` holds a path per model input; for a temporal model that includes the
-    neighbour frames (``NAME@-1`` ...), found by :func:`neighbour_path`.
-    """
-
-    frame: int
-    inputs: dict[str, Path]
-    outputs: dict[str, Path]
-    objects: Path
-
-
 @dataclass(kw_only=True)
 class RunReport:
     """What a run did; ``exit_code`` is the command's exit status."""
@@ -156,6 +145,46 @@ class RunReport:
         return 1 if self.failed or self.stopped_early else 0
 
 
+RunEnd = Literal["done", "stopped early", "stopped", "interrupted"]
+"""How a run ended: every frame tried; ``stop_after`` failures in a row; an error no frame can
+get past; an interrupt (Ctrl-C, or a signal the command line turns into one)."""
+
+
+class RunProgress(Protocol):
+    """Whoever shows a run's progress. Every call comes from the thread running the loop.
+
+    ::
+
+        class Dots:
+            def start(self, total, skipped): ...
+            def written(self, frame): print(".", end="", flush=True)
+            def failed(self, frame): print("x", end="", flush=True)
+            def update(self): ...
+            def finish(self, report, how): print(f" {how}")
+    """
+
+    def start(self, total: int, skipped: int) -> None:
+        """The run begins: ``total`` frames, of which ``skipped`` need no work."""
+        ...
+
+    def written(self, frame: int) -> None:
+        """``frame`` was written."""
+        ...
+
+    def failed(self, frame: int) -> None:
+        """``frame`` failed; the run logs why right after this call (a display drawn in place
+        wipes its line here, so that the message starts on a clean line)."""
+        ...
+
+    def update(self) -> None:
+        """Nothing new, time passed: called at least every :data:`PROGRESS_INTERVAL` seconds."""
+        ...
+
+    def finish(self, report: RunReport, how: RunEnd) -> None:
+        """The run ended; ``report`` says what it did (``report.seconds`` is set)."""
+        ...
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 
@@ -164,9 +193,9 @@ def run_sequence(
     spec: ModelSpec,
     options: RunOptions,
     *,
-    stream: IO[str] | None = None,
+    progress: RunProgress | None = None,
 ) -> RunReport:
-    """Process ``options.frames`` with ``backend``; report progress on ``stream`` (stderr).
+    """Process ``options.frames`` with ``backend``; tell ``progress`` (if any) how it goes.
 
     Raises:
         ConfigError: an input file is missing (without ``skip_missing``); the message lists
@@ -174,8 +203,12 @@ def run_sequence(
         FrameServeError: an error no frame can get past (unknown model or knob, failed setup).
         KeyboardInterrupt: after stopping the workers; frames in flight write nothing more.
     """
+    started = time.monotonic()
     report = RunReport(total=len(options.frames))
     tasks = [_task(options, spec, frame) for frame in options.frames]
+    folders = {path.parent for task in tasks for path in (*task.outputs.values(), task.objects)}
+    for folder in sorted(folders):
+        remove_leftovers(folder)
     todo: list[FrameTask] = []
     for task in tasks:
         if not options.overwrite and all(path.exists() for path in task.outputs.values()):
@@ -190,10 +223,19 @@ def run_sequence(
             format_frames(report.existing),
         )
 
-    progress = Progress(report.total, stream=sys.stderr if stream is None else stream)
-    progress.skip(len(report.existing) + len(report.missing))
+    shown = progress if progress is not None else _NoProgress()
+    shown.start(report.total, len(report.existing) + len(report.missing))
     stop = threading.Event()
-    process = _FrameProcessor(backend, spec, options, stop)
+    process = FrameProcessor(
+        backend,
+        spec,
+        model=options.model,
+        knobs=options.knobs,
+        channels=options.channels,
+        colourspace=options.colourspace,
+        half=options.half,
+        stop=stop,
+    )
     pool = ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="frameserve-run")
     pending: dict[Future[None], FrameTask] = {}
     queue = iter(todo)
@@ -207,21 +249,20 @@ def run_sequence(
                 pending[pool.submit(process, next_task)] = next_task
             if not pending:
                 break
-            finished, _ = wait(pending, timeout=progress.tick, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
             for future in finished:
                 task = pending.pop(future)
                 error = future.exception()
                 if error is None:
                     report.written.append(task.frame)
-                    progress.done()
+                    shown.written(task.frame)
                     failures_in_a_row = 0
                     continue
                 if isinstance(error, _FATAL_ERRORS) or not isinstance(error, Exception):
                     raise error  # Ctrl-C in a worker, or an error every frame would hit
                 report.failed.append(task.frame)
-                progress.failed()
                 failures_in_a_row += 1
-                progress.clear()
+                shown.failed(task.frame)
                 log.error("frame %d failed: %s", task.frame, _describe(error))
                 if options.stop_after and failures_in_a_row >= options.stop_after:
                     report.stopped_early = True
@@ -231,21 +272,38 @@ def run_sequence(
                         failures_in_a_row,
                         options.stop_after,
                     )
-            progress.draw()
+            shown.update()
     except BaseException as exc:
         stop.set()
         pool.shutdown(wait=False, cancel_futures=True)
-        report.seconds = progress.elapsed()
-        progress.finish(
-            report, how="interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped"
-        )
+        report.seconds = time.monotonic() - started
+        shown.finish(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped")
         raise
     pool.shutdown()
     report.written.sort()
     report.failed.sort()
-    report.seconds = progress.elapsed()
-    progress.finish(report)
+    report.seconds = time.monotonic() - started
+    shown.finish(report, "stopped early" if report.stopped_early else "done")
     return report
+
+
+class _NoProgress:
+    """A :class:`RunProgress` that shows nothing."""
+
+    def start(self, total: int, skipped: int) -> None:
+        """Show nothing."""
+
+    def written(self, frame: int) -> None:
+        """Show nothing."""
+
+    def failed(self, frame: int) -> None:
+        """Show nothing."""
+
+    def update(self) -> None:
+        """Show nothing."""
+
+    def finish(self, report: RunReport, how: RunEnd) -> None:
+        """Show nothing."""
 
 
 def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
@@ -260,23 +318,8 @@ def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
         frame=frame,
         inputs=inputs,
         outputs=outputs,
-        objects=_objects_pattern(first).path(frame),
+        objects=objects_pattern(first).path(frame),
     )
-
-
-def neighbour_path(pattern: FramePattern, frame: int, offset: int) -> Path:
-    """The file of ``frame + offset`` for a temporal model, with the fallback at shot ends.
-
-    A neighbour that does not exist on disk is replaced by the nearest existing frame between
-    it and the current frame: at the first frame of a shot, ``frame - 1`` is the first frame
-    itself; at the last, ``frame + 1`` is the last frame.
-    """
-    step = -1 if offset > 0 else 1
-    for candidate in range(frame + offset, frame, step):
-        path = pattern.path(candidate)
-        if path.is_file():
-            return path
-    return pattern.path(frame)
 
 
 def _drop_missing(todo: list[FrameTask], options: RunOptions, report: RunReport) -> list[FrameTask]:
@@ -300,133 +343,6 @@ def _drop_missing(todo: list[FrameTask], options: RunOptions, report: RunReport)
     log.warning("skipping %d frame(s) with missing inputs (%s): %s", len(missing), frames, shown)
     report.missing.extend(missing)
     return [task for task in todo if task.frame not in missing]
-
-
-class _FrameProcessor:
-    """Reads, runs and writes one frame; called on a worker thread."""
-
-    def __init__(
-        self, backend: Backend, spec: ModelSpec, options: RunOptions, stop: threading.Event
-    ) -> None:
-        self.backend = backend
-        self.spec = spec
-        self.options = options
-        self.stop = stop
-
-    def __call__(self, task: FrameTask) -> None:
-        if self.stop.is_set():
-            return
-        started = time.perf_counter()
-        read: dict[Path, ImageFile] = {}  # a neighbour may be the same file as another input
-        files = {}
-        for name, path in task.inputs.items():
-            if path not in read:
-                read[path] = read_image(path, channels=self.options.channels)
-            files[name] = read[path]
-        frames = {
-            declared.name: _fit_channels(declared, files[declared.name])
-            for declared in self.spec.inputs
-            if declared.name in files
-        }
-        if self.stop.is_set():
-            return
-        outputs, objects = self.backend.infer(
-            self.options.model, frames, self.options.knobs, colourspace=self.options.colourspace
-        )
-        if self.stop.is_set():  # Ctrl-C: write nothing more
-            return
-        missing = [name for name in task.outputs if name not in outputs]
-        if missing:
-            raise ModelRunError(
-                f"model {self.options.model!r} returned no {', '.join(map(repr, missing))} "
-                f"output; it returned {', '.join(map(repr, outputs)) or 'none'}"
-            )
-        # The sidecar goes first: once the images exist the frame counts as done.
-        _write_objects(task.objects, objects)
-        first = files[self.spec.inputs[0].name] if self.spec.inputs else None
-        for output in self.spec.outputs:
-            if output.name in task.outputs:
-                self._write(
-                    task.outputs[output.name], outputs[output.name], first, output.channel_names
-                )
-        log.info(
-            "frame %d: %s in %.2f s",
-            task.frame,
-            ", ".join(str(p) for p in task.outputs.values()),
-            time.perf_counter() - started,
-        )
-
-    def _write(
-        self,
-        path: Path,
-        pixels: Frame,
-        source: ImageFile | None,
-        channel_names: tuple[str, ...] | None,
-    ) -> None:
-        scale = None if source is None else _scale_between(source.pixels, pixels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(
-            path,
-            pixels,
-            channel_names=channel_names,
-            metadata=source.metadata if source is not None and scale else None,
-            data_window=_scaled(source.data_window, scale) if source and scale else None,
-            display_window=_scaled(source.display_window, scale) if source and scale else None,
-            pixel_type="half" if self.options.half and path.suffix.lower() == ".exr" else "float",
-        )
-
-
-def _scale_between(source: Frame, output: Frame) -> int | None:
-    """Return s when ``output`` is s times ``source`` in width and height (1: the same size)."""
-    (height, width), (out_height, out_width) = source.shape[1:], output.shape[1:]
-    if out_height % height or out_height // height * width != out_width:
-        return None
-    return int(out_height // height)
-
-
-def _scaled(window: Window, scale: int | None) -> Window:
-    """The data or display window of a frame made ``scale`` times larger (an upscaler)."""
-    if not scale or scale == 1:
-        return window
-    x, y, width, height = window
-    return (x * scale, y * scale, width * scale, height * scale)
-
-
-def _fit_channels(declared: ImageSpec, image: ImageFile) -> Frame:
-    """Repeat a one-channel image to the channels an input declares; keep others as they are."""
-    if image.pixels.shape[0] == 1 and declared.channels > 1:
-        return np.repeat(image.pixels, declared.channels, axis=0)
-    return image.pixels
-
-
-def _write_objects(path: Path, objects: list[dict[str, Any]]) -> None:
-    """Write result objects as JSON, atomically; remove a stale sidecar when there are none."""
-    if not objects:
-        path.unlink(missing_ok=True)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}"
-    try:
-        temporary.write_text(json.dumps(objects, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _objects_pattern(pattern: FramePattern) -> FramePattern:
-    """``out.####.exr`` → ``out.####.json``: where a frame's result objects are written."""
-    head, dot, extension = pattern.suffix.rpartition(".")
-    if dot and "/" not in extension and os.sep not in extension:
-        suffix = f"{head}.json"
-    else:
-        suffix = f"{pattern.suffix}.json"
-    return FramePattern(
-        text=f"{pattern.prefix}{'#' * pattern.padding}{suffix}",
-        prefix=pattern.prefix,
-        padding=pattern.padding,
-        suffix=suffix,
-    )
 
 
 def _describe(error: BaseException) -> str:
