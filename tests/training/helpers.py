@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,14 @@ def write_pairs(folder: Path, count: int = 2) -> list[list[str]]:
         write_image(target, the_look(frame))
         pairs.append([str(source), str(target)])
     return pairs
+
+
+def dead_pid() -> int:
+    """Return the id of a process that has ended (as a killed writer's is)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(child.stdout)

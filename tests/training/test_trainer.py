@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from frameserve.training import (
     read_job_file,
 )
 from frameserve.training.checkpoints import load_checkpoint
-from tests.training.helpers import fast_settings, random_pair, the_look
+from tests.training.helpers import dead_pid, fast_settings, random_pair, the_look
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -150,11 +151,18 @@ def test_old_checkpoints_are_pruned_and_leftovers_removed(
 ) -> None:
     settings = fast_settings(steps=8, checkpoint_interval=2, keep_checkpoints=2)
     Trainer(pairs, settings, job_dir=tmp_path).run(4)
-    leftover = tmp_path / "checkpoints" / ".step_6.tmp-0123456789ab.pt"
-    leftover.write_bytes(b"half a checkpoint")
+    killed = dead_pid()
+    leftover = tmp_path / "checkpoints" / f".step_6.tmp-{killed}-0123456789ab.pt"
+    leftover.write_bytes(b"half a checkpoint")  # of a process that is gone
+    sheet = tmp_path / "contact_sheets" / f".step_6.tmp-{killed}-0123456789ab.png"
+    sheet.parent.mkdir()
+    sheet.write_bytes(b"half a sheet")
+    in_progress = tmp_path / "checkpoints" / f".step_7.tmp-{os.getpid()}-0123456789ab.pt"
+    in_progress.write_bytes(b"being written")  # by a process still running: kept
     Trainer.resume(tmp_path, pairs).run()
     assert [entry.name for entry in list_checkpoints(tmp_path)] == ["step_6", "step_8"]
-    assert not leftover.exists()
+    assert not leftover.exists() and not sheet.exists()
+    assert in_progress.exists()
 
 
 def test_a_contact_sheet_is_a_png_of_input_prediction_and_target(

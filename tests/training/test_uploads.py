@@ -27,7 +27,7 @@ from frameserve.media.imageio import read_image, write_image
 from frameserve.serve.server import FrameServer
 from frameserve.training.uploads import UploadStore, upload_id
 from tests.support.servers import start_server
-from tests.training.helpers import SETTINGS, write_pairs
+from tests.training.helpers import SETTINGS, dead_pid, write_pairs
 
 FAST = {**SETTINGS, "steps": 4}
 
@@ -201,12 +201,21 @@ def test_store_ages_out_uploads_and_killed_writes(tmp_path: Path) -> None:
     old, new = store.put(Path(source).read_bytes(), "in.exr")
     assert new
     young, _ = store.put(Path(target).read_bytes(), "gt.exr")
-    leftover = store.folder / ".tmp-killed"
-    leftover.mkdir()
-    (leftover / "half.exr").write_bytes(b"v/1\x01")
-    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    staged = store.folder / f".upload.tmp-{dead_pid()}-0123456789ab"  # named as temporaries
+    legacy = store.folder / ".tmp-killed"  # as earlier versions named staging folders
+    for leftover in (staged, legacy):
+        leftover.mkdir()
+        (leftover / "half.exr").write_bytes(b"v/1\x01")
+        os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+    under_way = store.folder / f".upload.tmp-{os.getpid()}-abcdefabcdef"
+    under_way.mkdir()
+    record_cut_short = store.folder / old.id / f".upload.tmp-{dead_pid()}-0123456789ab.json"
+    record_cut_short.write_text('{"filename": "in.ex')
     claimed = store.claim(old.id, tmp_path / "job" / "frames")
-    assert store.prune() == 0 and leftover.exists() is False  # killed writes go at once
+    assert store.prune() == 0  # killed writes go at once, a write under way stays
+    assert not staged.exists() and not legacy.exists() and not record_cut_short.exists()
+    assert under_way.exists()
+    under_way.rmdir()
     assert store.prune(now=time.time() + 120) == 2
     assert store.uploads() == [] and sorted(os.listdir(store.folder)) == []
     assert claimed.read_bytes() == Path(source).read_bytes()  # the job's link stays

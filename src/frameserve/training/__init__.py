@@ -23,16 +23,22 @@ Modules, one job each:
 
 ================  ==========================================================================
 ``settings``      :class:`TrainingSettings`: network size, crops, steps, schedule, intervals
+``kinds``         :class:`~frameserve.training.kinds.JobKind`: image, label or number jobs
 ``networks``      the U-Net (sizes small / medium / large) and the label/number encoder
 ``data``          frame pairs (arrays or files), random crops, fixed validation crops
 ``labels``        images with labels (class folders) or numbers (a CSV or JSON table)
 ``augment``       flips, 90° rotations, colour jitter: what is safe for which effect
+``degradations``  synthetic motion blur and sensor noise on the inputs, afresh each step
 ``tasks``         what differs between image, label and number jobs
-``trainer``       :class:`Trainer`: steps, progress, validation, contact sheets, checkpoints
-``checkpoints``   the job folder, atomic writes, safe reads
+``trainer``       :class:`Trainer`: builds or resumes a job, the step loop, what is due
+``progress``      :class:`TrainingProgress` after each step, and how steps are timed
+``checkpoints``   the job folder, checkpoint files written atomically, safe reads
+``reload``        a job's data read again from the files its checkpoint lists
 ``contact_sheet`` input | prediction | target previews
 ``inference``     :func:`load_trained`, :func:`trained_model_class`, plug-in folders
 ``export``        :func:`export_torchscript`, :func:`export_package`
+``uploads``       frame files uploaded for jobs over HTTP
+``jobs``          jobs on a server: the queue, their records, serving them as models
 ================  ==========================================================================
 
 Errors: settings or data that cannot work, unreadable checkpoints and resuming with other data
@@ -62,6 +68,7 @@ from frameserve.training.inference import (
     trained_model_class,
     write_model_plugin,
 )
+from frameserve.training.kinds import JobKind
 from frameserve.training.labels import LabelledImage, LabelledImages
 from frameserve.training.networks import (
     NETWORK_SIZES,
@@ -72,8 +79,9 @@ from frameserve.training.networks import (
     receptive_field_radius,
     size_multiple,
 )
+from frameserve.training.progress import ProgressCallback, TrainingProgress
 from frameserve.training.settings import LOSSES, SCHEDULES, TrainingSettings
-from frameserve.training.trainer import ProgressCallback, Trainer, TrainingProgress
+from frameserve.training.trainer import Trainer
 
 __all__ = [
     "LATEST",
@@ -85,6 +93,7 @@ __all__ = [
     "FramePair",
     "ImageEncoder",
     "ImagePairs",
+    "JobKind",
     "LabelledImage",
     "LabelledImages",
     "NetworkSpec",

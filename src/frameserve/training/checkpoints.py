@@ -1,4 +1,4 @@
-"""Checkpoint files of a training job: where they live, atomic writes, safe reads.
+"""Checkpoint files of a training job: where they live, how they are written and read safely.
 
 A job folder holds::
 
@@ -11,10 +11,10 @@ A checkpoint is a :func:`torch.save` dictionary of plain data and tensors, read 
 optimiser state, the step, the data generator's state, the settings, the task description and
 the list of training frames (see :data:`FORMAT`).
 
-Every file is written under a temporary name in its own folder, flushed to disk and renamed
-onto its final name (``os.replace``), so a process killed at any moment leaves either the old
-file or the new one, never a partial one; leftovers of killed writes (``.step_*.tmp-*``) are
-removed when a job starts or resumes.
+Every file is written atomically (:mod:`frameserve.media.atomic`: under a hidden temporary
+name in its own folder, flushed to disk, renamed onto its final name), so a process killed at
+any moment leaves either the old file or the new one, never a partial one; the trainer removes
+the leftovers of killed writes (``.step_500.tmp-PID-RANDOM.pt``) when a job starts or resumes.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import json
 import logging
 import os
 import re
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from frameserve.errors import ConfigError
+from frameserve.media.atomic import write_atomically, write_bytes_atomically
 
 __all__ = [
     "CHECKPOINT_FOLDER",
@@ -47,10 +47,8 @@ __all__ = [
     "load_checkpoint",
     "prune_checkpoints",
     "read_job_file",
-    "remove_temporaries",
     "resolve_checkpoint",
     "save_checkpoint",
-    "write_atomically",
     "write_job_file",
 ]
 
@@ -193,38 +191,8 @@ def write_job_file(job_dir: Path, description: dict[str, Any]) -> Path:
     """Write ``job.json`` atomically; return its path."""
     text = json.dumps({"format": FORMAT, **description}, indent=2, sort_keys=True)
     path = job_dir / JOB_FILE
-    write_atomically(path, lambda stream: stream.write(text.encode()))
+    write_bytes_atomically(path, text.encode())
     return path
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, flush it to disk, rename it onto
-    ``path``; on any failure the temporary file is removed and ``path`` is left as it was."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}"
-    try:
-        with open(temporary, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-
-
-def remove_temporaries(job_dir: Path) -> int:
-    """Remove leftovers of writes that a killed process never finished; return how many."""
-    removed = 0
-    for folder in (job_dir, job_dir / CHECKPOINT_FOLDER, job_dir / CONTACT_SHEET_FOLDER):
-        for path in _glob(folder, ".*.tmp-*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-    if removed:
-        logger.info("removed %d unfinished temporary file(s) in %s", removed, job_dir)
-    return removed
 
 
 def prune_checkpoints(job_dir: Path, keep: int | None) -> None:
@@ -244,17 +212,3 @@ def _step_of(path: Path) -> int:
 
 def _glob(folder: Path, pattern: str) -> Iterator[Path]:
     return folder.glob(pattern) if folder.is_dir() else iter(())
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush the folder entry of a rename to disk (where the system allows it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

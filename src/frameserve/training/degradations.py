@@ -55,6 +55,7 @@ from frameserve.networks.motion_blur import (
     path_code,
     srgb_to_linear,
 )
+from frameserve.training.kinds import JobKind
 from frameserve.training.networks import NetworkSpec, size_multiple
 from frameserve.training.settings import TrainingSettings
 from frameserve.training.tasks import Batch, TrainingTask
@@ -275,7 +276,7 @@ class DegradedTask(TrainingTask):
     """
 
     def __init__(self, inner: TrainingTask, degradation: Degradation) -> None:
-        if inner.kind != "image":
+        if inner.kind is not JobKind.IMAGE:
             raise ConfigError(f"a degradation applies to image jobs, not {inner.kind} jobs")
         self.inner = inner
         self.degradation = degradation

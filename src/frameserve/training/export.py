@@ -24,7 +24,7 @@ receptive field as ``overlap``, so the engine pads and tiles it exactly as it do
 model and the pixels agree. The network takes one ``image`` tensor ``(N, C, H, W)`` whose
 height and width are multiples of the size multiple (the engine pads to them). The package is
 built in a hidden folder beside its target, checked by running it on a test frame
-(:func:`frameserve.catalogue.packages.write_package`) and only then renamed into place. Only image
+(:func:`frameserve.packaging.write_package`) and only then renamed into place. Only image
 jobs export to packages: a package's outputs are images, and label and number jobs answer objects.
 
 PyTorch 2.13 marks TorchScript deprecated (in favour of ``torch.export``) but still writes and
@@ -47,10 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frameserve.catalogue.packages import SCHEMA, CheckReport, write_package
+from frameserve.catalogue.packages import SCHEMA
 from frameserve.errors import ConfigError
-from frameserve.training.checkpoints import LATEST, resolve_checkpoint, write_atomically
+from frameserve.media.atomic import write_atomically
+from frameserve.packaging import CheckReport, write_package
+from frameserve.training.checkpoints import LATEST, resolve_checkpoint
 from frameserve.training.inference import TrainedMetadata, load_trained, model_id_for
+from frameserve.training.kinds import JobKind
 
 __all__ = ["METADATA_FILE", "PACKAGE_FORMATS", "export_package", "export_torchscript"]
 
@@ -109,7 +112,7 @@ def export_torchscript(checkpoint: str | os.PathLike[str], path: str | os.PathLi
     """
     network, metadata = load_trained(checkpoint)
     module: nn.Module = network
-    if metadata.kind == "image":
+    if metadata.kind is JobKind.IMAGE:
         module = _PaddedNetwork(network, metadata.size_multiple)
     extra = {METADATA_FILE: json.dumps(metadata.to_dict(), sort_keys=True)}
     target = Path(path)
@@ -148,7 +151,7 @@ def export_package(
         force: replace an existing ``out`` folder.
 
     Returns:
-        The report of the package's test run (:class:`~frameserve.catalogue.packages.CheckReport`).
+        The report of the package's test run (:class:`~frameserve.packaging.CheckReport`).
 
     Raises:
         ConfigError: an unknown format, no such checkpoint, a label or number job, or
@@ -161,7 +164,7 @@ def export_package(
             f"{', '.join(PACKAGE_FORMATS)} (TorchScript, torch.export, ONNX)"
         )
     network, metadata = load_trained(resolve_checkpoint(job, checkpoint))
-    if metadata.kind != "image":
+    if metadata.kind is not JobKind.IMAGE:
         raise ConfigError(
             f"job {metadata.name!r} is a {metadata.kind} job: a model package's outputs are "
             "images, and its answers are objects; export its network with export_torchscript "

@@ -42,10 +42,12 @@ import torch
 from torch import nn
 
 from frameserve.errors import ConfigError, KnobError
+from frameserve.media.atomic import write_bytes_atomically
 from frameserve.plugin.knobs import ButtonKnob, ChoiceKnob, KnobSpec, KnobValues, StringKnob
 from frameserve.plugin.model import ImageSpec, Model, Prediction, SpatialNeeds
 from frameserve.plugin.results import ResultObject, python_script
 from frameserve.training import checkpoints
+from frameserve.training.kinds import JobKind
 from frameserve.training.networks import (
     NetworkSpec,
     build_network,
@@ -72,7 +74,7 @@ class TrainedMetadata:
     """What a checkpoint says about its network and the job that trained it.
 
     Attributes:
-        kind: ``"image"``, ``"label"`` or ``"number"``.
+        kind: ``"image"``, ``"label"`` or ``"number"`` (a :class:`JobKind`).
         classes: label jobs: the class names, in score order.
         size_multiple / receptive_field: image jobs: what frame heights and widths must be
             multiples of, and how far an output pixel sees (0 and 0 for other kinds).
@@ -80,7 +82,7 @@ class TrainedMetadata:
     """
 
     name: str
-    kind: str
+    kind: JobKind
     checkpoint: Path
     step: int
     total_steps: int
@@ -101,7 +103,7 @@ class TrainedMetadata:
         """Return the metadata as JSON-friendly data."""
         return {
             "name": self.name,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "checkpoint": str(self.checkpoint),
             "step": self.step,
             "total_steps": self.total_steps,
@@ -141,7 +143,7 @@ def load_trained(
     image = spec.kind == "unet"
     metadata = TrainedMetadata(
         name=payload["name"],
-        kind=task["kind"],
+        kind=JobKind(task["kind"]),
         checkpoint=path,
         step=int(payload["step"]),
         total_steps=int(payload["settings"]["steps"]),
@@ -202,7 +204,7 @@ def trained_model_class(
         names = (checkpoints.LATEST, *(entry.name for entry in reversed(saved)))
         knob = ChoiceKnob("checkpoint", default=checkpoints.LATEST, choices=names, help=help_text)
     name = str(job["name"])
-    image = task["kind"] == "image"
+    image = task["kind"] == JobKind.IMAGE
     out_channels = task["out_channels"] if image else task["in_channels"]
     attributes: dict[str, Any] = {
         "id": model_id or model_id_for(name),
@@ -257,7 +259,7 @@ def write_model_plugin(
         ")\n"
     )
     path = folder / "model.py"
-    checkpoints.write_atomically(path, lambda stream: stream.write(source.encode()))
+    write_bytes_atomically(path, source.encode())
     return path
 
 
@@ -325,7 +327,7 @@ class TrainedLabelModel(_TrainedModel):
         network, metadata = self.network(knobs)
         image = frames["image"]
         scores = network(image[None])[0].float()
-        if metadata.kind == "label":
+        if metadata.kind is JobKind.LABEL:
             probabilities = torch.softmax(scores, dim=0)
             best = int(probabilities.argmax())
             result = ResultObject(
@@ -348,7 +350,7 @@ class TrainedLabelModel(_TrainedModel):
 
 
 def _description(name: str, task: dict[str, Any], spec: NetworkSpec, training: bool) -> str:
-    what = {"image": "image to image", "label": "image to label", "number": "image to number"}
+    what = {kind: f"image to {kind}" for kind in JobKind}
     state = "still training" if training else "finished"
     return (
         f"A {spec.size} network trained by job {name!r} ({what.get(task['kind'], task['kind'])}, "

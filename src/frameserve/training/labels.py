@@ -38,13 +38,12 @@ from frameserve.errors import ConfigError, FrameError
 from frameserve.media.imageio import SUPPORTED_EXTENSIONS, read_image
 from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.training.data import check_finite
+from frameserve.training.kinds import LABEL_KINDS, JobKind
 
 __all__ = ["LABEL_KINDS", "LabelledImage", "LabelledImages"]
 
 logger = logging.getLogger(__name__)
 
-#: ``"label"``: a class from a fixed list; ``"number"``: one value.
-LABEL_KINDS = ("label", "number")
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -92,7 +91,7 @@ class LabelledImages:
     """The data of a label or number job: images with targets, and optional validation ones.
 
     Args:
-        kind: ``"label"`` or ``"number"``.
+        kind: ``"label"`` or ``"number"`` (a :class:`JobKind`).
         train / validation: the images; for labels, ``target`` is an index into ``classes``.
         classes: the class names (labels only), in index order.
         colourspace: the colourspace the images are in (the served model asks for it).
@@ -112,8 +111,9 @@ class LabelledImages:
         colourspace: str = SCENE_LINEAR,
     ) -> None:
         if kind not in LABEL_KINDS:
-            raise ConfigError(f"job kind {kind!r} is not allowed; choose one of {LABEL_KINDS}")
-        self.kind = kind
+            allowed = tuple(str(known) for known in LABEL_KINDS)
+            raise ConfigError(f"job kind {kind!r} is not allowed; choose one of {allowed}")
+        self.kind = JobKind(kind)
         self.train = tuple(train)
         self.validation = tuple(validation)
         self.classes = tuple(classes)
@@ -129,7 +129,7 @@ class LabelledImages:
                     f"{self.train[0].name!r} has {self.in_channels}: pass channels=(...) to read "
                     "the same channels from every file"
                 )
-        if kind == "label":
+        if self.kind is JobKind.LABEL:
             if len(self.classes) < 2:
                 raise ConfigError(f"a label job needs at least two classes, got {self.classes}")
             for item in (*self.train, *self.validation):
@@ -138,7 +138,7 @@ class LabelledImages:
                         f"image {item.name!r}: label {item.target!r} is not a class index "
                         f"0..{len(self.classes) - 1}"
                     )
-        self.out_channels = len(self.classes) if kind == "label" else 1
+        self.out_channels = len(self.classes) if self.kind is JobKind.LABEL else 1
 
     @classmethod
     def from_class_folders(
@@ -174,7 +174,7 @@ class LabelledImages:
             return items
 
         validation = read(Path(validation_folder)) if validation_folder is not None else []
-        return cls("label", read(root), validation, classes=classes, colourspace=colourspace)
+        return cls(JobKind.LABEL, read(root), validation, classes=classes, colourspace=colourspace)
 
     @classmethod
     def from_value_table(
@@ -191,7 +191,7 @@ class LabelledImages:
             return [_read(path.parent / name, value, channels) for name, value in _read_table(path)]
 
         validation = read(Path(validation_table)) if validation_table is not None else []
-        return cls("number", read(Path(table)), validation, colourspace=colourspace)
+        return cls(JobKind.NUMBER, read(Path(table)), validation, colourspace=colourspace)
 
     def describe(self) -> list[dict[str, Any]]:
         """Return every image as plain data, training images first, each with its ``split``

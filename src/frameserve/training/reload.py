@@ -8,6 +8,7 @@ from typing import Any
 from frameserve.errors import ConfigError
 from frameserve.media.imageio import read_image
 from frameserve.training.data import FramePair, ImagePairs
+from frameserve.training.kinds import JobKind
 from frameserve.training.labels import LabelledImage, LabelledImages
 
 __all__ = ["reload_data"]
@@ -38,7 +39,7 @@ def reload_data(task: dict[str, Any]) -> ImagePairs | LabelledImages:
         )
     train = [f for f in frames if f["split"] == "train"]
     validation = [f for f in frames if f["split"] == "validation"]
-    if task["kind"] == "image":
+    if task["kind"] == JobKind.IMAGE:
         return ImagePairs(
             [_pair(f) for f in train],
             [_pair(f) for f in validation],

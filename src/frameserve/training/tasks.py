@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from frameserve.engine.tiling import pad_reflect
+from frameserve.errors import ConfigError
 from frameserve.training.augment import Augmentation
 from frameserve.training.data import ImagePairs, fixed_crops, sample_crops
+from frameserve.training.kinds import JobKind
 from frameserve.training.labels import LabelledImages
-from frameserve.training.networks import NetworkSpec
+from frameserve.training.networks import RESTORATION_KINDS, NetworkSpec, network_size_multiple
 from frameserve.training.settings import TrainingSettings
 
 __all__ = ["Batch", "ImageTask", "LabelTask", "TrainingTask", "task_for"]
@@ -34,7 +36,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class TrainingTask(ABC):
     """The job-specific half of training (the trainer is the other half)."""
 
-    kind: str
+    kind: JobKind
     colourspace: str
     in_channels: int
     out_channels: int
@@ -76,11 +78,59 @@ class TrainingTask(ABC):
     def describe(self) -> dict[str, Any]:
         """Return the task as plain data: kind, channels, classes, colourspace and frames."""
 
+    def check_network(self, network: NetworkSpec, settings: TrainingSettings) -> None:
+        """Check that this task can train ``network`` given instead of its own.
+
+        Raises:
+            ConfigError: ``network`` is not a restoration network, the job is not an image
+                job, its channels differ from the data's, or the crop is not a multiple of its
+                size multiple.
+        """
+        kinds = " or ".join(repr(kind) for kind in RESTORATION_KINDS)
+        if network.kind not in RESTORATION_KINDS:
+            raise ConfigError(
+                f"a network of kind {network.kind!r} cannot be given; give one of kind {kinds}, "
+                "or none to train the U-Net the settings name"
+            )
+        if self.kind is not JobKind.IMAGE:
+            raise ConfigError(
+                f"a {network.kind!r} network trains on image jobs; this is a {self.kind} job"
+            )
+        channels = (self.in_channels, self.out_channels)
+        if (network.in_channels, network.out_channels) != channels:
+            raise ConfigError(
+                f"the network takes {network.in_channels} and gives {network.out_channels} "
+                f"channels; the data has {channels[0]} in and {channels[1]} out"
+            )
+        multiple = network_size_multiple(network)
+        if settings.crop_size % multiple:
+            raise ConfigError(
+                f"training setting 'crop_size': {settings.crop_size} is not a multiple of "
+                f"{multiple}, the size multiple of the {network.kind!r} {network.size!r} network"
+            )
+
+    def check_same_frames(self, saved: list[dict[str, Any]], job: str) -> None:
+        """Check that the data is the frames job ``job`` trained on (``saved``: as described).
+
+        Raises:
+            ConfigError: frames were added, removed or changed (the message names them).
+        """
+        now = self.describe()["frames"]
+        if [f["digest"] for f in now] != [f["digest"] for f in saved]:
+            changed = [
+                s["name"] for s, n in zip(saved, now, strict=False) if s["digest"] != n["digest"]
+            ]
+            raise ConfigError(
+                f"the data differs from what job {job!r} trained on "
+                f"({len(saved)} frames saved, {len(now)} given; changed: "
+                f"{', '.join(changed) or 'none'}); start a new job to train on other frames"
+            )
+
 
 class ImageTask(TrainingTask):
     """An image-to-image job: random crops of frame pairs, L1/L2 loss on pixels."""
 
-    kind = "image"
+    kind = JobKind.IMAGE
 
     def __init__(self, data: ImagePairs) -> None:
         self.data = data
@@ -153,7 +203,7 @@ class ImageTask(TrainingTask):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "classes": [],
@@ -187,7 +237,7 @@ class LabelTask(TrainingTask):
         )
 
     def prepare(self, network: nn.Module) -> None:
-        if self.kind != "number":
+        if self.kind is not JobKind.NUMBER:
             return
         values = torch.tensor([item.target for item in self.data.train], dtype=torch.float32)
         spread = float(values.std()) if len(values) > 1 else 0.0
@@ -207,7 +257,7 @@ class LabelTask(TrainingTask):
     def loss(
         self, network: nn.Module, prediction: torch.Tensor, target: torch.Tensor, loss: str
     ) -> torch.Tensor:
-        if self.kind == "label":
+        if self.kind is JobKind.LABEL:
             return F.cross_entropy(prediction, target.long())
         scale, offset = _buffer(network, "output_scale"), _buffer(network, "output_offset")
         return _pixel_loss((prediction - offset) / scale, (target[:, None] - offset) / scale, loss)
@@ -218,7 +268,7 @@ class LabelTask(TrainingTask):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "classes": list(self.data.classes),

@@ -1,4 +1,8 @@
-"""The trainer: runs a job step by step, reports progress, saves checkpoints and contact sheets.
+"""The trainer: builds or resumes a job's network and trains it step by step.
+
+After each step it does what is due (validation, a contact sheet, a checkpoint) and reports a
+:class:`~frameserve.training.progress.TrainingProgress`; what differs between image, label
+and number jobs is the task's (:mod:`frameserve.training.tasks`).
 
 ::
 
@@ -42,8 +46,10 @@ the same degradation again. Deep networks without normalisation train faster at 
 rates that a rare batch would make diverge: ``TrainingSettings(gradient_clip=...)`` clips each
 step's gradient norm before the Adam step.
 
-**Crash-safe.** Checkpoints are written atomically (:mod:`frameserve.training.checkpoints`):
-a process killed with ``kill -9`` loses the steps since the last checkpoint, never a file.
+**Crash-safe.** Checkpoints are written atomically (:mod:`frameserve.media.atomic`): a
+process killed with ``kill -9`` loses the steps since the last checkpoint, never a file. The
+temporary files of the writes it never finished are removed when the job is next built or
+resumed (:func:`~frameserve.media.atomic.remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -52,10 +58,7 @@ import dataclasses
 import logging
 import math
 import os
-import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,73 +68,23 @@ from torch import nn
 
 from frameserve.engine.devices import resolve_device
 from frameserve.errors import ConfigError
+from frameserve.media.atomic import remove_leftovers
 from frameserve.training import checkpoints
 from frameserve.training.contact_sheet import write_contact_sheet
 from frameserve.training.data import ImagePairs
 from frameserve.training.degradations import Degradation, DegradedTask
 from frameserve.training.labels import LabelledImages
-from frameserve.training.networks import (
-    RESTORATION_KINDS,
-    NetworkSpec,
-    build_network,
-    network_size_multiple,
-)
+from frameserve.training.networks import RESTORATION_KINDS, NetworkSpec, build_network
+from frameserve.training.progress import ProgressCallback, StepClock, TrainingProgress
 from frameserve.training.reload import reload_data
 from frameserve.training.settings import TrainingSettings
 from frameserve.training.tasks import Batch, TrainingTask, task_for
 
-__all__ = ["ProgressCallback", "Trainer", "TrainingProgress"]
+__all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 
 _SMOOTHING = 0.9  # of the running training loss
-_RATE_WINDOW = 20  # steps the speed is measured over
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainingProgress:
-    """Where a job stands after a step.
-
-    Attributes:
-        step / total_steps: steps done, and of the whole job.
-        loss: this step's training loss.
-        train_loss: the training loss smoothed over the last steps.
-        validation_loss: the latest validation loss (``None``: none yet, or no validation data).
-        learning_rate: the rate this step used.
-        steps_per_second: over the last steps, checkpoints and validation included.
-        eta_seconds: time left at that speed.
-        elapsed_seconds: training time of the job so far, across resumes.
-        checkpoint / contact_sheet: the file written at this step, if any.
-    """
-
-    step: int
-    total_steps: int
-    loss: float
-    train_loss: float
-    validation_loss: float | None
-    learning_rate: float
-    steps_per_second: float
-    eta_seconds: float
-    elapsed_seconds: float
-    checkpoint: Path | None = None
-    contact_sheet: Path | None = None
-
-    @property
-    def finished(self) -> bool:
-        """Whether the job has done all its steps."""
-        return self.step >= self.total_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the progress as JSON-friendly data (paths as text, an unknown ETA as None)."""
-        data = dataclasses.asdict(self)
-        data["finished"] = self.finished
-        data["eta_seconds"] = self.eta_seconds if math.isfinite(self.eta_seconds) else None
-        for name in ("checkpoint", "contact_sheet"):
-            data[name] = None if data[name] is None else str(data[name])
-        return data
-
-
-ProgressCallback = Callable[[TrainingProgress], object]
 
 
 class Trainer:
@@ -236,7 +189,7 @@ class Trainer:
             other_network=saved_network if saved_network.kind in RESTORATION_KINDS else None,
             degradation=degradation,
         )
-        trainer._check_same_frames(payload["task"]["frames"])
+        trainer.task.check_same_frames(payload["task"]["frames"], trainer.name)
         trainer._restore(payload)
         checkpoints.write_job_file(job, trainer._description())
         logger.info("resumed job %r at step %d from %s", trainer.name, trainer.step_count, path)
@@ -266,7 +219,7 @@ class Trainer:
         self.device = resolve_device(settings.device)
         self.network_spec: NetworkSpec = self.task.network_spec(settings)
         if other_network is not None:
-            self._check_network(other_network, settings)
+            self.task.check_network(other_network, settings)
             self.network_spec = other_network
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
@@ -276,47 +229,22 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=settings.learning_rate)
         self.rng = np.random.default_rng(settings.seed)
         self.step_count = 0
-        self._elapsed = 0.0
+        self._clock = StepClock()
         self._train_loss = math.nan
         self._validation_loss: float | None = None
         self._validation: list[Batch] | None = None
         self._sheet: Batch | bool | None = False  # False: not drawn yet
-        self._times: deque[tuple[float, int]] = deque(maxlen=_RATE_WINDOW + 1)
         self._last_saved = -1
         self._should_stop: Callable[[], bool] | None = None
         job_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.remove_temporaries(job_dir)
-
-    def _check_network(self, network: NetworkSpec, settings: TrainingSettings) -> None:
-        kinds = " or ".join(repr(kind) for kind in RESTORATION_KINDS)
-        if network.kind not in RESTORATION_KINDS:
-            raise ConfigError(
-                f"a network of kind {network.kind!r} cannot be given; give one of kind {kinds}, "
-                "or none to train the U-Net the settings name"
-            )
-        if self.task.kind != "image":
-            raise ConfigError(
-                f"a {network.kind!r} network trains on image jobs; this is a {self.task.kind} job"
-            )
-        channels = (self.task.in_channels, self.task.out_channels)
-        if (network.in_channels, network.out_channels) != channels:
-            raise ConfigError(
-                f"the network takes {network.in_channels} and gives {network.out_channels} "
-                f"channels; the data has {channels[0]} in and {channels[1]} out"
-            )
-        multiple = network_size_multiple(network)
-        if settings.crop_size % multiple:
-            raise ConfigError(
-                f"training setting 'crop_size': {settings.crop_size} is not a multiple of "
-                f"{multiple}, the size multiple of the {network.kind!r} {network.size!r} network"
-            )
+        remove_leftovers(job_dir, recursive=True)  # of a write a killed process never finished
 
     def _restore(self, payload: dict[str, Any]) -> None:
         self.network.load_state_dict(payload["network_state"])
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.rng.bit_generator.state = payload["rng_state"]
         self.step_count = int(payload["step"])
-        self._elapsed = float(payload["elapsed_seconds"])
+        self._clock.elapsed = float(payload["elapsed_seconds"])
         self._train_loss = float(payload["train_loss"])
         self._validation_loss = payload["validation_loss"]
         self._last_saved = self.step_count
@@ -328,18 +256,6 @@ class Trainer:
                 self.name,
                 threads,
                 torch.get_num_threads(),
-            )
-
-    def _check_same_frames(self, saved: list[dict[str, Any]]) -> None:
-        now = self.task.describe()["frames"]
-        if [f["digest"] for f in now] != [f["digest"] for f in saved]:
-            changed = [
-                s["name"] for s, n in zip(saved, now, strict=False) if s["digest"] != n["digest"]
-            ]
-            raise ConfigError(
-                f"the data differs from what job {self.name!r} trained on "
-                f"({len(saved)} frames saved, {len(now)} given; changed: "
-                f"{', '.join(changed) or 'none'}); start a new job to train on other frames"
             )
 
     @property
@@ -358,9 +274,7 @@ class Trainer:
         """
         if self.finished:
             raise ConfigError(f"job {self.name!r} has done all its {self.settings.steps} steps")
-        started = time.perf_counter()
-        if not self._times:
-            self._times.append((started, self.step_count))
+        started = self._clock.start(self.step_count)
         rate = self.settings.learning_rate_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
@@ -396,9 +310,7 @@ class Trainer:
             and self.step_count % self.settings.checkpoint_interval == 0
         ):
             checkpoint = self.save_checkpoint()
-        now = time.perf_counter()
-        self._elapsed += now - started
-        self._times.append((now, self.step_count))
+        self._clock.stop(started, self.step_count)
         progress = self._progress(value, rate, checkpoint, sheet)
         if self.on_progress is not None:
             self.on_progress(progress)
@@ -418,7 +330,7 @@ class Trainer:
             end = min(end, self.step_count + steps)
         progress = None
         self._should_stop = should_stop
-        self._times.clear()
+        self._clock.restart()
         try:
             while self.step_count < end:
                 if should_stop is not None and should_stop():
@@ -491,7 +403,7 @@ class Trainer:
             "network_state": self.network.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "rng_state": self.rng.bit_generator.state,
-            "elapsed_seconds": self._elapsed,
+            "elapsed_seconds": self._clock.elapsed,
             "train_loss": self._train_loss,
             "validation_loss": self._validation_loss,
             "torch_version": str(torch.__version__),
@@ -526,8 +438,7 @@ class Trainer:
     def _progress(
         self, loss: float, rate: float, checkpoint: Path | None, sheet: Path | None
     ) -> TrainingProgress:
-        (first_time, first_step), (last_time, last_step) = self._times[0], self._times[-1]
-        speed = (last_step - first_step) / max(last_time - first_time, 1e-9)
+        speed = self._clock.steps_per_second
         remaining = self.settings.steps - self.step_count
         return TrainingProgress(
             step=self.step_count,
@@ -538,7 +449,7 @@ class Trainer:
             learning_rate=rate,
             steps_per_second=speed,
             eta_seconds=remaining / speed if speed > 0 else math.inf,
-            elapsed_seconds=self._elapsed,
+            elapsed_seconds=self._clock.elapsed,
             checkpoint=checkpoint,
             contact_sheet=sheet,
         )

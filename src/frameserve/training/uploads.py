@@ -21,10 +21,12 @@ file uploaded twice is stored once, and a client that hashes a file can ask whet
 has it already (:meth:`UploadStore.get`) before sending it.
 
 **On disk.** ``folder/ID/NAME`` holds the bytes and ``folder/ID/upload.json`` what was read
-from them. An upload is written into a hidden ``folder/.tmp-*`` folder, flushed, checked, then
-renamed to ``folder/ID`` in one step: a reader (or a process killed at any moment) sees the
-whole upload or none of it, and hidden leftovers of killed writes are removed by
-:meth:`UploadStore.prune`.
+from them. An upload is staged in a hidden folder named as :mod:`frameserve.media.atomic`
+names temporary files (``folder/.upload.tmp-PID-RANDOM``), its files written atomically and
+flushed, checked, then renamed to ``folder/ID`` in one step: a reader (or a process killed at
+any moment) sees the whole upload or none of it. :meth:`UploadStore.prune` removes the staging
+folders of killed writes once they are an hour old, and the temporary files that killed writes
+left in the store (:func:`~frameserve.media.atomic.remove_leftovers`).
 
 **Lifetime.** A job that names an upload gets its own hard link to the file (a copy where the
 file system has no links) in its job folder, so the job can be resumed after the upload is
@@ -41,7 +43,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 import threading
 import time
@@ -57,6 +58,13 @@ from frameserve.errors import (
     StorageFullError,
     UploadError,
     UploadNotFoundError,
+)
+from frameserve.media.atomic import (
+    is_temporary,
+    remove_leftovers,
+    sync_folder,
+    temporary_path,
+    write_bytes_atomically,
 )
 from frameserve.media.imageio import read_image
 
@@ -96,8 +104,9 @@ UPLOAD_EXTENSIONS = tuple(sorted(_SIGNATURES))
 _ID = re.compile(r"[0-9a-f]{32}\Z")
 _FILENAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-+ ]{0,199}\Z")
 _RECORD = "upload.json"
-_TEMPORARY = ".tmp-"
-_LEFTOVER_AGE = 3600.0  # a hidden folder this old is a killed write, not one in progress
+_STAGING = "upload"  # staging folders are named like temporary files: .upload.tmp-PID-RANDOM
+_OLD_STAGING = ".tmp-"  # how earlier versions named staging folders
+_LEFTOVER_AGE = 3600.0  # a staging folder this old is a killed write, not one in progress
 
 
 @dataclass(frozen=True)
@@ -201,19 +210,20 @@ class UploadStore:
         _check_signature(view, filename)
         identity = upload_id(view)
         self.prune()
-        existing = self._refresh(identity)
+        with self._lock:
+            existing = self._refresh(identity)
         if existing is not None:
             return existing, False
         self.folder.mkdir(parents=True, exist_ok=True)
-        staging = self.folder / f"{_TEMPORARY}{secrets.token_hex(6)}"
+        staging = temporary_path(self.folder / _STAGING)
         staging.mkdir()
         try:
             path = staging / filename
-            _write_synced(path, view)
+            write_bytes_atomically(path, view)
             width, height, channels = _decode(path, filename)
             record = {"filename": filename, "size": size, "width": width, "height": height}
             record.update(channels=list(channels), uploaded=time.time())
-            _write_synced(staging / _RECORD, json.dumps(record).encode())
+            write_bytes_atomically(staging / _RECORD, json.dumps(record).encode())
             with self._lock:
                 existing = self._refresh(identity)
                 if existing is not None:  # the same bytes arrived meanwhile
@@ -231,7 +241,7 @@ class UploadStore:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        _sync_folder(self.folder)
+        sync_folder(self.folder)
         logger.info("upload %s: %s (%d bytes, %dx%d)", identity, filename, size, width, height)
         return self.get(identity), True
 
@@ -242,7 +252,7 @@ class UploadStore:
             UploadNotFoundError: no such upload.
         """
         upload = self.get(identity)
-        hidden = self.folder / f"{_TEMPORARY}{secrets.token_hex(6)}"
+        hidden = temporary_path(self.folder / _STAGING)
         with self._lock:
             try:
                 os.rename(upload.path.parent, hidden)  # gone at once, however long the delete
@@ -283,8 +293,9 @@ class UploadStore:
                     removed += 1
                     logger.info("upload %s (%s) aged out", upload.id, upload.filename)
         stored = {upload.id for upload in self.uploads()}
+        remove_leftovers(self.folder, recursive=True)
         for leftover in _children(self.folder, "*"):
-            killed_write = leftover.name.startswith(_TEMPORARY)
+            killed_write = is_temporary(leftover) or leftover.name.startswith(_OLD_STAGING)
             unreadable = bool(_ID.match(leftover.name)) and leftover.name not in stored
             if not (killed_write or unreadable):
                 continue
@@ -316,16 +327,17 @@ class UploadStore:
         return sorted((u for u in found if u is not None), key=lambda u: u.uploaded)
 
     def _refresh(self, identity: str) -> Upload | None:
-        """Restart the age of upload ``identity`` if it is stored; return it."""
+        """Restart the age of upload ``identity`` if it is stored; return it.
+
+        The caller holds the lock, so the upload is not deleted between the read and the
+        write (which would make its folder again, holding only the record).
+        """
         folder = self.folder / identity
         record = folder / _RECORD
         try:
             data = json.loads(record.read_text(encoding="utf-8"))
             data["uploaded"] = time.time()
-            text = json.dumps(data)
-            temporary = folder / f".{_RECORD}.{secrets.token_hex(4)}"
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, record)
+            write_bytes_atomically(record, json.dumps(data).encode())
         except (OSError, ValueError):
             return None
         return _read(folder)
@@ -408,24 +420,3 @@ def _not_found(identity: str) -> UploadNotFoundError:
 
 def _children(folder: Path, pattern: str) -> Iterator[Path]:
     return folder.glob(pattern) if folder.is_dir() else iter(())
-
-
-def _write_synced(path: Path, data: bytes | memoryview) -> None:
-    with open(path, "wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a rename in ``folder`` to disk (where the system allows it)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -1,13 +1,33 @@
 """Training jobs on a server: the queue, the job records on disk, and serving jobs as models.
 
-The trainer itself is :mod:`frameserve.training`; this package runs it for many clients::
+The trainer itself is :mod:`frameserve.training`; this package runs it for many clients. The
+names the front doors and commands use::
 
-    from frameserve.training.jobs import LabelSource, TrainingJobs
+    from frameserve.training.jobs import JobState, LabelSource, TrainingJobs
+
+================  ==========================================================================
+``queue``         :class:`TrainingJobs`: workers per device, submit, cancel, resume, delete
+``store``         each job's ``queue.json`` record, read back after a restart; deletions
+``status``        :class:`JobStatus`: what a job's status says
+``serving``       each job served as a model (a registry provider per job)
+``data``          what a job learns from (files, uploads, label folders, value tables)
+================  ==========================================================================
 """
 
 from __future__ import annotations
 
 from frameserve.training.jobs.data import FrameSource, LabelSource, PathPairs
-from frameserve.training.jobs.queue import JobStatus, TrainingJobs
+from frameserve.training.jobs.queue import TrainingJobs
+from frameserve.training.jobs.status import JobStatus
+from frameserve.training.jobs.store import JobState
+from frameserve.training.kinds import JobKind
 
-__all__ = ["FrameSource", "JobStatus", "LabelSource", "PathPairs", "TrainingJobs"]
+__all__ = [
+    "FrameSource",
+    "JobKind",
+    "JobState",
+    "JobStatus",
+    "LabelSource",
+    "PathPairs",
+    "TrainingJobs",
+]

@@ -30,6 +30,7 @@ from typing import Any, TypeAlias
 
 from frameserve.errors import ConfigError
 from frameserve.training import ImagePairs, LabelledImages
+from frameserve.training.kinds import JobKind
 from frameserve.training.uploads import UploadedFrame, UploadStore
 
 __all__ = [
@@ -71,9 +72,9 @@ class LabelSource:
             ConfigError: an unknown kind, or files that do not make a job.
             ImageIOError: an unreadable image.
         """
-        if self.kind == "label":
+        if self.kind == JobKind.LABEL:
             return LabelledImages.from_class_folders(self.path, validation_folder=self.validation)
-        if self.kind == "number":
+        if self.kind == JobKind.NUMBER:
             return LabelledImages.from_value_table(self.path, validation_table=self.validation)
         raise ConfigError(f"job kind {self.kind!r} is not allowed; choose 'label' or 'number'")
 
@@ -97,7 +98,7 @@ def read_job_data(
     if isinstance(data, ImagePairs | LabelledImages):
         return None, data
     if isinstance(data, LabelSource):
-        source = {"kind": data.kind, "path": data.path, "validation": data.validation}
+        source = {"kind": str(data.kind), "path": data.path, "validation": data.validation}
         return source, data.read()
     if not data:
         raise ConfigError("a training job needs at least one (input, target) pair")
@@ -108,7 +109,7 @@ def read_job_data(
         return os.fspath(frame)
 
     files = {
-        "kind": "image",
+        "kind": JobKind.IMAGE.value,
         "train": [[path(a), path(b)] for a, b in data],
         "validation": [[path(a), path(b)] for a, b in validation],
     }
@@ -122,8 +123,8 @@ def reread_job_data(files: dict[str, Any]) -> ImagePairs | LabelledImages:
         ConfigError: files that no longer make a job.
         ImageIOError: a frame that is gone or unreadable.
     """
-    kind = files.get("kind", "image")
-    if kind == "image":
+    kind = files.get("kind", JobKind.IMAGE)
+    if kind == JobKind.IMAGE:
         return ImagePairs.from_files(
             [(a, b) for a, b in files["train"]], [(a, b) for a, b in files["validation"]]
         )

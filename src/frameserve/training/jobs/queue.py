@@ -10,34 +10,22 @@
     jobs.cancel("degrain")             # stops before its next step (a checkpoint is saved)
     jobs.resume("degrain")             # goes on from the newest checkpoint
 
-**Folder.** Each job lives in ``jobs_folder/NAME`` (the trainer's job folder, see
-:mod:`frameserve.training.checkpoints`) plus ``queue.json``: its state, its frame files, its
-settings, its device and its last saved progress. Frames uploaded over HTTP
-(:mod:`frameserve.training.uploads`, in ``jobs_folder/.uploads``) that a job names are linked into
-``NAME/frames/``, so the job keeps them after the upload ages out. A new :class:`TrainingJobs`
-on the same folder lists every job again; jobs that were queued or running when the server
-stopped are queued again and resume from their newest checkpoint. Jobs submitted as arrays
-cannot be read again after a restart; they fail then.
+Each job has a folder and a record in the jobs folder (:mod:`frameserve.training.jobs.store`);
+frames uploaded over HTTP (:mod:`frameserve.training.uploads`, in ``jobs_folder/.uploads``)
+that a job names are linked into its folder (:mod:`frameserve.training.jobs.data`), and each
+job is served as a model from submission on (:mod:`frameserve.training.jobs.serving`). A new
+:class:`TrainingJobs` on the same folder lists every job again; jobs that were queued or
+running when the server stopped are queued again and resume from their newest checkpoint.
+Jobs submitted as arrays cannot be read again after a restart; they fail then.
 
-**Kinds.** Image-to-image jobs learn ``(input, target)`` pairs of files (or arrays); label and
-number jobs learn from a folder of class folders or a table of file → value
-(:class:`LabelSource`); :mod:`frameserve.training.jobs.data` reads them and says what the record
-keeps.
-
-**States.** ``queued`` → ``running`` → ``done`` | ``failed`` | ``cancelled``; ``resume`` queues
-a cancelled, failed or done job again (``steps`` may extend it).
+**States** (:class:`~frameserve.training.jobs.store.JobState`). ``queued`` → ``running`` →
+``done`` | ``failed`` | ``cancelled``; ``resume`` queues a cancelled, failed or done job again
+(``steps`` may extend it).
 
 **Devices.** A job's device (its ``device`` setting) is resolved when it is queued —
 ``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``, ``"cuda"`` the current GPU — and kept in the
 job's record; each resolved device has one queue and one worker thread, so two jobs never
 train on one device at once, whatever names they gave it.
-
-**Serving.** Each job is a model (id :func:`~frameserve.training.model_id_for` its name) from a
-registry provider named ``training:NAME``, listed from submission on (the trainer is
-built then, which also checks the settings against the frames), with a ``checkpoint``
-knob. The provider is refreshed whenever a checkpoint is written or the state changes, and its
-token holds the newest checkpoint's step, so cached results of an older network are never
-served.
 
 **Yielding to inference.** Training shares the machine with interactive requests. After each
 step, while ``busy()`` says interactive work is waiting, the worker sleeps in short naps (at
@@ -52,21 +40,15 @@ checkpoint of the steps done is written.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
-from typing import Any
 
-from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.devices import resolve_device
 from frameserve.errors import ConfigError, JobConflictError, JobNotFoundError
@@ -77,104 +59,36 @@ from frameserve.training import (
     TrainingProgress,
     TrainingSettings,
     list_checkpoints,
-    model_id_for,
-    trained_model_class,
 )
-from frameserve.training.checkpoints import CONTACT_SHEET_FOLDER, JOB_FILE, write_atomically
-from frameserve.training.jobs.data import (
-    FrameSource,
-    JobData,
-    LabelSource,
-    PathPairs,
-    read_job_data,
-    reread_job_data,
+from frameserve.training.checkpoints import CONTACT_SHEET_FOLDER
+from frameserve.training.jobs.data import JobData, PathPairs, read_job_data, reread_job_data
+from frameserve.training.jobs.serving import JobModels
+from frameserve.training.jobs.status import JobStatus, job_status
+from frameserve.training.jobs.store import (
+    JobRecord,
+    JobState,
+    check_job_name,
+    hide_job_folder,
+    load_records,
 )
 from frameserve.training.uploads import DEFAULT_MAX_FILE_BYTES, UploadStore
 
-__all__ = [
-    "MAX_YIELD_SECONDS",
-    "STATES",
-    "UPLOADS_FOLDER",
-    "FrameSource",
-    "JobStatus",
-    "LabelSource",
-    "TrainingJobs",
-]
+__all__ = ["MAX_YIELD_SECONDS", "UPLOADS_FOLDER", "TrainingJobs"]
 
 logger = logging.getLogger(__name__)
 
-#: Job states, in the order a job goes through them.
-STATES = ("queued", "running", "done", "failed", "cancelled")
 #: The longest a training step waits for interactive work to drain.
 MAX_YIELD_SECONDS = 1.0
-QUEUE_FILE = "queue.json"
 #: Where uploads wait in the jobs folder (a name no job can have).
 UPLOADS_FOLDER = ".uploads"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _NAP = 0.02
-_DELETED = ".deleted-"
-
-
-@dataclass(frozen=True, kw_only=True)
-class JobStatus:
-    """Where one job stands (a snapshot).
-
-    Attributes:
-        name / model_id: the job, and the model serving it.
-        kind: ``"image"``, ``"label"`` or ``"number"``.
-        state: one of :data:`STATES`.
-        device: the device it trains on (resolved: ``"cpu"``, ``"cuda:0"``).
-        step / total_steps: steps done and planned.
-        loss / validation_loss: smoothed training loss and latest validation loss (or None).
-        steps_per_second: speed over the last steps (0: not measured yet).
-        eta_seconds: time left while it runs (``None``: unknown, or not running).
-        elapsed_seconds: training time so far, across resumes.
-        checkpoints: the saved checkpoints' names, oldest first.
-        error: why the job failed (``None`` otherwise).
-    """
-
-    name: str
-    model_id: str
-    kind: str
-    state: str
-    device: str
-    step: int
-    total_steps: int
-    loss: float | None
-    validation_loss: float | None
-    steps_per_second: float
-    eta_seconds: float | None
-    elapsed_seconds: float
-    checkpoints: tuple[str, ...]
-    error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return plain JSON-ready data."""
-        return {
-            "name": self.name,
-            "model_id": self.model_id,
-            "kind": self.kind,
-            "state": self.state,
-            "device": self.device,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "loss": self.loss,
-            "validation_loss": self.validation_loss,
-            "steps_per_second": self.steps_per_second,
-            "eta_seconds": self.eta_seconds,
-            "elapsed_seconds": self.elapsed_seconds,
-            "checkpoints": list(self.checkpoints),
-            "error": self.error,
-        }
 
 
 class _Job:
-    """One job's mutable state; guarded by :attr:`TrainingJobs._lock`."""
+    """One job in this process: its record and what runs it; guarded by the queue's lock."""
 
-    def __init__(self, name: str, folder: Path, record: dict[str, Any]) -> None:
-        self.name = name
-        self.folder = folder
-        self.record = record  # what queue.json holds
+    def __init__(self, record: JobRecord) -> None:
+        self.record = record
         self.data: ImagePairs | LabelledImages | None = None  # given as arrays (not stored)
         self.trainer: Trainer | None = None  # built at submission, before its first run
         self.cancel = threading.Event()
@@ -182,16 +96,16 @@ class _Job:
         self.finished = threading.Event()
 
     @property
-    def state(self) -> str:
-        return str(self.record["state"])
+    def name(self) -> str:
+        return self.record.name
 
     @property
-    def device(self) -> str:
-        return str(self.record.get("device") or self.record["settings"].get("device", "cpu"))
+    def folder(self) -> Path:
+        return self.record.folder
 
-    def save(self) -> None:
-        text = json.dumps(self.record, indent=2).encode()
-        write_atomically(self.folder / QUEUE_FILE, lambda stream: stream.write(text))
+    @property
+    def state(self) -> JobState:
+        return self.record.state
 
 
 class TrainingJobs:
@@ -217,17 +131,15 @@ class TrainingJobs:
         self.busy = busy or (lambda: False)
         #: Frames uploaded for jobs to come (:mod:`frameserve.training.uploads`).
         self.uploads = UploadStore(self.folder / UPLOADS_FOLDER, max_file_bytes=max_upload_bytes)
+        self._models = JobModels(registry)
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._reserved: set[str] = set()  # names being submitted
         self._queues: dict[str, Queue[str | None]] = {}
         self._workers: dict[str, threading.Thread] = {}
         self._closed = False
-        for record_path in sorted(self.folder.glob(f"*/{QUEUE_FILE}")):
-            if not record_path.parent.name.startswith("."):  # uploads, deletions under way
-                self._load(record_path)
-        for leftover in self.folder.glob(f"{_DELETED}*"):  # a delete the process never ended
-            shutil.rmtree(leftover, ignore_errors=True)
+        for record in load_records(self.folder):
+            self._load(record)
         self.uploads.prune()
 
     # -- public --------------------------------------------------------------------------------
@@ -244,8 +156,8 @@ class TrainingJobs:
 
         ``data`` is ``(input, target)`` pairs of image files (paths the server reads, or
         :class:`~frameserve.training.uploads.UploadedFrame` ids), with ``validation`` pairs alike;
-        or a :class:`LabelSource`; or arrays (:class:`ImagePairs`, :class:`LabelledImages`),
-        which are not kept across a restart.
+        or a :class:`~frameserve.training.jobs.data.LabelSource`; or arrays
+        (:class:`ImagePairs`, :class:`LabelledImages`), which are not kept across a restart.
 
         Raises:
             ConfigError: a bad name, settings that do not fit the data, an unavailable device.
@@ -253,11 +165,7 @@ class TrainingJobs:
             UploadNotFoundError: an upload id that is not stored.
             JobConflictError: a job of that name exists.
         """
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(
-                f"job name {name!r} is not allowed; use 1-64 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit"
-            )
+        check_job_name(name)
         settings = settings or TrainingSettings()
         device = str(resolve_device(settings.device))
         folder = self.folder / name
@@ -278,15 +186,21 @@ class TrainingJobs:
             with self._lock:
                 self._reserved.discard(name)
             raise
-        record: dict[str, Any] = {"name": name, "state": "queued", "error": None}
-        record.update(files=files, settings=settings.to_dict(), device=device)
-        job = _Job(name, folder, record)
+        record = JobRecord(
+            folder=folder,
+            name=name,
+            state=JobState.QUEUED,
+            files=files,
+            settings=settings.to_dict(),
+            device=device,
+        )
+        job = _Job(record)
         job.data, job.trainer = loaded, trainer
         with self._lock:
-            job.save()
+            record.save()
             self._jobs[name] = job
             self._reserved.discard(name)
-        self._serve(job)  # listed from now on
+        self._models.add(record)  # listed from now on
         self._enqueue(job)
         logger.info("training job %r queued on %s (%d steps)", name, device, settings.steps)
         return self.status(name)
@@ -306,41 +220,8 @@ class TrainingJobs:
         job = self._job(name)
         saved = list_checkpoints(job.folder)
         with self._lock:
-            progress, record = job.progress, dict(job.record)
-        last = record.get("progress") or {}
-        state = str(record["state"])
-        loss: float | None
-        validation_loss: float | None
-        if progress is not None:
-            step, speed, elapsed = (
-                progress.step,
-                progress.steps_per_second,
-                progress.elapsed_seconds,
-            )
-            loss, validation_loss = progress.train_loss, progress.validation_loss
-        else:  # not run in this process yet: what the last checkpoint recorded
-            step = saved[-1].step if saved else 0
-            loss, validation_loss = last.get("loss"), last.get("validation_loss")
-            speed, elapsed = 0.0, float(last.get("elapsed_seconds", 0.0))
-        eta: float | None = None
-        if state == "running" and progress is not None and math.isfinite(progress.eta_seconds):
-            eta = progress.eta_seconds
-        return JobStatus(
-            name=name,
-            model_id=model_id_for(name),
-            kind=str((record.get("files") or {}).get("kind", "image")),
-            state=state,
-            device=job.device,
-            step=step,
-            total_steps=int(record["settings"]["steps"]),
-            loss=_finite(loss),
-            validation_loss=_finite(validation_loss),
-            steps_per_second=speed if math.isfinite(speed) else 0.0,
-            eta_seconds=eta,
-            elapsed_seconds=elapsed,
-            checkpoints=tuple(entry.name for entry in saved),
-            error=record.get("error"),
-        )
+            progress, record = job.progress, job.record.copy()
+        return job_status(record, progress, saved)
 
     def cancel(self, name: str, *, wait: float = 0.0) -> JobStatus:
         """Stop job ``name`` before its next step (a checkpoint of the steps done is saved).
@@ -354,12 +235,12 @@ class TrainingJobs:
         """
         job = self._job(name)
         with self._lock:
-            if job.state not in ("queued", "running"):
+            if not job.state.active:
                 raise JobConflictError(f"training job {name!r} is {job.state}, not running")
             job.cancel.set()
-            if job.state == "queued":
-                self._set_state(job, "cancelled")
-        self._refresh(job)
+            if job.state is JobState.QUEUED:
+                self._set_state(job, JobState.CANCELLED)
+        self._models.refresh(name)
         if wait > 0:
             job.finished.wait(wait)
         return self.status(name)
@@ -377,7 +258,7 @@ class TrainingJobs:
         """
         job = self._job(name)
         with self._lock:
-            if job.state in ("queued", "running"):
+            if job.state.active:
                 raise JobConflictError(f"training job {name!r} is {job.state} already")
             if steps is not None:
                 done = list_checkpoints(job.folder)
@@ -385,13 +266,13 @@ class TrainingJobs:
                     raise ConfigError(
                         f"'steps': {steps} is below the {done[-1].step} steps job {name!r} has done"
                     )
-                job.record["settings"] = TrainingSettings.from_dict(
-                    {**job.record["settings"], "steps": steps}
+                job.record.settings = TrainingSettings.from_dict(
+                    {**job.record.settings, "steps": steps}
                 ).to_dict()
             job.cancel.clear()
             job.progress = None
-            self._set_state(job, "queued")
-        self._refresh(job)
+            self._set_state(job, JobState.QUEUED)
+        self._models.refresh(name)
         self._enqueue(job)
         return self.status(name)
 
@@ -420,15 +301,13 @@ class TrainingJobs:
         """
         job = self._job(name)
         with self._lock:
-            if job.state in ("queued", "running"):
+            if job.state.active:
                 raise JobConflictError(
                     f"training job {name!r} is {job.state}; cancel it before deleting it"
                 )
             del self._jobs[name]
-            hidden = self.folder / f"{_DELETED}{name}-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(job.folder, hidden)  # gone at once: a restart does not list it again
-        if self.registry is not None:
-            self.registry.remove_provider(_provider(name))
+            hidden = hide_job_folder(job.folder)
+        self._models.remove(name)
         shutil.rmtree(hidden, ignore_errors=True)
         logger.info("training job %r deleted", name)
 
@@ -449,27 +328,26 @@ class TrainingJobs:
             job.cancel.set()
         for worker in workers:
             worker.join(timeout)
-        if self.registry is not None:
-            for job in jobs:
-                self.registry.remove_provider(_provider(job.name))
+        for job in jobs:
+            self._models.remove(job.name)
 
     # -- running -------------------------------------------------------------------------------
 
     def _enqueue(self, job: _Job) -> None:
         job.finished.clear()
         try:
-            device = str(resolve_device(job.record["settings"].get("device", "cpu")))
+            device = str(resolve_device(job.record.settings.get("device", "cpu")))
         except ConfigError as exc:  # a GPU gone since the job was submitted
             with self._lock:
-                job.record["error"] = str(exc)
-                self._set_state(job, "failed")
-            self._refresh(job)
+                job.record.error = str(exc)
+                self._set_state(job, JobState.FAILED)
+            self._models.refresh(job.name)
             job.finished.set()
             return
         with self._lock:
-            if job.record.get("device") != device:
-                job.record["device"] = device
-                job.save()
+            if job.record.device != device:
+                job.record.device = device
+                job.record.save()
             if device not in self._queues:
                 self._queues[device] = Queue()
                 worker = threading.Thread(
@@ -488,42 +366,42 @@ class TrainingJobs:
             if job is None:  # deleted while it waited
                 continue
             with self._lock:
-                if job.state != "queued" or self._closed:
+                if job.state is not JobState.QUEUED or self._closed:
                     job.finished.set()
                     continue
-                self._set_state(job, "running")
-            self._refresh(job)
+                self._set_state(job, JobState.RUNNING)
+            self._models.refresh(name)
             try:
                 trainer = self._trainer(job)
                 trainer.run(should_stop=job.cancel.is_set)
             except Exception as exc:  # a failing job is reported, the worker lives on
                 logger.exception("training job %r failed", name)
                 with self._lock:
-                    _remember(job)
-                    job.record["error"] = str(exc) or type(exc).__name__
-                    self._set_state(job, "failed")
+                    self._remember(job)
+                    job.record.error = str(exc) or type(exc).__name__
+                    self._set_state(job, JobState.FAILED)
             else:
                 with self._lock:
-                    _remember(job)  # the last checkpoint is of the last step run
+                    self._remember(job)  # the last checkpoint is of the last step run
                     if self._closed:
                         pass  # stays "running" on disk: queued again at the next start
                     elif job.cancel.is_set():
-                        self._set_state(job, "cancelled")
+                        self._set_state(job, JobState.CANCELLED)
                     else:
-                        self._set_state(job, "done")
-            self._refresh(job)
+                        self._set_state(job, JobState.DONE)
+            self._models.refresh(name)
             job.finished.set()
 
     def _trainer(self, job: _Job) -> Trainer:
-        settings = TrainingSettings.from_dict(job.record["settings"])
+        settings = TrainingSettings.from_dict(job.record.settings)
 
         def report(progress: TrainingProgress) -> None:
             with self._lock:
                 job.progress = progress
                 if progress.checkpoint is not None:
-                    _remember(job)
+                    self._remember(job)
             if progress.checkpoint is not None:
-                self._refresh(job)
+                self._models.refresh(job.name)
             waited = 0.0
             while waited < MAX_YIELD_SECONDS and not job.cancel.is_set() and self.busy():
                 time.sleep(_NAP)
@@ -533,28 +411,33 @@ class TrainingJobs:
             trainer, job.trainer = job.trainer, None
             trainer.on_progress = report
             return trainer
-        data = job.data
-        files = job.record["files"]
-        if data is None and files is None:
-            raise ConfigError(
-                f"training job {job.name!r} was given frames as arrays, which are not kept "
-                "across a server restart; submit it again"
-            )
-        if list_checkpoints(job.folder):
+        data, files = job.data, job.record.files
+        if list_checkpoints(job.folder):  # without data, it reads the files its checkpoint lists
+            if data is None and files is None:
+                raise _arrays_lost(job.name)
             return Trainer.resume(job.folder, data, on_progress=report, steps=settings.steps)
         if data is None:
+            if files is None:
+                raise _arrays_lost(job.name)
             data = reread_job_data(files)
         return Trainer(data, settings, job_dir=job.folder, name=job.name, on_progress=report)
 
-    # -- state and serving ---------------------------------------------------------------------
+    # -- state ---------------------------------------------------------------------------------
 
-    def _set_state(self, job: _Job, state: str) -> None:
+    def _set_state(self, job: _Job, state: JobState) -> None:
         """Record ``state`` (the caller holds the lock)."""
-        job.record["state"] = state
-        if state in ("queued", "running"):
-            job.record["error"] = None
-        job.save()
+        job.record.state = state
+        if state.active:
+            job.record.error = None
+        job.record.save()
         logger.info("training job %r: %s", job.name, state)
+
+    @staticmethod
+    def _remember(job: _Job) -> None:
+        """Keep the progress in the record (the caller holds the lock)."""
+        if job.progress is not None:
+            job.record.keep_progress(job.progress)
+            job.record.save()
 
     def _job(self, name: str) -> _Job:
         with self._lock:
@@ -563,58 +446,19 @@ class TrainingJobs:
             raise JobNotFoundError(f"no training job is called {name!r}")
         return job
 
-    def _load(self, record_path: Path) -> None:
-        try:
-            record = json.loads(record_path.read_text())
-            job = _Job(str(record["name"]), record_path.parent, record)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("skipping unreadable training job %s: %s", record_path, exc)
-            return
+    def _load(self, record: JobRecord) -> None:
+        job = _Job(record)
         self._jobs[job.name] = job
-        if job.state in ("queued", "running"):
-            job.record["state"] = "queued"
-            self._serve(job)
+        self._models.add(record)
+        if record.state.active:
+            record.state = JobState.QUEUED
             self._enqueue(job)
         else:
             job.finished.set()
-            self._serve(job)
-
-    def _serve(self, job: _Job) -> None:
-        if self.registry is not None:
-            self.registry.add_provider(_provider(job.name), lambda: self._entries(job))
-
-    def _refresh(self, job: _Job) -> None:
-        if self.registry is not None:
-            self.registry.refresh_provider(_provider(job.name))
-
-    def _entries(self, job: _Job) -> list[ModelEntry]:
-        if not (job.folder / JOB_FILE).is_file():
-            return []  # the trainer has not started yet
-        training = job.state in ("queued", "running")
-        model = trained_model_class(job.folder, model_id=model_id_for(job.name), training=training)
-        saved = list_checkpoints(job.folder)
-        newest = saved[-1].step if saved else -1
-        token = f"{job.state}:{newest}:{len(saved)}"
-        return [ModelEntry.from_class(model, source=f"training job {job.name}", token=token)]
 
 
-def _provider(name: str) -> str:
-    return f"training:{name}"
-
-
-def _remember(job: _Job) -> None:
-    """Keep the progress in the record (the caller holds the lock): a job listed after a
-    restart shows the loss of its last checkpoint until it runs again."""
-    progress = job.progress
-    if progress is not None:
-        job.record["progress"] = {
-            "step": progress.step,
-            "loss": _finite(progress.train_loss),
-            "validation_loss": _finite(progress.validation_loss),
-            "elapsed_seconds": progress.elapsed_seconds,
-        }
-        job.save()
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _arrays_lost(name: str) -> ConfigError:
+    return ConfigError(
+        f"training job {name!r} was given frames as arrays, which are not kept across a server "
+        "restart; submit it again"
+    )

@@ -1,0 +1,68 @@
+"""Serving training jobs as models: one registry provider per job, its entry from the job folder.
+
+Each job is a model (id :func:`~frameserve.training.model_id_for` its name) from a registry
+provider named ``training:NAME``, listed from submission on (the trainer is built then and
+writes ``job.json``), with a ``checkpoint`` knob (:func:`~frameserve.training.trained_model_class`).
+The queue refreshes the provider whenever a checkpoint is written or the state changes; the
+entry's token holds the state and the newest checkpoint's step, so cached results of an older
+network are never served::
+
+    models = JobModels(registry)           # None: jobs are not served
+    models.add(record)                     # reads record.state at every refresh
+    models.refresh(record.name)
+    models.remove(record.name)
+"""
+
+from __future__ import annotations
+
+from frameserve.catalogue.entries import ModelEntry
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.training.checkpoints import JOB_FILE, list_checkpoints
+from frameserve.training.inference import model_id_for, trained_model_class
+from frameserve.training.jobs.store import JobRecord
+
+__all__ = ["JobModels", "job_entries", "provider_name"]
+
+
+class JobModels:
+    """Adds, refreshes and removes the registry providers of training jobs.
+
+    Args:
+        registry: where the jobs are served (``None``: nowhere; every call does nothing).
+    """
+
+    def __init__(self, registry: ModelRegistry | None) -> None:
+        self.registry = registry
+
+    def add(self, record: JobRecord) -> None:
+        """Serve the job of ``record`` (its entry follows the record's state)."""
+        if self.registry is not None:
+            self.registry.add_provider(provider_name(record.name), lambda: job_entries(record))
+
+    def refresh(self, name: str) -> None:
+        """List job ``name``'s model again (a new checkpoint, or a new state)."""
+        if self.registry is not None:
+            self.registry.refresh_provider(provider_name(name))
+
+    def remove(self, name: str) -> None:
+        """Stop serving job ``name``."""
+        if self.registry is not None:
+            self.registry.remove_provider(provider_name(name))
+
+
+def job_entries(record: JobRecord) -> list[ModelEntry]:
+    """Return the model entry of the job of ``record`` (none before its trainer is built)."""
+    if not (record.folder / JOB_FILE).is_file():
+        return []
+    model = trained_model_class(
+        record.folder, model_id=model_id_for(record.name), training=record.state.active
+    )
+    saved = list_checkpoints(record.folder)
+    newest = saved[-1].step if saved else -1
+    token = f"{record.state}:{newest}:{len(saved)}"
+    return [ModelEntry.from_class(model, source=f"training job {record.name}", token=token)]
+
+
+def provider_name(name: str) -> str:
+    """Return the registry provider name of job ``name``."""
+    return f"training:{name}"
