@@ -424,12 +424,15 @@ def test_a_frame_of_the_wrong_form_is_a_frame_error(colour: ColourManager, frame
         colour.convert(frame, SCENE_LINEAR, "srgb")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_frame_on_the_gpu_comes_back_on_the_gpu(colour: ColourManager) -> None:
-    frame = torch.rand(4, 8, 8)
-    out = colour.convert(frame.cuda(), SCENE_LINEAR, "srgb")
-    assert out.device.type == "cuda"
+def test_a_frame_comes_back_on_the_device_it_came_from(
+    colour: ColourManager, device: torch.device
+) -> None:
+    frame = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(5))
+    out = colour.convert(frame.to(device), SCENE_LINEAR, "srgb")
+    assert out.device.type == device.type and out.dtype == torch.float32
     assert torch.equal(out.cpu(), colour.convert(frame, SCENE_LINEAR, "srgb"))
+    assert not torch.equal(out[:3].cpu(), frame[:3])  # converted, alpha copied as it is
+    assert torch.equal(out[3].cpu(), frame[3])
 
 
 # -- threads -----------------------------------------------------------------------------------

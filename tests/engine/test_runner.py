@@ -1,10 +1,15 @@
-"""Tests for the runner: batches, devices, precision, memory order and memory budget."""
+"""Tests for the runner: batches, devices, precision, memory order and memory budget.
+
+Tests that run models take the ``device`` fixture (``tests/support/devices.py``): each runs on
+the CPU and, where there is one, on CUDA, with the expectation written for each device.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import torch
 from frameserve import ChoiceKnob, ImageSpec, Model, Prediction
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.devices import (
+    allocated_bytes,
     default_memory_budget,
     is_out_of_memory,
     resolve_device,
@@ -34,8 +40,6 @@ from frameserve.serve.settings import ServerSettings
 from tests.support.paths import TEST_MODELS
 from tests.support.registries import registry_of
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 MIB = 1 << 20
 
 
@@ -45,10 +49,10 @@ def photo(height: int, width: int, *, name: str = "astronaut") -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1).contiguous()
 
 
-def request(runner: Runner, model_id: str, *frames: torch.Tensor, **knobs: object):
-    spec = runner.registry.get(model_id).spec
-    assert spec is not None
-    return build_request(spec, list(frames), knobs)
+def request(
+    runner: Runner, model_id: str, *frames: torch.Tensor, **knobs: object
+) -> InferenceRequest:
+    return build_request(runner.registry.get(model_id).spec, list(frames), knobs)
 
 
 def image_of(outcome: InferenceResult | FrameServeError) -> torch.Tensor:
@@ -64,8 +68,8 @@ def loaded_model(runner: Runner, model_id: str) -> Model:
 
 
 @pytest.fixture
-def convnet_runner() -> Runner:
-    return Runner(ModelRegistry([TEST_MODELS / "convnet"], builtins=False), device="cpu")
+def convnet_runner(device: torch.device) -> Runner:
+    return Runner(ModelRegistry([TEST_MODELS / "convnet"], builtins=False), device=device)
 
 
 def test_a_batch_runs_in_one_call_and_matches_single_runs(convnet_runner: Runner) -> None:
@@ -96,6 +100,20 @@ def test_a_batch_is_cut_at_max_batch_size_and_tiled_like_one_frame(convnet_runne
     assert len(calls) > 1 and all(c[0] == 2 and max(c[2:]) <= 256 for c in calls)
     for outcome, one in zip(tiled, big, strict=True):
         torch.testing.assert_close(image_of(outcome), runner.run(one).frames["image"])
+
+
+def test_batches_and_tiles_on_each_device_match_single_runs_on_the_cpu(
+    convnet_runner: Runner,
+) -> None:
+    runner = convnet_runner
+    cpu = Runner(runner.registry, device="cpu")
+    frames = [photo(300, 270, name=n) for n in ("astronaut", "coffee")]
+    outcomes = runner.run_batch([request(runner, "convnet", f) for f in frames])
+    assert len(loaded_model(runner, "convnet").calls) > 1  # tiled: 300x270 is above 256
+    for frame, outcome in zip(frames, outcomes, strict=True):
+        reference = cpu.run(request(cpu, "convnet", frame)).frames["image"]
+        assert image_of(outcome).device.type == "cpu"
+        torch.testing.assert_close(image_of(outcome), reference, atol=1e-4, rtol=0)
 
 
 def test_a_mixed_list_is_grouped_and_answered_in_order(convnet_runner: Runner) -> None:
@@ -152,9 +170,9 @@ class BatchForms(Model):
         return [image[:2] if image[0, 0, 0] < 0 else image * 2 for image in images]
 
 
-@pytest.fixture(scope="module")
-def forms_runner(tmp_path_factory: pytest.TempPathFactory) -> Runner:
-    return Runner(registry_of(tmp_path_factory.mktemp("forms"), BatchForms), device="cpu")
+@pytest.fixture
+def forms_runner(tmp_path: Path, device: torch.device) -> Runner:
+    return Runner(registry_of(tmp_path, BatchForms), device=device)
 
 
 @pytest.mark.parametrize("form", ["sequence", "tensor", "mapping"])
@@ -206,19 +224,29 @@ def test_a_request_whose_own_output_is_wrong_fails_alone(forms_runner: Runner) -
 
 
 def test_auto_picks_cuda_when_there_is_one() -> None:
-    assert resolve_device("auto").type == ("cuda" if CUDA else "cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert (
         Runner(ModelRegistry(builtins=False), device="AUTO").device.type
         == resolve_device("auto").type
     )
     assert resolve_device("cpu") == torch.device("cpu")
+    assert Runner(ModelRegistry(builtins=False)).device == torch.device("cpu")  # the default
 
 
-@pytest.mark.skipif(CUDA, reason="this machine has CUDA")
-def test_cuda_without_a_gpu_is_a_config_error() -> None:
-    for name in ("cuda", "cuda:1"):
-        with pytest.raises(ConfigError, match=rf"device '{name}' is not available.*'cpu' or"):
-            Runner(ModelRegistry(builtins=False), device=name)
+def test_cuda_names_are_checked_against_the_gpus_of_this_machine() -> None:
+    registry = ModelRegistry(builtins=False)
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(ConfigError, match=rf"device '{name}' is not available.*'cpu' or"):
+                Runner(registry, device=name)
+        return
+    count = torch.cuda.device_count()
+    current = torch.device("cuda", torch.cuda.current_device())
+    assert Runner(registry, device="cuda").device == current  # a plain "cuda" gets its index
+    assert Runner(registry, device=f"cuda:{count - 1}").device == torch.device("cuda", count - 1)
+    message = rf"'cuda:{count}' does not exist: this machine has {count} CUDA device\(s\)"
+    with pytest.raises(ConfigError, match=message):
+        Runner(registry, device=f"cuda:{count}")
 
 
 def test_unknown_devices_are_config_errors() -> None:
@@ -238,11 +266,17 @@ def test_server_settings_check_the_device_and_budget() -> None:
         ServerSettings(model_memory_budget_bytes=0)
 
 
-def test_the_default_memory_budget_is_a_share_of_the_machine() -> None:
-    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert default_memory_budget(torch.device("cpu")) == ram // 2
-    assert Runner(ModelRegistry(builtins=False)).memory_budget_bytes == ram // 2
-    assert Runner(ModelRegistry(builtins=False), memory_budget_bytes=5).memory_budget_bytes == 5
+def test_the_default_memory_budget_is_a_share_of_the_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":  # 80% of the GPU's memory
+        total = torch.cuda.get_device_properties(device).total_memory
+        expected = int(total * 0.8)
+    else:  # half the machine's RAM
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        expected = ram // 2
+    registry = ModelRegistry(builtins=False)
+    assert default_memory_budget(device) == expected
+    assert Runner(registry, device=device).memory_budget_bytes == expected
+    assert Runner(registry, device=device, memory_budget_bytes=5).memory_budget_bytes == 5
 
 
 def test_out_of_memory_errors_are_recognised() -> None:
@@ -328,15 +362,15 @@ def precision_registry(tmp_path: Path) -> ModelRegistry:
 
 
 def test_half_precision_converts_modules_and_frames_and_returns_float32(
-    precision_registry: ModelRegistry,
+    precision_registry: ModelRegistry, device: torch.device
 ) -> None:
-    half = Runner(precision_registry, device="cpu", half_precision=True)
-    full = Runner(precision_registry, device="cpu")
-    assert full.half_precision is (full.device.type == "cuda")
+    half = Runner(precision_registry, device=device, half_precision=True)
+    full = Runner(precision_registry, device=device, half_precision=False)
     frame = photo(32, 48)
     out_half = half.run(request(half, "sees", frame)).frames["image"]
     out_full = full.run(request(full, "sees", frame)).frames["image"]
     assert out_half.dtype == torch.float32 and out_half.shape == (3, 32, 48)
+    assert out_half.device.type == "cpu" and out_half.is_contiguous()
     assert loaded_model(half, "sees").seen == [(4, torch.float16, True, torch.float16)]
     assert loaded_model(full, "sees").seen == [(4, torch.float32, True, torch.float32)]
     torch.testing.assert_close(out_half, out_full, atol=2e-2, rtol=0)
@@ -351,14 +385,32 @@ def test_half_precision_converts_modules_and_frames_and_returns_float32(
     ]
 
 
-def test_conv_models_get_channels_last_frames_and_others_contiguous_ones(
-    precision_registry: ModelRegistry,
+def test_half_precision_is_the_default_on_cuda_only(
+    precision_registry: ModelRegistry, device: torch.device
 ) -> None:
-    runner = Runner(precision_registry, device="cpu")
+    runner = Runner(precision_registry, device=device)
+    on_cuda = device.type == "cuda"
+    assert runner.half_precision is on_cuda
+    frame = photo(64, 96)
+    out = runner.run(request(runner, "sees", frame)).frames["image"]
+    assert out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous()
+    # on the CPU a model that declares half precision still runs in float32
+    dtype = torch.float16 if on_cuda else torch.float32
+    assert loaded_model(runner, "sees").seen == [(4, dtype, True, dtype)]
+    cpu = Runner(precision_registry, device="cpu", half_precision=False)
+    reference = cpu.run(request(cpu, "sees", frame)).frames["image"]
+    torch.testing.assert_close(out, reference, atol=2e-2 if on_cuda else 1e-6, rtol=0)
+
+
+def test_conv_models_get_channels_last_frames_and_others_contiguous_ones(
+    precision_registry: ModelRegistry, device: torch.device
+) -> None:
+    runner = Runner(precision_registry, device=device, half_precision=False)
     frame = photo(16, 16)
     out = runner.run(request(runner, "sees_float32", frame)).frames["image"]
+    # channels-last on CUDA, and on the CPU too (runner.CHANNELS_LAST_ON_CPU: faster there)
     assert loaded_model(runner, "sees_float32").seen == [(4, torch.float32, True, torch.float32)]
-    assert out.is_contiguous()  # results leave in the one internal form
+    assert out.device.type == "cpu" and out.is_contiguous()  # results leave in the one form
     # (C, H, W) frames gain nothing from channels-last strides: predict gets contiguous ones
     runner.run(request(runner, "sees_predict_only", frame))
     assert loaded_model(runner, "sees_predict_only").seen == [
@@ -370,9 +422,9 @@ def test_conv_models_get_channels_last_frames_and_others_contiguous_ones(
 
 
 def test_a_model_failing_on_channels_last_frames_gets_contiguous_ones(
-    precision_registry: ModelRegistry, caplog: pytest.LogCaptureFixture
+    precision_registry: ModelRegistry, device: torch.device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runner = Runner(precision_registry, device="cpu")
+    runner = Runner(precision_registry, device=device, half_precision=False)
     frame = photo(16, 16)
     with caplog.at_level(logging.WARNING, logger="frameserve.engine.runner"):
         out = runner.run(request(runner, "views", frame)).frames["image"]
@@ -441,18 +493,19 @@ def budget_registry(tmp_path: Path) -> ModelRegistry:
     )
 
 
-def test_a_model_size_counts_each_tensor_once() -> None:
+def test_a_model_size_counts_each_tensor_once(device: torch.device) -> None:
     model = Weighs1MiB()
-    model.setup(torch.device("cpu"))
+    model.setup(device)
     model.bias = torch.zeros(256)  # type: ignore[attr-defined]
     model.net.register_buffer("scale", torch.ones(128, dtype=torch.float64))
     assert model_tensor_bytes(model) == MIB + 256 * 4 + 128 * 8
 
 
 def test_least_recently_used_models_are_unloaded_to_stay_within_the_budget(
-    budget_registry: ModelRegistry, caplog: pytest.LogCaptureFixture
+    budget_registry: ModelRegistry, device: torch.device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runner = Runner(budget_registry, device="cpu", memory_budget_bytes=2 * MIB + MIB // 2)
+    # On CUDA a size is also measured as the growth of allocated memory: 1 MiB here too.
+    runner = Runner(budget_registry, device=device, memory_budget_bytes=2 * MIB + MIB // 2)
     frame = photo(8, 8)
     for model_id in ("weighs_a", "weighs_b"):
         runner.run(request(runner, model_id, frame))
@@ -472,9 +525,9 @@ def test_least_recently_used_models_are_unloaded_to_stay_within_the_budget(
 
 
 def test_a_model_in_use_is_never_unloaded(
-    budget_registry: ModelRegistry, caplog: pytest.LogCaptureFixture
+    budget_registry: ModelRegistry, device: torch.device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runner = Runner(budget_registry, device="cpu", memory_budget_bytes=MIB)
+    runner = Runner(budget_registry, device=device, memory_budget_bytes=MIB)
     STARTED.clear()
     RELEASE.clear()
     results: list[InferenceResult] = []
@@ -498,9 +551,9 @@ def test_a_model_in_use_is_never_unloaded(
 
 
 def test_a_setup_out_of_memory_unloads_unused_models_and_tries_again(
-    budget_registry: ModelRegistry, caplog: pytest.LogCaptureFixture
+    budget_registry: ModelRegistry, device: torch.device, caplog: pytest.LogCaptureFixture
 ) -> None:
-    runner = Runner(budget_registry, device="cpu")
+    runner = Runner(budget_registry, device=device)
     runner.run(request(runner, "weighs_a", photo(8, 8)))
     with caplog.at_level(logging.WARNING, logger="frameserve.engine.pool"):
         runner.run(request(runner, "setup_oom_once", photo(8, 8)))
@@ -510,51 +563,27 @@ def test_a_setup_out_of_memory_unloads_unused_models_and_tries_again(
 
 
 def test_a_setup_out_of_memory_with_nothing_to_unload_is_a_setup_error(
-    budget_registry: ModelRegistry,
+    budget_registry: ModelRegistry, device: torch.device
 ) -> None:
-    runner = Runner(budget_registry, device="cpu")
+    runner = Runner(budget_registry, device=device)
     with pytest.raises(ModelSetupError, match="failed to set up: OutOfMemoryError: CUDA out of"):
         runner.run(request(runner, "setup_oom_once", photo(8, 8)))
     assert SETUPS == {"setup_oom_once": 1} and runner.loaded_models() == []
 
 
-# -- on a GPU ----------------------------------------------------------------------------------
-
-
-@needs_cuda
-def test_on_cuda_half_precision_and_channels_last(precision_registry: ModelRegistry) -> None:
-    runner = Runner(precision_registry, device="cuda")
-    assert runner.half_precision
-    frame = photo(64, 96)
-    out = runner.run(request(runner, "sees", frame)).frames["image"]
-    assert out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous()
-    assert loaded_model(runner, "sees").seen == [(torch.float16, True, torch.float16)]
-    reference = Runner(precision_registry, device="cpu").run(request(runner, "sees", frame))
-    torch.testing.assert_close(out, reference.frames["image"], atol=2e-2, rtol=0)
-
-
-@needs_cuda
-def test_on_cuda_a_model_is_measured_and_unloading_frees_its_memory(
-    budget_registry: ModelRegistry,
+def test_unloading_a_model_frees_its_memory(
+    budget_registry: ModelRegistry, device: torch.device
 ) -> None:
-    runner = Runner(budget_registry, device="cuda:0")
+    runner = Runner(budget_registry, device=device)
     runner.run(request(runner, "weighs_a", photo(8, 8)))
-    assert runner.memory_in_use() >= MIB
-    before = torch.cuda.memory_allocated(runner.device)
+    assert runner.memory_in_use() == MIB
+    weight = loaded_model(runner, "weighs_a").net.weight  # type: ignore[attr-defined]
+    assert weight.device.type == device.type
+    weights = weakref.ref(weight)
+    del weight
+    before = allocated_bytes(runner.device)  # the GPU's allocated memory; 0 on the CPU
     assert runner.unload("weighs_a")
-    assert torch.cuda.memory_allocated(runner.device) <= before - MIB
-
-
-@needs_cuda
-def test_on_cuda_batches_and_tiles_match_single_whole_runs(convnet_runner: Runner) -> None:
-    previous = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        runner = Runner(convnet_runner.registry, device="cuda")
-        frames = [photo(300, 270, name=n) for n in ("astronaut", "coffee")]
-        outcomes = runner.run_batch([request(runner, "convnet", f) for f in frames])
-        for frame, outcome in zip(frames, outcomes, strict=True):
-            cpu = convnet_runner.run(request(convnet_runner, "convnet", frame))
-            torch.testing.assert_close(image_of(outcome), cpu.frames["image"], atol=1e-4, rtol=0)
-    finally:
-        torch.backends.cudnn.allow_tf32 = previous
+    assert runner.loaded_models() == [] and runner.memory_in_use() == 0
+    assert weights() is None  # nothing holds the weights any more
+    if device.type == "cuda":
+        assert torch.cuda.memory_allocated(runner.device) <= before - MIB

@@ -3,7 +3,7 @@
 The integration tests and the benchmarks talk to the server through this module, so it is
 written against the real protobuf classes (``frameserve.serve.mlclient.messages``) and not
 against the server's own codec. What the node does, and what this client copies
-(``shared/spec/mlclient-protocol.md``):
+(``docs/mlclient-protocol.md``):
 
 - one request per connection; the request is 12 zero-padded ASCII digits giving the body
   length, then the body, written with one ``send``;
