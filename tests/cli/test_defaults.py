@@ -8,6 +8,7 @@ import pytest
 
 from frameserve.cli import main as cli_main
 from frameserve.cli import run as cli_run
+from frameserve.cli import serve as cli_serve
 from frameserve.cli.flags import setting_default
 from frameserve.serve.settings import ServerSettings
 from frameserve.shots.backends import DEFAULT_SERVER_TIMEOUT, ServerBackend
@@ -18,7 +19,7 @@ from frameserve.training.settings import TrainingSettings
 def test_serve_without_flags_is_the_default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FRAMESERVE_MODELS", raising=False)
     args = cli_main._parser().parse_args(["serve"])
-    assert cli_main._server_settings(args) == ServerSettings()
+    assert cli_serve.server_settings(args) == ServerSettings()
 
 
 def test_serve_help_shows_the_settings_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,23 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from frameserve import __version__
 from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
-from frameserve.cli.flags import add_model_flags, setting_default
+from frameserve.cli.flags import add_model_flags
 from frameserve.cli.package import add_package_parsers
 from frameserve.cli.run import add_run_parser
+from frameserve.cli.serve import add_serve_flags, serve_command
 from frameserve.cli.train import add_train_parsers
 from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.plugin.model import ImageSpec
-from frameserve.serve.settings import ServerSettings
 
 __all__ = ["main"]
 
@@ -56,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="start the server")
-    _add_serve_flags(serve)
-    serve.set_defaults(run=_serve)
+    add_serve_flags(serve)
+    serve.set_defaults(run=serve_command)
 
     models = commands.add_parser("models", help="list the models, without starting a server")
     models.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -94,98 +92,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_serve_flags(serve: argparse.ArgumentParser) -> None:
-    """The flags of ``serve``; every default is the :class:`ServerSettings` field's."""
-
-    def default(name: str) -> Any:
-        return setting_default(ServerSettings, name)
-
-    serve.add_argument(
-        "--jobs-folder",
-        type=Path,
-        default=default("jobs_folder"),
-        help=f"where training jobs live (default {default('jobs_folder')})",
-    )
-    serve.add_argument(
-        "--host", default=default("host"), help="address to listen on (default: loopback only)"
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=default("port"),
-        help=f"MLClient TCP port (default {default('port')}; 0: any free port)",
-    )
-    serve.add_argument(
-        "--http-port",
-        type=int,
-        default=default("http_port"),
-        help=f"HTTP API port (default {default('http_port')}; 0: no HTTP API)",
-    )
-    serve.add_argument(
-        "--device",
-        default=default("device"),
-        help=f"torch device to run models on: {AUTO} (a CUDA GPU if there is one), cpu, cuda, "
-        f"cuda:1 (default {default('device')})",
-    )
-    serve.add_argument(
-        "--memory-budget-mb",
-        type=int,
-        default=None,
-        help="memory loaded models may hold before the least recently used is unloaded "
-        "(default: most of the GPU's memory, or a share of RAM)",
-    )
-    serve.add_argument(
-        "--ocio",
-        default=default("ocio"),
-        help="OpenColorIO config for colour conversions (default: $OCIO, "
-        "else the built-in ACES config)",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=default("workers"),
-        help=f"interactive requests run at once (default {default('workers')})",
-    )
-    serve.add_argument(
-        "--batch-workers",
-        type=int,
-        default=default("batch_workers"),
-        help=f"batch requests run at once (default {default('batch_workers')})",
-    )
-    serve.add_argument(
-        "--cache-mb",
-        type=int,
-        default=default("cache_bytes") >> 20,
-        help=f"result cache size in MiB (default {default('cache_bytes') >> 20}; 0: no cache)",
-    )
-    serve.add_argument(
-        "--max-frame-bytes",
-        type=int,
-        default=default("max_frame_bytes"),
-        help="largest frame accepted per model input (default: 8K RGBA float)",
-    )
-    serve.add_argument(
-        "--read-timeout",
-        type=float,
-        default=default("read_timeout"),
-        help=f"seconds a client may stay silent mid-request (default {default('read_timeout'):g})",
-    )
-    serve.add_argument(
-        "--max-connections",
-        type=int,
-        default=default("max_connections"),
-        help=f"connections served at once (default {default('max_connections')})",
-    )
-    serve.add_argument(
-        "--reload-interval",
-        type=float,
-        default=default("reload_interval"),
-        metavar="S",
-        help="look for added, changed or removed models every S seconds and reload them "
-        f"(default {default('reload_interval'):g}; 0: no hot reload)",
-    )
-
-
 def _configure_logging(*, verbose: bool, default: int) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else default,
@@ -197,58 +103,6 @@ def _configure_logging(*, verbose: bool, default: int) -> None:
 def _registry(args: argparse.Namespace) -> ModelRegistry:
     folders = [*args.models, *model_folders_from_env()]
     return ModelRegistry(folders, builtins=not args.no_builtins)
-
-
-def _server_settings(args: argparse.Namespace) -> ServerSettings:
-    """Map the ``serve`` flags onto :class:`ServerSettings` (the one place that does)."""
-    return ServerSettings(
-        host=args.host,
-        port=args.port,
-        http_port=args.http_port or None,
-        model_folders=tuple(Path(p) for p in args.models),
-        builtin_models=not args.no_builtins,
-        device=args.device,
-        model_memory_budget_bytes=(
-            None if args.memory_budget_mb is None else args.memory_budget_mb << 20
-        ),
-        ocio=args.ocio,
-        workers=args.workers,
-        batch_workers=args.batch_workers,
-        cache_bytes=args.cache_mb << 20,
-        max_frame_bytes=args.max_frame_bytes,
-        read_timeout=args.read_timeout,
-        max_connections=args.max_connections,
-        reload_interval=args.reload_interval or None,
-        jobs_folder=args.jobs_folder,
-    )
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from frameserve.engine.memory import tune_allocator
-    from frameserve.serve.server import FrameServer
-
-    tune_allocator()
-    settings = _server_settings(args)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "listening on %s: the MLClient protocol has no authentication; anyone who can "
-            "reach this address can run models here",
-            args.host,
-        )
-    server = FrameServer(settings)
-    try:
-        server.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: shutting down", signum)
-        server.close()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    server.wait()
-    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -109,8 +109,13 @@ class Engine:
 
     # -- observing -----------------------------------------------------------------------------
 
-    def record_request(self, *, model: str, protocol: str, outcome: str, seconds: float) -> None:
-        """Count one request a door answered; a model id no model has counts as ``unknown``."""
+    def record_request(
+        self, *, model: str, protocol: str, outcome: str, seconds: float, user: str = "-"
+    ) -> None:
+        """Count one request a door answered; a model id no model has counts as ``unknown``.
+
+        ``user`` is who sent it (``-``: no authentication).
+        """
         self._scheduler.metrics.request(
             model=model if model in self._registry else "unknown",
             protocol=protocol,

@@ -7,10 +7,18 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "MESSAGE_OVERHEAD_BYTES", "request_bytes_limit"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_FRAME_PIXELS",
+    "MESSAGE_OVERHEAD_BYTES",
+    "request_bytes_limit",
+]
 
 #: One 8K (8192x4320) four-channel float32 frame: the default cap per model input.
 DEFAULT_MAX_FRAME_BYTES = 8192 * 4320 * 4 * 4
+#: 8K x 8K: the largest frame, in pixels, accepted anywhere unless told otherwise (checked from
+#: the sizes a request or an image header announces, before anything is decoded).
+DEFAULT_MAX_FRAME_PIXELS = 8192 * 8192
 #: Room for the message around the frames (model, options, field headers).
 MESSAGE_OVERHEAD_BYTES = 1 << 20
 

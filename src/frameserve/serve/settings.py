@@ -3,23 +3,52 @@
 ::
 
     settings = ServerSettings(port=0, model_folders=["studio_models"], read_timeout=5.0)
-    settings.mlclient_door()    # DoorSettings(host='127.0.0.1', port=0, ...)
+    settings.mlclient_door()    # MLClientDoorSettings(host='127.0.0.1', port=0, ...)
 
-Each front door is told only its own part, a :class:`DoorSettings`, made here from the
-server's settings (:meth:`ServerSettings.mlclient_door`, :meth:`ServerSettings.http_door`).
+Each part is told only its own share, made here from the server's settings: the MLClient door
+a :class:`MLClientDoorSettings`, the HTTP door a :class:`HttpDoorSettings`, training jobs a
+:class:`~frameserve.training.jobs.limits.JobLimits`.
+
+**Serving beyond loopback.** The HTTP API needs tokens there (``tokens_file``) unless
+``no_auth`` says the TD accepts an open server; the MLClient protocol carries no credentials,
+so its door admits loopback only unless ``mlclient_allow`` lists the networks it serves.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from frameserve.engine.devices import check_device_name
-from frameserve.engine.limits import DEFAULT_MAX_FRAME_BYTES, request_bytes_limit
+from frameserve.engine.limits import (
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_FRAME_PIXELS,
+    request_bytes_limit,
+)
 from frameserve.errors import ConfigError
+from frameserve.training.jobs.limits import JobLimits
 
-__all__ = ["DEFAULT_JOBS_FOLDER", "JOBS_FOLDER_ENV", "DoorSettings", "ServerSettings"]
+__all__ = [
+    "DEFAULT_JOBS_FOLDER",
+    "JOBS_FOLDER_ENV",
+    "DoorSettings",
+    "HttpDoorSettings",
+    "MLClientDoorSettings",
+    "Network",
+    "ServerSettings",
+    "is_loopback",
+]
+
+#: An address range a door admits (``--mlclient-allow 10.1.0.0/16``).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Who the MLClient door admits unless told otherwise: this machine only.
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
 
 #: Environment variable naming the training jobs folder (a deployment switch).
 JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
@@ -43,22 +72,80 @@ class DoorSettings:
     Attributes:
         host, port: the address it listens on (port 0 picks a free one).
         max_connections: connections served at once; more are answered with a busy error.
+        max_connections_per_address: connections one client address may hold at once, so one
+            host cannot take every connection.
         read_timeout: seconds a client may stay silent while sending a request.
-        request_timeout: seconds a client has to send a whole request.
+        request_timeout: seconds a client has at most to send a whole request.
+        header_timeout: seconds a client has to send the start of a request (the MLClient
+            header, the HTTP request head) after connecting or after its previous request.
+        min_transfer_rate: bytes per second a request body must arrive at, at least: a body
+            of N bytes must be complete within ``header_timeout + N / min_transfer_rate``
+            seconds (and ``request_timeout``), so a trickling client cannot hold a connection.
         max_frame_bytes: largest frame accepted per model input (see
             :func:`~frameserve.engine.limits.request_bytes_limit`).
+        max_frame_pixels: largest frame accepted, in pixels (width x height), checked from
+            the sizes a request announces before anything is allocated.
     """
 
     host: str
     port: int
-    max_connections: int
-    read_timeout: float
-    request_timeout: float
-    max_frame_bytes: int
+    max_connections: int = 256
+    max_connections_per_address: int = 32
+    read_timeout: float = 30.0
+    request_timeout: float = 600.0
+    header_timeout: float = 5.0
+    min_transfer_rate: float = 1 << 20
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
 
     def max_request_bytes(self, inputs: int) -> int:
         """Return the largest request body accepted when a model takes ``inputs`` images."""
         return request_bytes_limit(self.max_frame_bytes, inputs)
+
+    def body_deadline(self, length: int) -> float:
+        """Seconds a body of ``length`` bytes may take to arrive, at most."""
+        return min(self.request_timeout, self.header_timeout + length / self.min_transfer_rate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLClientDoorSettings(DoorSettings):
+    """The MLClient door's settings: :class:`DoorSettings` and who it admits.
+
+    Attributes:
+        allow: the networks whose clients it serves; others are refused at accept (the
+            protocol carries no credentials). Default: loopback only.
+        max_request_images: images one inference request may carry.
+    """
+
+    allow: tuple[Network, ...] = LOOPBACK_NETWORKS
+    max_request_images: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpDoorSettings(DoorSettings):
+    """The HTTP door's settings: :class:`DoorSettings`, authentication, TLS and batches.
+
+    Attributes:
+        tokens_file: the token store (:mod:`frameserve.serve.auth`); every request but
+            ``/v2/health/*`` then needs a valid bearer token. ``None``: no authentication.
+        tls_cert, tls_key: PEM files; when given, the door speaks HTTPS only.
+        max_batch_frames: frames one inference request may carry (a ``[N, H, W, C]`` batch).
+    """
+
+    tokens_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_batch_frames: int = 64
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps a door to this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,8 +153,9 @@ class ServerSettings:
     """Everything ``frameserve serve`` can be told.
 
     Attributes:
-        host: address the MLClient door listens on; loopback unless told otherwise (the
-            MLClient protocol has no authentication).
+        host: address both doors listen on; loopback unless told otherwise. Beyond loopback
+            the server refuses to start without ``tokens_file`` (or ``no_auth``) and without
+            ``mlclient_allow``.
         port: MLClient TCP port; 0 picks a free one.
         http_port: HTTP API port (Open Inference Protocol v2); 0 picks a free one, ``None``
             serves no HTTP.
@@ -85,15 +173,35 @@ class ServerSettings:
         cache_bytes: memory for the result cache (frames of answered requests); 0 turns it off.
         max_frame_bytes: largest frame accepted per model input; a request may carry this
             times the most inputs any model takes, plus a little for the message.
+        max_frame_pixels: largest frame, in pixels, accepted anywhere (requests, uploads,
+            training frames); checked from sizes and image headers before decoding.
+        max_request_images: images one MLClient request may carry.
+        max_batch_frames: frames one HTTP inference request may carry.
         read_timeout: seconds a client may stay silent while sending a request.
-        request_timeout: seconds a client has to send a whole request.
-        max_connections: connections served at once; more are answered with an error.
+        request_timeout: seconds a client has at most to send a whole request.
+        header_timeout: seconds a client has to start a request after connecting.
+        min_transfer_rate: bytes per second a request body must arrive at, at least.
+        max_connections: connections served at once, per door; more are answered with an
+            error.
+        max_connections_per_address: connections one client address may hold, per door.
         reload_interval: seconds between two looks at the model folders for added, changed
             or removed models, which are then reloaded while the server runs
             (:mod:`frameserve.catalogue.watcher`); ``None`` turns hot reload off.
         jobs_folder: where training jobs and their checkpoints live
-            (:mod:`frameserve.training.jobs.queue`); ``~`` is expanded, and the folder is made at
-            the first job.
+            (:mod:`frameserve.training.jobs`); ``~`` is expanded, and the folder is made at
+            the first job. Every file the server writes for a client goes in here.
+        data_roots: folders training jobs may read frames, label folders and value tables
+            from, by path; none by default (network clients upload their frames).
+        max_job_frames: image files (inputs, targets, labelled images) one training job may
+            name.
+        max_table_rows, max_table_bytes: the largest value table a number job may name.
+        max_job_bytes: decoded frames one training job may hold in memory.
+        decode_timeout: seconds reading a training job's frames may take.
+        tokens_file: the HTTP token store (``frameserve token add``); ``None``: no tokens.
+        no_auth: serve HTTP beyond loopback without tokens, on purpose.
+        mlclient_allow: networks the MLClient door serves (CIDR text, ``"10.1.0.0/16"``);
+            empty: loopback only.
+        tls_cert, tls_key: PEM certificate and key: the HTTP door speaks HTTPS.
     """
 
     host: str = "127.0.0.1"
@@ -108,15 +216,38 @@ class ServerSettings:
     batch_workers: int = 1
     cache_bytes: int = DEFAULT_CACHE_BYTES
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
+    max_request_images: int = 64
+    max_batch_frames: int = 64
     read_timeout: float = 30.0
     request_timeout: float = 600.0
+    header_timeout: float = 5.0
+    min_transfer_rate: float = 1 << 20
     max_connections: int = 256
+    max_connections_per_address: int = 32
     reload_interval: float | None = 1.0
     jobs_folder: Path = DEFAULT_JOBS_FOLDER
+    data_roots: tuple[Path, ...] = field(default_factory=tuple)
+    max_job_frames: int = 1000
+    max_table_rows: int = 100_000
+    max_table_bytes: int = 16 << 20
+    max_job_bytes: int = 4 << 30
+    decode_timeout: float = 120.0
+    tokens_file: Path | None = None
+    no_auth: bool = False
+    mlclient_allow: tuple[str, ...] = field(default_factory=tuple)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
         object.__setattr__(self, "jobs_folder", Path(self.jobs_folder).expanduser())
+        object.__setattr__(self, "data_roots", tuple(_data_root(p) for p in self.data_roots))
+        object.__setattr__(self, "mlclient_allow", tuple(self.mlclient_allow))
+        for name in ("tokens_file", "tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser())
         for name in ("port", "http_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
@@ -127,36 +258,142 @@ class ServerSettings:
             raise ConfigError(f"model_memory_budget_bytes must be at least 1, got {budget}")
         if self.cache_bytes < 0:
             raise ConfigError(f"cache_bytes must be 0 (off) or more, got {self.cache_bytes}")
-        for name in ("workers", "batch_workers", "max_frame_bytes", "max_connections"):
+        for name in (
+            "workers",
+            "batch_workers",
+            "max_frame_bytes",
+            "max_frame_pixels",
+            "max_request_images",
+            "max_batch_frames",
+            "max_connections",
+            "max_connections_per_address",
+            "max_job_frames",
+            "max_table_rows",
+            "max_table_bytes",
+            "max_job_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("read_timeout", "request_timeout"):
+        for name in (
+            "read_timeout",
+            "request_timeout",
+            "header_timeout",
+            "min_transfer_rate",
+            "decode_timeout",
+        ):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be above 0 seconds, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be above 0, got {getattr(self, name)}")
         if self.reload_interval is not None and not self.reload_interval > 0:
             raise ConfigError(
                 f"reload_interval must be above 0 seconds (or None: off), "
                 f"got {self.reload_interval}"
             )
+        self.mlclient_networks()  # raises for a malformed range
+        self._check_exposure()
+        self._check_files()
+
+    def _check_exposure(self) -> None:
+        if is_loopback(self.host):
+            return
+        if self.http_port is not None and self.tokens_file is None and not self.no_auth:
+            raise ConfigError(
+                f"refusing to serve HTTP on {self.host} without tokens: anyone who can reach "
+                "it could run models, train and read results; give --tokens FILE "
+                "('frameserve token add' makes one), or --no-auth to serve it open on purpose"
+            )
+        if not self.mlclient_allow:
+            raise ConfigError(
+                f"the MLClient door on {self.host} needs --mlclient-allow CIDR (repeatable): "
+                "its protocol carries no credentials, so list the networks of the artists it "
+                "serves (for example --mlclient-allow 10.20.0.0/16)"
+            )
+
+    def _check_files(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None and not value.is_file():
+                raise ConfigError(f"--{name.replace('_', '-')} {str(value)!r} is not a file")
+        if self.tokens_file is not None and not self.tokens_file.is_file():
+            raise ConfigError(
+                f"--tokens {str(self.tokens_file)!r} is not a file; make it with "
+                "'frameserve token add NAME --role ROLE --tokens FILE'"
+            )
+
+    def mlclient_networks(self) -> tuple[Network, ...]:
+        """The networks the MLClient door admits (loopback when none are listed).
+
+        Raises:
+            ConfigError: a range that is not an address or CIDR block.
+        """
+        if not self.mlclient_allow:
+            return LOOPBACK_NETWORKS
+        networks = []
+        for text in self.mlclient_allow:
+            try:
+                networks.append(ipaddress.ip_network(str(text).strip(), strict=False))
+            except ValueError:
+                raise ConfigError(
+                    f"--mlclient-allow {text!r} is not an address or a CIDR range such as "
+                    "10.20.0.0/16"
+                ) from None
+        return tuple(networks)
 
     def max_request_bytes(self, inputs: int) -> int:
         """Return the largest request body accepted when a model takes ``inputs`` images."""
         return request_bytes_limit(self.max_frame_bytes, inputs)
 
-    def mlclient_door(self) -> DoorSettings:
+    def mlclient_door(self) -> MLClientDoorSettings:
         """Return the settings of the MLClient door (``host:port``)."""
-        return self._door(self.port)
-
-    def http_door(self) -> DoorSettings | None:
-        """Return the settings of the HTTP door (``host:http_port``); ``None``: no HTTP."""
-        return None if self.http_port is None else self._door(self.http_port)
-
-    def _door(self, port: int) -> DoorSettings:
-        return DoorSettings(
-            host=self.host,
-            port=port,
-            max_connections=self.max_connections,
-            read_timeout=self.read_timeout,
-            request_timeout=self.request_timeout,
-            max_frame_bytes=self.max_frame_bytes,
+        return MLClientDoorSettings(
+            **self._door(self.port),
+            allow=self.mlclient_networks(),
+            max_request_images=self.max_request_images,
         )
+
+    def http_door(self) -> HttpDoorSettings | None:
+        """Return the settings of the HTTP door (``host:http_port``); ``None``: no HTTP."""
+        if self.http_port is None:
+            return None
+        return HttpDoorSettings(
+            **self._door(self.http_port),
+            tokens_file=self.tokens_file,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            max_batch_frames=self.max_batch_frames,
+        )
+
+    def job_limits(self) -> JobLimits:
+        """Return what one training job may read and hold."""
+        return JobLimits(
+            data_roots=self.data_roots,
+            max_frame_pixels=self.max_frame_pixels,
+            max_job_frames=self.max_job_frames,
+            max_table_rows=self.max_table_rows,
+            max_table_bytes=self.max_table_bytes,
+            max_job_bytes=self.max_job_bytes,
+            decode_timeout=self.decode_timeout,
+        )
+
+    def _door(self, port: int) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": port,
+            "max_connections": self.max_connections,
+            "max_connections_per_address": self.max_connections_per_address,
+            "read_timeout": self.read_timeout,
+            "request_timeout": self.request_timeout,
+            "header_timeout": self.header_timeout,
+            "min_transfer_rate": self.min_transfer_rate,
+            "max_frame_bytes": self.max_frame_bytes,
+            "max_frame_pixels": self.max_frame_pixels,
+        }
+
+
+def _data_root(path: str | os.PathLike[str]) -> Path:
+    """A data root as an absolute, resolved folder (symlinks followed once, here)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"data root {str(folder)!r} is not a folder")
+    return folder.resolve()

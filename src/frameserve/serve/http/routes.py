@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
+from frameserve.serve.auth.users import ANONYMOUS, Role
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 
 __all__ = [
@@ -72,6 +73,15 @@ class Route:
         """Largest body accepted for a ``method`` request to ``path``; read before the body."""
         return SMALL_BODY
 
+    def streams_body(self, method: str, path: str) -> bool:
+        """Whether this route reads the body of such a request as it arrives
+        (:attr:`HttpRequest.stream`) instead of in one buffer (uploads to disk)."""
+        return False
+
+    def required_role(self, method: str, path: str) -> Role:
+        """The least role a ``method`` request to ``path`` needs (checked before the body)."""
+        return Role.ARTIST
+
     def model_of(self, path: str) -> str | None:
         """The model a request to ``path`` concerns (for its log line and metrics), if any."""
         return None
@@ -86,6 +96,14 @@ class Router:
     def route(self, path: str) -> Route | None:
         """The route serving ``path``, or ``None``."""
         return next((route for route in self.routes if route.matches(path)), None)
+
+    def admit(self, request: HttpRequest) -> HttpResponse | None:
+        """Decide from the head alone whether ``request`` may go on; set its :attr:`user`.
+
+        Called before the body is read: the answer to send instead (401, 403), or ``None``.
+        """
+        request.user = ANONYMOUS
+        return None
 
     def body_limit(self, method: str, path: str) -> int:
         """Largest body accepted for the request: its route's say, else a little JSON."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from frameserve.errors import ProtocolError, RequestTooLargeError
+from frameserve.serve.auth.users import ANONYMOUS, User
 from frameserve.serve.net.sockets import ClientGone, ClientStalled, recv_exact_into, send_buffers
 
 __all__ = ["HttpConnection", "HttpRequest", "HttpResponse", "write_response"]
@@ -41,6 +42,11 @@ class HttpRequest:
     headers: dict[str, str]
     body: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint8))
     sock: socket.socket | None = None  #: the connection, to notice a client that leaves
+    #: Who sent it (set by the router after authentication; :data:`ANONYMOUS` without tokens).
+    user: User = ANONYMOUS
+    #: The body as it arrives, for routes that stream it to disk (``Route.streams_body``);
+    #: then :attr:`body` is empty. Each item is the next piece of the body, in order.
+    stream: Iterator[memoryview] | None = None
 
     @property
     def keep_alive(self) -> bool:
