@@ -23,6 +23,7 @@ from frameserve.engine.request import InferenceRequest, InferenceResult, Priorit
 from frameserve.errors import DeadlineExceededError, ModelNotFoundError, RequestCancelledError
 from frameserve.plugin.knobs import KnobValues
 from frameserve.serve.server import FrameServer
+from tests.serve.net.peers import abort
 from tests.support.node_client import NodeClient, frame_request, inference_request
 from tests.support.scheduling import (
     HANG_GUARD,
@@ -335,7 +336,7 @@ def test_mlclient_request_is_dropped_when_its_client_leaves_the_queue(
             leaver = socket.create_connection(server.mlclient_address, timeout=HANG_GUARD)
             leaver.sendall(request)
             wait_until(lambda: server.scheduler.queue_depth(INTERACTIVE) == 1, what="queued")
-            leaver.close()
+            abort(leaver)  # a reset: a FIN alone could be a half-close (serve/net/sockets)
             assert gone.wait(HANG_GUARD), "the server did not notice the client leave"
         state.release.set()  # type: ignore[attr-defined]
         assert not held.result(HANG_GUARD).HasField("error")
@@ -364,7 +365,7 @@ def test_http_request_is_dropped_when_its_connection_closes_in_the_queue(
             leaver = socket.create_connection(server.http_address, timeout=HANG_GUARD)
             leaver.sendall(head.encode() + body)
             wait_until(lambda: server.scheduler.queue_depth(INTERACTIVE) == 1, what="queued")
-            leaver.close()
+            abort(leaver)  # a reset: a FIN alone could be a half-close (serve/net/sockets)
             assert gone.wait(HANG_GUARD), "the server did not notice the client leave"
         state.release.set()  # type: ignore[attr-defined]
         held.result(HANG_GUARD)

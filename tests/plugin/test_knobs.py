@@ -263,6 +263,19 @@ def test_resolve_rejects_wrong_types(name: str, value: object, allowed: str) -> 
             0.25,
             "knob 'size': 0.25 is below the minimum 0.5",
         ),
+        # a value just past a bound never prints as the bound itself
+        (FloatKnob("size", max=100.0), 100.0001, "knob 'size': 100.0001 is above the maximum 100"),
+        (
+            FloatKnob("size", default=1.0, min=0.5),
+            0.4999,
+            "knob 'size': 0.4999 is below the minimum 0.5",
+        ),
+        (
+            FloatKnob("size", max=0.1234567),
+            0.12346,
+            "knob 'size': 0.12346 is above the maximum 0.1234567",
+        ),
+        (FloatKnob("size", max=1e20), 1.5e20, "knob 'size': 1.5e+20 is above the maximum 1e+20"),
     ],
 )
 def test_resolve_rejects_values_out_of_range(spec: KnobSpec, value: object, message: str) -> None:

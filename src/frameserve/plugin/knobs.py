@@ -293,15 +293,13 @@ class FloatKnob(KnobSpec):
             raise self._error(what, value, "expected a finite number")
         if self.min is not None and number < self.min:
             if not _within_float32(number, self.min):
-                raise KnobError(
-                    f"{what} {self.name!r}: {number:g} is below the minimum {self.min:g}"
-                )
+                low, sent = _number_text(self.min), _number_text(number)
+                raise KnobError(f"{what} {self.name!r}: {sent} is below the minimum {low}")
             number = float(self.min)
         if self.max is not None and number > self.max:
             if not _within_float32(number, self.max):
-                raise KnobError(
-                    f"{what} {self.name!r}: {number:g} is above the maximum {self.max:g}"
-                )
+                high, sent = _number_text(self.max), _number_text(number)
+                raise KnobError(f"{what} {self.name!r}: {sent} is above the maximum {high}")
             number = float(self.max)
         return number
 
@@ -320,6 +318,13 @@ class FloatKnob(KnobSpec):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "min": self.min, "max": self.max}
+
+
+def _number_text(number: float) -> str:
+    """``number`` for a message: whole ones without ``.0``, others as the shortest text that
+    reads back as the same float, so two values never print alike ("100.0001 ... 100")."""
+    value = float(number)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
 
 
 def _other_number(spec: IntKnob | FloatKnob) -> int | float:

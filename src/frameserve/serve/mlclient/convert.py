@@ -91,8 +91,14 @@ def sent_knobs(model: Any) -> dict[str, object]:
     return values
 
 
-def check_wire_image(image: WireImage, *, what: str) -> None:
-    """Check an image's sizes and byte count.
+def check_wire_image(image: WireImage, *, what: str, max_pixels: int | None = None) -> None:
+    """Check an image's sizes and byte count, from what it declares (nothing is allocated).
+
+    Args:
+        image: the image as decoded from the request.
+        what: how messages name it (``"image 0"``).
+        max_pixels: the most pixels (width × height) accepted (``--max-frame-pixels``);
+            ``None``: only :data:`~frameserve.plugin.frames.MAX_DIMENSION` applies.
 
     Raises:
         FrameError: sizes that are zero, negative or too large, or a byte count that is not
@@ -106,6 +112,11 @@ def check_wire_image(image: WireImage, *, what: str) -> None:
         raise FrameError(
             f"{what}: {width}x{height} is larger than the largest frame accepted, "
             f"{MAX_DIMENSION}x{MAX_DIMENSION}"
+        )
+    if max_pixels is not None and width * height > max_pixels:
+        raise FrameError(
+            f"{what}: {width}x{height} is {width * height} pixels, above the limit of "
+            f"{max_pixels} pixels per frame (--max-frame-pixels)"
         )
     if channels > MAX_CHANNELS:
         raise FrameError(f"{what}: {channels} channels; at most {MAX_CHANNELS} are accepted")

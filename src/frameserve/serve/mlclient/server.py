@@ -17,9 +17,19 @@ the cache without converting a frame.
 the newest version of each model. Where that is not the only version ``"1"`` — the model has
 several versions, or declares another — the menu label says which: ``Gaussian Blur (v2)``.
 
-Each connection has its own thread, so a silent or slow client never blocks another; it is
-dropped after ``read_timeout`` seconds of silence. Every failure the connection still allows
-is answered with an ``Error`` reply that the node shows as the node's error.
+**Who gets in, and for how long.** The protocol carries no credentials, so the door serves
+only the networks in ``settings.allow`` (loopback unless the TD lists others): a connection
+from elsewhere is reset at accept, without a reply (:mod:`frameserve.serve.net.listener`).
+One address may hold ``max_connections_per_address`` connections; past that, or past
+``max_connections``, the connection is answered "server busy". Each connection has its own
+thread, so a silent or slow client never blocks another, and it cannot hold its thread long:
+the 12 header bytes must arrive within ``header_timeout`` seconds of connecting, and a body of
+N bytes within ``body_deadline(N)`` of connecting, keeping up ``min_transfer_rate`` on the
+way (:func:`~frameserve.serve.net.sockets.recv_exact_into`); ``read_timeout`` seconds of
+silence also end it. A request of more than ``max_request_images`` images, or an image above
+``max_frame_pixels``, is refused while its message is decoded, before anything is built for
+its images. Every failure the connection still allows is answered with an ``Error`` reply
+that the node shows as the node's error.
 """
 
 from __future__ import annotations
@@ -77,7 +87,7 @@ from frameserve.serve.net.sockets import (
     send_buffers,
     wait_while_connected,
 )
-from frameserve.serve.settings import DoorSettings
+from frameserve.serve.settings import MLClientDoorSettings
 
 __all__ = ["MLClientServer"]
 
@@ -102,7 +112,7 @@ class _Exchange:
 class MLClientServer(FrontDoor):
     """Serves the MLClient protocol on ``settings.host:settings.port``, from ``engine``."""
 
-    def __init__(self, *, engine: Engine, settings: DoorSettings) -> None:
+    def __init__(self, *, engine: Engine, settings: MLClientDoorSettings) -> None:
         self.engine = engine
         self.settings = settings
         super().__init__(
@@ -110,26 +120,28 @@ class MLClientServer(FrontDoor):
             host=settings.host,
             port=settings.port,
             max_connections=settings.max_connections,
+            max_connections_per_address=settings.max_connections_per_address,
+            allow=settings.allow,
         )
 
-    def _refuse(self, conn: socket.socket, client: str) -> None:
-        limit = self.settings.max_connections
-        message = f"server busy: {limit} connections are open already; try again"
+    def _refuse(self, conn: socket.socket, client: str, reason: str) -> None:
+        message = f"server busy: {reason}; try again"
         log.warning("%s refused: %s", client, message)
         with conn:
             conn.settimeout(self.settings.read_timeout)
             self._send_error(conn, message)
 
     def _serve_connection(self, conn: socket.socket, client: str) -> None:
+        accepted = time.monotonic()
         exchange = _Exchange(client)
         replied = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            body = self._read_request(conn)
+            body = self._read_request(conn, accepted)
             if body is None:
                 exchange.outcome = "closed without a request"
                 return
-            decoded = decode_request(body.data)
+            decoded = decode_request(body.data, max_images=self.settings.max_request_images)
             exchange.kind = decoded.kind
             if decoded.kind is RequestKind.INFO:
                 self._answer_info(conn)
@@ -159,13 +171,29 @@ class MLClientServer(FrontDoor):
             self._finish(conn, drain=replied and not exchange.outcome.startswith("ok"))
             self._log(exchange)
 
-    def _read_request(self, conn: socket.socket) -> np.ndarray | None:
-        """Read one framed request body into a fresh buffer; ``None`` if nothing was sent."""
-        deadline = time.monotonic() + self.settings.request_timeout
-        idle = self.settings.read_timeout
+    def _read_request(self, conn: socket.socket, accepted: float) -> np.ndarray | None:
+        """Read one framed request body into a fresh buffer; ``None`` if nothing was sent.
+
+        ``accepted`` (a ``time.monotonic`` value) is when the connection was accepted: the
+        header and body deadlines count from it.
+        """
+        settings = self.settings
+        idle = settings.read_timeout
         header = bytearray(HEADER_SIZE)
         try:
-            recv_exact_into(conn, memoryview(header), idle_timeout=idle, deadline=deadline)
+            recv_exact_into(
+                conn,
+                memoryview(header),
+                idle_timeout=idle,
+                deadline=accepted + settings.header_timeout,
+            )
+        except ClientStalled as exc:
+            if time.monotonic() < accepted + settings.header_timeout:
+                raise  # silent for read_timeout, before the header deadline
+            raise ClientStalled(
+                f"the {HEADER_SIZE}-byte header must arrive within "
+                f"{settings.header_timeout:g} s of connecting: {exc}"
+            ) from None
         except ClientGone as exc:
             if exc.received == 0:
                 return None
@@ -182,7 +210,14 @@ class MLClientServer(FrontDoor):
             )
         body = np.empty(length, dtype=np.uint8)
         try:
-            recv_exact_into(conn, body.data, idle_timeout=idle, deadline=deadline)
+            recv_exact_into(
+                conn,
+                body.data,
+                idle_timeout=idle,
+                deadline=accepted + settings.body_deadline(length),
+                min_rate=settings.min_transfer_rate,
+                rate_from=accepted + settings.header_timeout,
+            )
         except ClientGone as exc:
             raise ProtocolError(
                 f"request body ended after {exc.received} of the {length} bytes its header "
@@ -228,7 +263,9 @@ class MLClientServer(FrontDoor):
                     "bytes per frame (--max-frame-bytes)"
                 )
         for index, image in enumerate(decoded.images):
-            check_wire_image(image, what=f"image {index}")
+            check_wire_image(
+                image, what=f"image {index}", max_pixels=self.settings.max_frame_pixels
+            )
         size = (decoded.images[0].height, decoded.images[0].width) if decoded.images else None
         if size is not None:
             exchange.size = f"{size[1]}x{size[0]}"

@@ -4,7 +4,8 @@ A generic protobuf parser copies every ``bytes`` field; for a 4K frame that is 1
 per request. Here the request body stays in the buffer it was received into: the decoder walks
 the protobuf wire format (varints, tags, lengths) of ``RequestWrapper → RequestInference →
 Image`` and returns each image's pixels as a view of that buffer. Small parts (the ``Model``
-with its options) are handed to the regular protobuf classes.
+with its options) are handed to the regular protobuf classes. The decoder counts what it
+walks and stops at the caps (images, fields, model bytes) before building anything past them.
 
 The reply is written the other way round: small headers are encoded here and the pixel buffers
 are passed to the socket as they are (see :func:`encode_inference_reply`).
@@ -17,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from frameserve.errors import ProtocolError
+from frameserve.errors import FrameError, ProtocolError, RequestTooLargeError
 
 __all__ = [
     "DecodedRequest",
@@ -26,6 +27,7 @@ __all__ = [
     "WirePixels",
     "decode_request",
     "encode_inference_reply",
+    "field_budget",
 ]
 
 _VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = 0, 1, 2, 3, 4, 5
@@ -72,21 +74,32 @@ class DecodedRequest:
     images: list[WireImage] = field(default_factory=list)
 
 
-def decode_request(body: memoryview) -> DecodedRequest:
+def decode_request(body: memoryview, *, max_images: int | None = None) -> DecodedRequest:
     """Decode a ``RequestWrapper`` body without copying image bytes.
 
     Like the original server, an ``r1`` (info) field wins over ``r2`` (inference).
 
+    The work is bounded before it is done: at most ``max_images`` images (decoding stops at
+    the first image past it, before building it), :data:`MAX_MESSAGE_PARTS` occurrences of
+    the ``r2`` and ``model`` messages, :data:`MAX_MODEL_BYTES` of model message, and a number
+    of fields in all that a request of that many images needs (:func:`field_budget`), so a
+    small body of many tiny fields cannot cost much time or memory.
+
     Raises:
-        ProtocolError: the bytes are not a valid message, or hold neither ``r1`` nor ``r2``.
+        ProtocolError: the bytes are not a valid message, hold neither ``r1`` nor ``r2``, or
+            hold far more fields than a request needs.
+        FrameError: more images than ``max_images``.
+        RequestTooLargeError: a model message above :data:`MAX_MODEL_BYTES`.
     """
     body = body.cast("B") if body.format != "B" else body
+    walker = _Walker(body, field_budget(max_images))
     has_info = False
     inference_parts: list[tuple[int, int]] = []
-    for number, wire_type, value in _fields(body, 0, len(body)):
+    for number, wire_type, value in walker.fields(0, len(body)):
         if number == 2 and wire_type == _LEN:
             has_info = True
         elif number == 3 and wire_type == _LEN:
+            _check_parts(inference_parts, "r2")
             inference_parts.append(value)
     if has_info:
         return DecodedRequest(RequestKind.INFO)
@@ -95,30 +108,56 @@ def decode_request(body: memoryview) -> DecodedRequest:
             "request message holds neither r1 (an info request) nor r2 (an inference request)"
         )
     decoded = DecodedRequest(RequestKind.INFER)
+    model_bytes = 0
     for start, end in inference_parts:
-        for number, wire_type, value in _fields(body, start, end):
+        for number, wire_type, value in walker.fields(start, end):
             if number == 1 and wire_type == _LEN:
+                _check_parts(decoded.model_parts, "model")
+                model_bytes += value[1] - value[0]
+                if model_bytes > MAX_MODEL_BYTES:
+                    raise RequestTooLargeError(
+                        f"the request's model message is above {MAX_MODEL_BYTES} bytes, the "
+                        "most accepted"
+                    )
                 decoded.model_parts.append(body[value[0] : value[1]])
             elif number == 2 and wire_type == _LEN:
-                decoded.images.append(_image(body, *value))
+                if max_images is not None and len(decoded.images) >= max_images:
+                    raise FrameError(
+                        f"request carries more than {max_images} images; at most {max_images} "
+                        "are accepted (--max-request-images)"
+                    )
+                decoded.images.append(walker.image(*value))
     return decoded
 
 
-def _image(body: memoryview, start: int, end: int) -> WireImage:
-    width = height = channels = 0
-    pixels = (start, start)
-    for number, wire_type, value in _fields(body, start, end):
-        if wire_type == _VARINT and number in (1, 2, 3):
-            as_int32 = _int32(value)
-            if number == 1:
-                width = as_int32
-            elif number == 2:
-                height = as_int32
-            else:
-                channels = as_int32
-        elif number == 4 and wire_type == _LEN:
-            pixels = value
-    return WireImage(width, height, channels, pixels[0], pixels[1])
+#: How many times the ``r2`` and ``model`` messages may occur in one request (protobuf merges
+#: repeated occurrences; clients send each once).
+MAX_MESSAGE_PARTS = 16
+#: The largest ``Model`` message accepted in an inference request (its name and knob values).
+MAX_MODEL_BYTES = 1 << 20
+#: Fields a request may hold besides its images'; each image adds :data:`_FIELDS_PER_IMAGE`.
+_BASE_FIELDS = 256
+_FIELDS_PER_IMAGE = 16
+#: Fields walked when no image cap is given (tests and tools decoding their own messages).
+_UNCAPPED_FIELDS = 1 << 24
+
+
+def field_budget(max_images: int | None) -> int:
+    """Return how many fields (at every level) a request of ``max_images`` images may hold.
+
+    A request needs a few fields around its images and four per image (width, height,
+    channels, pixels); the budget leaves room for fields a newer client adds.
+    """
+    if max_images is None:
+        return _UNCAPPED_FIELDS
+    return _BASE_FIELDS + _FIELDS_PER_IMAGE * max_images
+
+
+def _check_parts(parts: list[Any], name: str) -> None:
+    if len(parts) >= MAX_MESSAGE_PARTS:
+        raise ProtocolError(
+            f"request message sends {name} more than {MAX_MESSAGE_PARTS} times; send it once"
+        )
 
 
 def _int32(value: int) -> int:
@@ -142,69 +181,109 @@ def _varint(body: memoryview, pos: int, end: int) -> tuple[int, int]:
             raise ProtocolError("request message holds a varint longer than 10 bytes")
 
 
-def _fields(body: memoryview, pos: int, end: int) -> Iterator[tuple[int, int, Any]]:
-    """Yield ``(field number, wire type, value)``; a length-delimited value is ``(start, end)``."""
-    while pos < end:
-        tag, pos = _varint(body, pos, end)
-        number, wire_type = tag >> 3, tag & 7
-        if number == 0:
-            raise ProtocolError("request message holds a field numbered 0")
-        value: Any
-        if wire_type == _VARINT:
-            value, pos = _varint(body, pos, end)
-        elif wire_type == _LEN:
-            length, pos = _varint(body, pos, end)
-            if length > end - pos:
-                raise ProtocolError(
-                    f"request message field {number} claims {length} bytes; only {end - pos} remain"
-                )
-            value, pos = (pos, pos + length), pos + length
-        elif wire_type in (_I64, _I32):
-            size = 8 if wire_type == _I64 else 4
-            if size > end - pos:
-                raise ProtocolError(f"request message is truncated inside field {number}")
-            value, pos = int.from_bytes(body[pos : pos + size], "little"), pos + size
-        elif wire_type == _SGROUP:
-            pos = _skip_group(body, pos, end, number)
-            continue
-        else:
-            raise ProtocolError(f"request message uses wire type {wire_type} in field {number}")
-        yield number, wire_type, value
+class _Walker:
+    """Walks the protobuf wire format of one body, counting fields against a budget."""
 
+    def __init__(self, body: memoryview, budget: int) -> None:
+        self.body = body
+        self.budget = budget
+        self.left = budget
 
-def _skip_group(body: memoryview, pos: int, end: int, group: int) -> int:
-    """Return the position after the end tag of ``group`` (nested groups skipped too)."""
-    open_groups = [group]
-    while pos < end:
-        tag, pos = _varint(body, pos, end)
-        number, wire_type = tag >> 3, tag & 7
-        if wire_type == _EGROUP:
-            if number != open_groups[-1]:
-                raise ProtocolError(
-                    f"request message closes group {number} inside group {open_groups[-1]}"
-                )
-            open_groups.pop()
-            if not open_groups:
-                return pos
-        elif wire_type == _SGROUP:
-            if len(open_groups) >= _MAX_GROUP_DEPTH:
-                raise ProtocolError(f"request message nests groups deeper than {_MAX_GROUP_DEPTH}")
-            open_groups.append(number)
-        elif wire_type == _VARINT:
-            pos = _varint(body, pos, end)[1]
-        elif wire_type == _LEN:
-            length, pos = _varint(body, pos, end)
-            if length > end - pos:
-                raise ProtocolError("request message is truncated inside a group")
-            pos += length
-        elif wire_type in (_I64, _I32):
-            size = 8 if wire_type == _I64 else 4
-            if size > end - pos:
-                raise ProtocolError("request message is truncated inside a group")
-            pos += size
-        else:
-            raise ProtocolError(f"request message uses wire type {wire_type} inside a group")
-    raise ProtocolError(f"request message never closes group {group}")
+    def _count(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError(
+                f"request message holds more than {self.budget} fields, far more than a "
+                "request needs"
+            )
+
+    def fields(self, pos: int, end: int) -> Iterator[tuple[int, int, Any]]:
+        """Yield ``(field number, wire type, value)``; a length-delimited value is
+        ``(start, end)``."""
+        body = self.body
+        while pos < end:
+            self._count()
+            tag, pos = _varint(body, pos, end)
+            number, wire_type = tag >> 3, tag & 7
+            if number == 0:
+                raise ProtocolError("request message holds a field numbered 0")
+            value: Any
+            if wire_type == _VARINT:
+                value, pos = _varint(body, pos, end)
+            elif wire_type == _LEN:
+                length, pos = _varint(body, pos, end)
+                if length > end - pos:
+                    raise ProtocolError(
+                        f"request message field {number} claims {length} bytes; "
+                        f"only {end - pos} remain"
+                    )
+                value, pos = (pos, pos + length), pos + length
+            elif wire_type in (_I64, _I32):
+                size = 8 if wire_type == _I64 else 4
+                if size > end - pos:
+                    raise ProtocolError(f"request message is truncated inside field {number}")
+                value, pos = int.from_bytes(body[pos : pos + size], "little"), pos + size
+            elif wire_type == _SGROUP:
+                pos = self._skip_group(pos, end, number)
+                continue
+            else:
+                raise ProtocolError(f"request message uses wire type {wire_type} in field {number}")
+            yield number, wire_type, value
+
+    def image(self, start: int, end: int) -> WireImage:
+        """Decode the ``Image`` message at ``body[start:end]`` (its pixels are not copied)."""
+        width = height = channels = 0
+        pixels = (start, start)
+        for number, wire_type, value in self.fields(start, end):
+            if wire_type == _VARINT and number in (1, 2, 3):
+                as_int32 = _int32(value)
+                if number == 1:
+                    width = as_int32
+                elif number == 2:
+                    height = as_int32
+                else:
+                    channels = as_int32
+            elif number == 4 and wire_type == _LEN:
+                pixels = value
+        return WireImage(width, height, channels, pixels[0], pixels[1])
+
+    def _skip_group(self, pos: int, end: int, group: int) -> int:
+        """Return the position after the end tag of ``group`` (nested groups skipped too)."""
+        body = self.body
+        open_groups = [group]
+        while pos < end:
+            self._count()
+            tag, pos = _varint(body, pos, end)
+            number, wire_type = tag >> 3, tag & 7
+            if wire_type == _EGROUP:
+                if number != open_groups[-1]:
+                    raise ProtocolError(
+                        f"request message closes group {number} inside group {open_groups[-1]}"
+                    )
+                open_groups.pop()
+                if not open_groups:
+                    return pos
+            elif wire_type == _SGROUP:
+                if len(open_groups) >= _MAX_GROUP_DEPTH:
+                    raise ProtocolError(
+                        f"request message nests groups deeper than {_MAX_GROUP_DEPTH}"
+                    )
+                open_groups.append(number)
+            elif wire_type == _VARINT:
+                pos = _varint(body, pos, end)[1]
+            elif wire_type == _LEN:
+                length, pos = _varint(body, pos, end)
+                if length > end - pos:
+                    raise ProtocolError("request message is truncated inside a group")
+                pos += length
+            elif wire_type in (_I64, _I32):
+                size = 8 if wire_type == _I64 else 4
+                if size > end - pos:
+                    raise ProtocolError("request message is truncated inside a group")
+                pos += size
+            else:
+                raise ProtocolError(f"request message uses wire type {wire_type} inside a group")
+        raise ProtocolError(f"request message never closes group {group}")
 
 
 def _encode_varint(value: int) -> bytes:

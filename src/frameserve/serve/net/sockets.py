@@ -1,7 +1,24 @@
-"""Blocking-socket helpers shared by the front doors: exact reads into buffers, gathered writes.
+"""Blocking-socket helpers shared by the front doors: deadline-bound reads, gathered writes.
 
 Reads go straight into a preallocated buffer; writes hand the kernel a list of buffers
 (``sendmsg``), so frame payloads are never joined into one big bytes object.
+
+**Deadlines.** :func:`recv_exact_into` takes absolute deadlines (``time.monotonic`` values),
+so a door bounds a whole request however the bytes are spread: an idle timeout between two
+pieces, a deadline for the last byte, and optionally a rate the bytes must keep up — the
+first ``k`` bytes by ``rate_from + k / min_rate`` — so a client that trickles a byte now and
+then is cut as soon as it falls behind, not when the whole request's time is up.
+
+**A client that leaves, and one that only stops sending.** While a request runs,
+:func:`wait_while_connected` watches the connection and cancels the work when the client is
+gone. A client may half-close its socket once its request is sent (``shutdown(SHUT_WR)``)
+and then wait for the reply; the server reads end-of-file then — exactly what it reads when
+the client closes the socket altogether. TCP sends the same FIN for both, and only sending
+tells them apart (a closed socket answers the data with a reset), which a door cannot do
+before its reply is ready. So end-of-file is *not* taken as the client leaving: a reset is
+(an abortive close, ``SO_LINGER`` 0; a close with unread data; a peer whose socket is gone),
+and so is a write that fails. The cost: a client that closes cleanly while its request runs
+has the request run to the end, and the reply is dropped when writing it fails.
 """
 
 from __future__ import annotations
@@ -21,13 +38,14 @@ _POLL_SECONDS = 0.05
 __all__ = [
     "ClientGone",
     "ClientStalled",
-    "peer_closed",
+    "peer_gone",
     "recv_exact_into",
     "send_buffers",
     "wait_while_connected",
 ]
 
 _MAX_IOV = 512
+_HAS_POLL = hasattr(select, "poll")
 
 
 class ClientGone(Exception):
@@ -40,35 +58,69 @@ class ClientGone(Exception):
 
 
 class ClientStalled(Exception):
-    """The client stopped sending before the request was complete."""
+    """The client stopped sending, or sent too slowly, before the request was complete."""
 
 
 def recv_exact_into(
-    sock: socket.socket, view: memoryview, *, idle_timeout: float, deadline: float
+    sock: socket.socket,
+    view: memoryview,
+    *,
+    idle_timeout: float,
+    deadline: float,
+    min_rate: float | None = None,
+    rate_from: float | None = None,
 ) -> None:
-    """Fill ``view`` from ``sock``.
+    """Fill ``view`` from ``sock`` before ``deadline``.
+
+    Args:
+        sock: a blocking socket (its timeout is changed).
+        view: the bytes to fill, in order.
+        idle_timeout: seconds the client may stay silent between two pieces.
+        deadline: ``time.monotonic()`` value by which every byte must have arrived.
+        min_rate: bytes per second the data must keep arriving at, at least: the first
+            ``k`` bytes of ``view`` by ``rate_from + k / min_rate`` (and ``deadline``).
+            ``None``: only ``idle_timeout`` and ``deadline`` apply.
+        rate_from: ``time.monotonic()`` value the rate counts from (the grace a client has
+            before the first byte); the time of the call when not given.
 
     Raises:
         ClientGone: the peer closed the connection first.
-        ClientStalled: nothing arrived for ``idle_timeout`` seconds, or ``deadline``
-            (a ``time.monotonic`` value) passed.
+        ClientStalled: nothing arrived for ``idle_timeout`` seconds, the bytes fell behind
+            ``min_rate``, or ``deadline`` passed.
     """
     received = 0
     expected = len(view)
+    if min_rate is not None and rate_from is None:
+        rate_from = time.monotonic()
     while received < expected:
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        due = deadline
+        if min_rate is not None and rate_from is not None:
+            due = min(deadline, rate_from + (received + 1) / min_rate)
+        remaining = due - now
         if remaining <= 0:
-            raise ClientStalled(f"request not complete in time ({received} of {expected} bytes)")
-        sock.settimeout(min(idle_timeout, remaining))
+            raise _late(received, expected, paced=due < deadline, min_rate=min_rate)
+        wait = min(idle_timeout, remaining)
+        sock.settimeout(wait)
         try:
             count = sock.recv_into(view[received:])
         except TimeoutError:
+            if wait < idle_timeout:
+                raise _late(received, expected, paced=due < deadline, min_rate=min_rate) from None
             raise ClientStalled(
                 f"client sent nothing for {idle_timeout:g} s ({received} of {expected} bytes)"
             ) from None
         if count == 0:
             raise ClientGone(received, expected)
         received += count
+
+
+def _late(received: int, expected: int, *, paced: bool, min_rate: float | None) -> ClientStalled:
+    if paced and min_rate is not None:
+        return ClientStalled(
+            f"request arriving slower than {min_rate:g} bytes/s ({received} of {expected} bytes)"
+        )
+    return ClientStalled(f"request not complete in time ({received} of {expected} bytes)")
 
 
 def send_buffers(sock: socket.socket, buffers: Iterable[Any]) -> None:
@@ -92,15 +144,26 @@ def _byte_view(buffer: Any) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def peer_closed(sock: socket.socket) -> bool:
-    """Whether the peer has closed (or reset) the connection; bytes it sent are left unread."""
+def peer_gone(sock: socket.socket) -> bool:
+    """Whether the connection was reset (or closed here); end-of-file alone is not "gone".
+
+    Reads nothing: bytes the client sent, and its end-of-file, stay for the next read. See the
+    module docstring for why a half-close and a close look the same.
+    """
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        if sock.fileno() < 0:
+            return True
+        if _HAS_POLL:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)  # POLLERR, POLLHUP, POLLNVAL always come
+            events = poller.poll(0)
+            broken = select.POLLERR | select.POLLHUP | select.POLLNVAL
+            return any(mask & broken for _, mask in events)
+        # Elsewhere a reset shows as a pending socket error (checked when anything happened).
+        readable, _, failed = select.select([sock], [], [sock], 0)
+        if not (readable or failed):
             return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
     except (OSError, ValueError):
         return True
 
@@ -108,13 +171,14 @@ def peer_closed(sock: socket.socket) -> bool:
 def wait_while_connected(sock: socket.socket, future: Future[T]) -> T:
     """Wait for ``future``; if the client goes away first, cancel it and raise ClientGone.
 
-    A cancelled request still queued is dropped before it reaches a model (Nuke aborts
-    renders this way while the artist scrubs).
+    "Goes away" means the connection was reset (:func:`peer_gone`); a client that half-closed
+    its socket after sending is still waiting for its reply. A cancelled request still queued
+    is dropped before it reaches a model.
     """
     while True:
         try:
             return future.result(timeout=_POLL_SECONDS)
         except FutureTimeout:
-            if peer_closed(sock):
+            if peer_gone(sock):
                 future.cancel()
                 raise ClientGone(0, 0) from None
