@@ -128,13 +128,36 @@ def test_missing_unknown_or_repeated_inputs_are_400(server, model, names, fragme
 @pytest.mark.parametrize(
     ("body", "fragments"),
     [
-        (b"{not json", ["not valid JSON"]),
+        (b"{not json", ["is not JSON"]),
         (b"[1, 2]", ["JSON object"]),
         (b'{"parameters": {}}', ["'inputs'"]),
         (b'{"inputs": []}', ["'inputs'"]),
-        (b"", ["not valid JSON"]),
+        (b"", ["is not JSON"]),
+        # Found by the fuzz suite: each was a 500.
+        (
+            b'{"inputs":[{"name":"image","datatype":"FP32","shape":[1,1,3],"data":[0,0,0]}],'
+            b'"parameters":{"x":' + b"1" * 5000 + b"}}",
+            ["is not JSON", "digits"],
+        ),
+        (
+            b'{"inputs":[{"name":"image","datatype":{},"shape":[1,1,3],"data":[0,0,0]}]}',
+            ["datatype {}", "FP32"],
+        ),
+        (
+            b'{"inputs":[{"name":"image","datatype":["FP32"],"shape":[1,1,3],"data":[0,0,0]}]}',
+            ["datatype ['FP32']", "FP32"],
+        ),
     ],
-    ids=["bad-json", "not-object", "no-inputs", "empty-inputs", "empty-body"],
+    ids=[
+        "bad-json",
+        "not-object",
+        "no-inputs",
+        "empty-inputs",
+        "empty-body",
+        "huge-number",
+        "datatype-object",
+        "datatype-list",
+    ],
 )
 def test_malformed_infer_json_is_400(server, body, fragments):
     infer(server, "identity", (body, {"Content-Type": "application/json"})).error(400, *fragments)

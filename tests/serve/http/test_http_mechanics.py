@@ -39,15 +39,16 @@ STALL_TIMEOUT = 0.5
         (b"HELLO THERE\r\n\r\n", ["malformed request line"]),
         (b"GET /v2/health/live HTTP/1.1\r\nHost x\r\n\r\n", ["malformed header", "Host x"]),
         (
-            b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+            b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
             ["Content-Length", "'ten'"],
         ),
         (
-            b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+            b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
             ["Content-Length"],
         ),
         (
-            b"POST /v2/models/identity/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
             ["chunk size"],
         ),
     ],
@@ -63,7 +64,7 @@ def test_malformed_http_is_400_and_closes(server, raw, data, fragments):
 
 
 def test_content_length_of_a_non_ascii_digit_is_400(server, raw):
-    raw.send(b"POST /v2/models/identity/infer HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n")
+    raw.send(b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n")
     try:
         reply = raw.read_response()
     finally:
@@ -72,7 +73,10 @@ def test_content_length_of_a_non_ascii_digit_is_400(server, raw):
 
 
 def test_negative_chunk_size_is_400(server, raw):
-    raw.send(b"POST /v2/models/identity/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n")
+    raw.send(
+        b"POST /v2/models/identity/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n-5\r\n"
+    )
     try:
         reply = raw.read_response()
     finally:

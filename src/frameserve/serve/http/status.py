@@ -23,6 +23,7 @@ from frameserve.errors import (
     JobNotFoundError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelSetupError,
     RequestError,
     RequestTooLargeError,
     ServerBusyError,
@@ -44,6 +45,7 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (StorageFullError, 507),  # the uploads kept for jobs are full
     (ServerBusyError, 503),  # no room right now: try again
     (ModelLoadError, 503),  # the model exists but failed to load
+    (ModelSetupError, 503),  # it loaded, but cannot set up here (weights missing)
 )
 
 #: For routes whose settings and image files come from the client (training jobs): an

@@ -10,6 +10,11 @@ The JSON header of a binary answer is padded with spaces to a multiple of
 :data:`BINARY_ALIGNMENT` bytes (:func:`binary_header`), so the tensors after it start aligned
 in the client's buffer: a client can then use them in place (image writers take only aligned
 arrays). frameserve's client pads its requests the same way.
+
+**Limits.** The sizes a tensor's JSON header declares are checked before its data is touched
+(:func:`check_frame_shape`): at most ``max_batch_frames`` frames in an ``[N, H, W, C]`` batch and
+``max_frame_pixels`` pixels (H × W) per frame, so a small body cannot turn into a great many
+frames, nor a small header into a huge frame.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
+from frameserve.engine.limits import DEFAULT_MAX_BATCH_FRAMES, DEFAULT_MAX_FRAME_PIXELS
 from frameserve.errors import FrameError, ProtocolError
 from frameserve.plugin.frames import MAX_DIMENSION
 from frameserve.plugin.model import MAX_CHANNELS
+from frameserve.serve.http.bodies import parse_json
 
 __all__ = [
     "BINARY_ALIGNMENT",
@@ -33,6 +41,7 @@ __all__ = [
     "InputTensor",
     "OutputTensor",
     "binary_header",
+    "check_frame_shape",
     "frames_from_tensor",
     "parse_infer_body",
     "tensor_from_frames",
@@ -57,6 +66,10 @@ def binary_header(header: dict[str, Any]) -> bytes:
     return text + b" " * (-len(text) % BINARY_ALIGNMENT)
 
 
+#: The most channels OpenCV's split and merge take (CV_CN_MAX).
+_CV_MAX_CHANNELS = 512
+
+
 @dataclass
 class InputTensor:
     """One request input: its name, datatype and values as an array of its shape."""
@@ -78,13 +91,24 @@ class OutputTensor:
 
 
 def parse_infer_body(
-    body: np.ndarray, header_length: int | None
+    body: np.ndarray,
+    header_length: int | None,
+    *,
+    max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES,
+    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
 ) -> tuple[dict[str, Any], list[InputTensor]]:
     """Split an infer request body into its JSON object and its input tensors.
 
+    Args:
+        body: the whole request body (the tensors are views of it, not copies).
+        header_length: ``Inference-Header-Content-Length``; ``None``: the body is all JSON.
+        max_batch_frames, max_frame_pixels: the caps of :func:`check_frame_shape`, checked
+            from each tensor's declared shape before its data is read.
+
     Raises:
         ProtocolError: JSON that is not an inference request, or binary sizes that do not add up.
-        FrameError: a tensor whose datatype, shape or byte count is wrong.
+        FrameError: a tensor whose datatype, shape or byte count is wrong, or whose shape is
+            above the caps.
     """
     size = body.nbytes
     if header_length is None:
@@ -93,10 +117,7 @@ def parse_infer_body(
         raise ProtocolError(
             f"Inference-Header-Content-Length {header_length} is outside the body of {size} bytes"
         )
-    try:
-        request = json.loads(body.data[:header_length].tobytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"request body is not valid JSON: {exc}") from None
+    request = parse_json(body.data[:header_length], what="the request's JSON")
     if not isinstance(request, dict):
         raise ProtocolError("inference request must be a JSON object")
     raw_inputs = request.get("inputs")
@@ -105,7 +126,7 @@ def parse_infer_body(
     offset = header_length
     inputs: list[InputTensor] = []
     for index, raw in enumerate(raw_inputs):
-        tensor, offset = _input_tensor(raw, index, body, offset)
+        tensor, offset = _input_tensor(raw, index, body, offset, max_batch_frames, max_frame_pixels)
         inputs.append(tensor)
     if offset != size:
         raise ProtocolError(
@@ -116,7 +137,12 @@ def parse_infer_body(
 
 
 def _input_tensor(
-    raw: object, index: int, body: np.ndarray, offset: int
+    raw: object,
+    index: int,
+    body: np.ndarray,
+    offset: int,
+    max_batch_frames: int,
+    max_frame_pixels: int,
 ) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict):
         raise ProtocolError(f"inputs[{index}] must be a JSON object")
@@ -125,7 +151,7 @@ def _input_tensor(
         raise ProtocolError(f"inputs[{index}] needs a 'name'")
     what = f"input {name!r}"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise FrameError(
             f"{what}: datatype {datatype!r} is not accepted; use one of {', '.join(DATATYPES)}"
         )
@@ -136,6 +162,9 @@ def _input_tensor(
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise FrameError(f"{what}: 'shape' must be a list of non-negative whole numbers")
+    check_frame_shape(
+        shape, what=what, max_batch_frames=max_batch_frames, max_frame_pixels=max_frame_pixels
+    )
     dtype = DATATYPES[datatype]
     count = math.prod(shape)
     parameters = raw.get("parameters") or {}
@@ -165,6 +194,36 @@ def _input_tensor(
     if array.size != count:
         raise FrameError(f"{what}: shape {shape} needs {count} values, 'data' holds {array.size}")
     return InputTensor(name, datatype, array.reshape(shape)), offset
+
+
+def check_frame_shape(
+    shape: Sequence[int], *, what: str, max_batch_frames: int, max_frame_pixels: int
+) -> None:
+    """Check the frame count and frame size a declared ``[N, H, W, C]`` or ``[H, W, C]`` shape
+    asks for, before anything is read or allocated.
+
+    Other layouts are left to :func:`frames_from_tensor`, which names them.
+
+    Raises:
+        FrameError: more than ``max_batch_frames`` frames, or frames of more than
+            ``max_frame_pixels`` pixels (H × W).
+    """
+    if len(shape) == 4:
+        count, height, width = shape[0], shape[1], shape[2]
+        if count > max_batch_frames:
+            raise FrameError(
+                f"{what}: a batch of {count} frames is above the limit of {max_batch_frames} "
+                "frames per request (--max-batch-frames); send fewer frames at a time"
+            )
+    elif len(shape) == 3:
+        height, width = shape[0], shape[1]
+    else:
+        return
+    if height * width > max_frame_pixels:
+        raise FrameError(
+            f"{what}: {width}x{height} is {height * width} pixels, above the limit of "
+            f"{max_frame_pixels} pixels per frame (--max-frame-pixels)"
+        )
 
 
 def frames_from_tensor(tensor: InputTensor, channels: int) -> list[torch.Tensor]:
@@ -201,12 +260,31 @@ def frames_from_tensor(tensor: InputTensor, channels: int) -> list[torch.Tensor]
     frames = []
     for item in array:
         target = np.empty((depth, height, width), dtype=np.float32)
-        source = torch.from_numpy(_writable(item)).permute(2, 0, 1)
-        torch.from_numpy(target).copy_(source)
+        _interleaved_into_planes(item, target)
         if tensor.datatype == "UINT8":
             target *= np.float32(1 / 255)
         frames.append(torch.from_numpy(target))
     return frames
+
+
+def _interleaved_into_planes(item: np.ndarray, target: np.ndarray) -> None:
+    """Copy ``item`` ``(H, W, C)`` into ``target`` ``(C, H, W)`` float32: the one layout copy in.
+
+    Float32 frames (the common case) go plane by plane with OpenCV's ``split``, which reads
+    the interleaved pixels once and writes each plane sequentially: measured 1.3 ms for a
+    1080p RGB frame where a strided torch copy took 12 ms on the same machine. It reads
+    unaligned buffers (a frame right after the JSON header) correctly. Other datatypes are
+    converted by torch.
+    """
+    if item.dtype == np.float32 and item.flags.c_contiguous and item.shape[2] <= _CV_MAX_CHANNELS:
+        planes = cv2.split(item, [target[channel] for channel in range(target.shape[0])])
+        if all(plane.ctypes.data == target[c].ctypes.data for c, plane in enumerate(planes)):
+            return
+        for channel, plane in enumerate(planes):  # OpenCV made new planes: copy them over
+            target[channel] = plane
+        return
+    source = torch.from_numpy(_writable(item)).permute(2, 0, 1)
+    torch.from_numpy(target).copy_(source)
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
@@ -228,9 +306,30 @@ def tensor_from_frames(
     for index, frame in enumerate(frames):
         if tuple(frame.shape) != (channels, height, width):
             raise FrameError(f"output {name!r}: the frames of a batch differ in size")
+        if datatype == "FP32" and _planes_for_opencv(frame):
+            _planes_into_interleaved(frame, target[index])
+            continue
         source = frame.permute(1, 2, 0)
         if datatype == "UINT8":
             source = (source * 255.0).round_().clamp_(0, 255)
         torch.from_numpy(target[index]).copy_(source)
     array = target if batched else target[0]
     return OutputTensor(name, datatype, list(array.shape), array=array)
+
+
+def _planes_for_opencv(frame: torch.Tensor) -> bool:
+    """Whether ``frame`` can be merged by OpenCV: contiguous float32 planes in memory."""
+    return (
+        frame.device.type == "cpu"
+        and frame.dtype == torch.float32
+        and frame.is_contiguous()
+        and frame.shape[0] <= _CV_MAX_CHANNELS
+    )
+
+
+def _planes_into_interleaved(frame: torch.Tensor, target: np.ndarray) -> None:
+    """Copy ``frame`` ``(C, H, W)`` float32 into ``target`` ``(H, W, C)``: the one copy out."""
+    planes = frame.numpy()
+    merged = cv2.merge([planes[channel] for channel in range(planes.shape[0])], target)
+    if merged.ctypes.data != target.ctypes.data:  # OpenCV made a new array: copy it over
+        target[...] = merged.reshape(target.shape)

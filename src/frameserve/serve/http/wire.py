@@ -1,34 +1,58 @@
-"""HTTP/1.1 on a blocking socket: request heads, bodies into preallocated buffers, responses.
+"""HTTP/1.1 on a blocking socket: heads framed by h11, bodies into one buffer, gathered replies.
 
-Just what an inference API needs, written for big bodies: the head is parsed from a small
-buffer, a ``Content-Length`` body is received straight into one preallocated array (chunked
-bodies are joined once), ``Expect: 100-continue`` is answered, connections are kept alive, and
-a response's parts are gathered by the kernel rather than joined.
+**Who parses what.** Request heads and chunked bodies are framed by h11, held stricter where
+request smuggling lives (:mod:`frameserve.serve.http.framing`). A ``Content-Length`` body
+bypasses h11: once h11 has read the head, the bytes that came with it start the body and the
+rest is received straight into one preallocated numpy buffer (``recv_into``). Fed to h11, every
+piece of a frame would come back as a new bytes object: one more copy of each frame, and many
+allocations. Bypassing it is safe because the framing is already decided: the next request
+starts exactly ``Content-Length`` bytes later, and each request gets a fresh h11 connection
+fed what is left over (h11 never writes our responses, so it cannot cycle to the next request
+itself). A chunked body is decoded by h11 as it arrives.
+
+**Time.** A request head must be complete within ``header_timeout`` seconds of the connection
+opening (the first request) or of its first byte (later requests; an idle kept-alive connection
+waits ``read_timeout`` for one); a body of N bytes within ``body_deadline(N)``, arriving at
+``min_transfer_rate`` at least after ``header_timeout`` of grace (a chunked body is held to the
+rate as it comes); no read waits longer than ``read_timeout``.
+
+Responses: a head written here and the body parts gathered by the kernel (``sendmsg``), never
+joined; a TLS socket has no ``sendmsg``, so there the parts go one by one.
 """
 
 from __future__ import annotations
 
-import re
 import socket
+import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
+import h11
 import numpy as np
 
 from frameserve.errors import ProtocolError, RequestTooLargeError
 from frameserve.serve.auth.users import ANONYMOUS, User
+from frameserve.serve.http.framing import FRAMING_ALLOWANCE, chunk_error, head_end, parse_head
 from frameserve.serve.net.sockets import ClientGone, ClientStalled, recv_exact_into, send_buffers
+from frameserve.serve.settings import DoorSettings
 
-__all__ = ["HttpConnection", "HttpRequest", "HttpResponse", "write_response"]
+__all__ = [
+    "HttpConnection",
+    "HttpRequest",
+    "HttpResponse",
+    "write_response",
+]
 
-MAX_HEAD_BYTES = 64 << 10
-_DIGITS = re.compile(r"[0-9]+")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_CHUNK = 1 << 16
+#: Bytes asked of the socket per read of a head or a chunked body.
+_RECV_BYTES = 64 << 10
+#: Size of the pieces a streamed ``Content-Length`` body arrives in.
+_STREAM_PIECE = 256 << 10
+#: Replies up to this size go to a TLS socket in one write (one record, not one per part).
+_SMALL_REPLY = 16 << 10
 
 
 @dataclass
@@ -45,16 +69,19 @@ class HttpRequest:
     #: Who sent it (set by the router after authentication; :data:`ANONYMOUS` without tokens).
     user: User = ANONYMOUS
     #: The body as it arrives, for routes that stream it to disk (``Route.streams_body``);
-    #: then :attr:`body` is empty. Each item is the next piece of the body, in order.
+    #: then :attr:`body` is empty. Each item is the next piece of the body, in order, and stays
+    #: valid after the next is asked for. A malformed or cut body raises
+    #: :class:`~frameserve.errors.ProtocolError` (or ``RequestTooLargeError``) from the
+    #: iterator; a client that stalls, ``ClientStalled`` (the door answers 408).
     stream: Iterator[memoryview] | None = None
 
     @property
     def keep_alive(self) -> bool:
         """Whether the client wants the connection kept open after the response."""
-        connection = self.headers.get("connection", "").lower()
+        tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
         if self.version == "HTTP/1.0":
-            return "keep-alive" in connection
-        return "close" not in connection
+            return "keep-alive" in tokens
+        return "close" not in tokens
 
 
 @dataclass
@@ -73,161 +100,250 @@ class HttpResponse:
 
 
 class HttpConnection:
-    """Reads requests from one client connection, keeping bytes that arrive early."""
+    """Reads requests from one client connection, keeping bytes that arrive early.
 
-    def __init__(self, sock: socket.socket, *, idle_timeout: float, request_timeout: float):
+    ``connected`` is the ``time.monotonic()`` value the connection opened at (the first head
+    must be complete ``settings.header_timeout`` seconds later).
+
+    Per request: :meth:`read_head`, then :meth:`read_body` (or nothing, when the request is
+    refused from its head); :attr:`body_done` then says whether the next request can follow.
+    """
+
+    def __init__(
+        self, sock: socket.socket, settings: DoorSettings, *, connected: float | None = None
+    ) -> None:
         self.sock = sock
-        self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
+        self.settings = settings
+        self._connected = time.monotonic() if connected is None else connected
         self._pending = bytearray()
+        self._requests = 0
+        self._framing: h11.Connection | None = None  # the h11 state of the current request
+        self._length: int | None = None  # its Content-Length; None: chunked
+        self._body_done = True
 
-    def read_request(self, body_limit: Callable[[str, str], int]) -> HttpRequest | None:
-        """Read the next request; ``None`` when the client closed or stayed idle between requests.
+    @property
+    def body_done(self) -> bool:
+        """Whether the current request's body has been read to its end (or it has none)."""
+        return self._body_done
 
-        ``body_limit(method, path)`` gives the largest body accepted for that request.
+    # -- heads -------------------------------------------------------------------------------
+
+    def read_head(self) -> HttpRequest | None:
+        """Read the next request's head; ``None`` when the client closed or stayed idle first.
 
         Raises:
-            ProtocolError: a malformed head or body framing.
-            RequestTooLargeError: a body above the limit (the body is not read).
-            ClientStalled, ClientGone: the client stopped mid-request.
+            ProtocolError: a malformed head, or one that smuggling could use.
+            ClientStalled: the head did not complete in time.
+            ClientGone: the client closed mid-head.
         """
-        deadline = time.monotonic() + self.request_timeout
-        head = self._read_head(deadline)
-        if head is None:
-            return None
-        request = _parse_head(head)
-        request.sock = self.sock
-        limit = body_limit(request.method, request.path)
-        if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        self._body_done = False
+        first_request = self._requests == 0
+        self._requests += 1
+        if not self._pending:
+            now = time.monotonic()
+            idle_until = self._connected + self.settings.header_timeout
+            if not first_request:
+                idle_until = now + self.settings.read_timeout
+            try:
+                self._receive(idle_until)
+            except (ClientGone, ClientStalled):
+                return None  # nothing sent: a normal end of an idle or kept-alive connection
+        started = self._connected if first_request else time.monotonic()
+        deadline = started + self.settings.header_timeout
+        searched = 0
+        while (end := head_end(self._pending, searched)) is None:
+            searched = len(self._pending)
+            self._receive(deadline)
+        head = parse_head(bytes(self._pending[:end]))
+        del self._pending[:end]
+        self._framing, self._length = head.framing, head.length
+        self._body_done = head.length == 0
+        path, _, query = head.target.partition("?")
+        return HttpRequest(
+            head.method.upper(),
+            unquote(path),
+            query,
+            f"HTTP/{head.version}",
+            head.headers,
+            sock=self.sock,
+        )
+
+    # -- bodies ------------------------------------------------------------------------------
+
+    def read_body(self, request: HttpRequest, limit: int, *, stream: bool = False) -> None:
+        """Read the body of ``request`` (the last head read) into ``request.body``.
+
+        ``stream``: set ``request.stream`` instead, an iterator over the body as it arrives
+        (the route reads it). ``limit`` is the largest body accepted, in bytes.
+
+        Raises:
+            RequestTooLargeError: a ``Content-Length`` above ``limit`` (nothing is read), or a
+                chunked body that grows past it.
+            ProtocolError: malformed chunked framing, or a body cut short.
+            ClientStalled: the body did not arrive in time.
+        """
+        length = self._length
+        if length is not None and length > limit:
+            raise RequestTooLargeError(
+                f"request body of {length} bytes is above the limit of {limit} bytes"
+            )
+        if length == 0:
+            self._body_done = True
+            if stream:
+                request.stream = iter(())
+            return
+        started = time.monotonic()
+        if stream:
+            pieces = (
+                self._stream_exact(request, length, started)
+                if length is not None
+                else self._chunks(request, limit, started)
+            )
+            request.stream = pieces
+            return
+        if length is not None:
             self._continue(request)
-            request.body = self._read_chunked(limit, deadline)
-        else:
-            length = _content_length(request.headers)
-            if length > limit:
-                raise RequestTooLargeError(
-                    f"request body of {length} bytes is above the limit of {limit} bytes"
-                )
-            if length:
-                self._continue(request)
-            request.body = self._read_exact(length, deadline)
-        return request
+            request.body = self._read_exact(length, started)
+            self._body_done = True
+            return
+        body = bytearray()
+        for piece in self._chunks(request, limit, started):
+            body += piece
+        request.body = np.frombuffer(body, dtype=np.uint8)
 
     def _continue(self, request: HttpRequest) -> None:
-        if request.headers.get("expect", "").lower() == "100-continue":
+        """Answer ``Expect: 100-continue`` once the request is known to be acceptable."""
+        expects = request.headers.get("expect", "").lower() == "100-continue"
+        if expects and request.version == "HTTP/1.1":
+            self.sock.settimeout(self.settings.read_timeout)
             self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _fill(self, deadline: float, *, first: bool = False) -> None:
-        """Receive more bytes into the pending buffer."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ClientStalled("request not complete in time")
-        self.sock.settimeout(min(self.idle_timeout, remaining))
-        try:
-            data = self.sock.recv(_CHUNK)
-        except TimeoutError:
-            raise ClientStalled(f"client sent nothing for {self.idle_timeout:g} s") from None
-        if not data:
-            raise ClientGone(len(self._pending), -1)
-        self._pending += data
-
-    def _read_head(self, deadline: float) -> bytes | None:
-        while True:
-            end = self._pending.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self._pending[:end])
-                del self._pending[: end + 4]
-                return head
-            if len(self._pending) > MAX_HEAD_BYTES:
-                raise ProtocolError(f"request head is longer than {MAX_HEAD_BYTES} bytes")
-            waiting = not self._pending.strip()
-            try:
-                self._fill(deadline)
-            except (ClientGone, ClientStalled):
-                if waiting:  # idle between requests: a normal end of a kept-alive connection
-                    return None
-                raise
-
-    def _read_exact(self, length: int, deadline: float) -> np.ndarray:
+    def _read_exact(self, length: int, started: float) -> np.ndarray:
+        """The whole ``Content-Length`` body, in one buffer allocated for it."""
         body = np.empty(length, dtype=np.uint8)
         taken = min(length, len(self._pending))
         if taken:
             body[:taken] = np.frombuffer(self._pending, dtype=np.uint8, count=taken)
             del self._pending[:taken]
         if taken < length:
-            try:
-                recv_exact_into(
-                    self.sock,
-                    body.data[taken:],
-                    idle_timeout=self.idle_timeout,
-                    deadline=deadline,
-                )
-            except ClientGone as exc:
-                raise ProtocolError(
-                    f"request body ended after {taken + exc.received} of {length} bytes"
-                ) from None
+            self._receive_exact(body.data[taken:], started, length, before=taken)
         return body
 
-    def _read_line(self, deadline: float) -> bytes:
-        while (end := self._pending.find(b"\r\n")) < 0:
-            if len(self._pending) > MAX_HEAD_BYTES:
-                raise ProtocolError("chunk header line is too long")
-            self._fill(deadline)
-        line = bytes(self._pending[:end])
-        del self._pending[: end + 2]
-        return line
+    def _stream_exact(
+        self, request: HttpRequest, length: int, started: float
+    ) -> Iterator[memoryview]:
+        """A ``Content-Length`` body in pieces of up to :data:`_STREAM_PIECE` bytes."""
+        self._continue(request)
+        received = min(length, len(self._pending))
+        if received:
+            first = bytes(self._pending[:received])
+            del self._pending[:received]
+            self._body_done = received == length
+            yield memoryview(first)
+        while received < length:
+            piece = bytearray(min(_STREAM_PIECE, length - received))
+            self._receive_exact(memoryview(piece), started, length, before=received)
+            received += len(piece)
+            self._body_done = received == length
+            yield memoryview(piece)
 
-    def _read_chunked(self, limit: int, deadline: float) -> np.ndarray:
-        chunks: list[np.ndarray] = []
-        total = 0
+    def _receive_exact(self, view: memoryview, started: float, length: int, before: int) -> None:
+        """Fill ``view``, bytes ``before`` onwards of a body of ``length`` bytes."""
+        settings = self.settings
+        rate = settings.min_transfer_rate
+        try:
+            recv_exact_into(
+                self.sock,
+                view,
+                idle_timeout=settings.read_timeout,
+                deadline=started + settings.body_deadline(length),
+                min_rate=rate,
+                rate_from=started + settings.header_timeout + before / rate,
+            )
+        except ClientGone as exc:
+            raise ProtocolError(
+                f"request body ended after {before + exc.received} of {length} bytes"
+            ) from None
+
+    def _chunks(self, request: HttpRequest, limit: int, started: float) -> Iterator[memoryview]:
+        """The data of a chunked body, piece by piece, as h11 decodes it."""
+        framing = self._framing
+        assert framing is not None
+        self._continue(request)
+        wire = len(self._pending)
+        if wire:  # (no bytes at all would tell h11 the client closed)
+            framing.receive_data(bytes(self._pending))
+            self._pending.clear()
+        data = 0
+        rate = self.settings.min_transfer_rate
         while True:
-            size_text = self._read_line(deadline).split(b";")[0].strip()
-            if not _HEX.fullmatch(size_text):
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}")
-            size = int(size_text, 16)
-            if size == 0:
-                while self._read_line(deadline):  # trailers, up to the blank line
-                    pass
-                break
-            total += size
-            if total > limit:
-                raise RequestTooLargeError(
-                    f"request body is above the limit of {limit} bytes (chunked)"
-                )
-            chunks.append(self._read_exact(size, deadline))
-            if self._read_line(deadline):
-                raise ProtocolError("chunk data is not followed by CRLF")
-        return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint8)
+            try:
+                event = framing.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise chunk_error(exc, data) from None
+            if isinstance(event, h11.Data):
+                data += len(event.data)
+                if data > limit:
+                    raise RequestTooLargeError(
+                        f"request body is above the limit of {limit} bytes (chunked)"
+                    )
+                yield memoryview(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._pending = bytearray(framing.trailing_data[0])
+                self._body_done = True
+                return
+            elif event is h11.NEED_DATA:
+                if wire - data > data + FRAMING_ALLOWANCE:
+                    raise ProtocolError(
+                        f"chunked body framing takes {wire - data} bytes for {data} bytes of "
+                        "data: chunks too small or chunk extensions too long"
+                    )
+                due = started + self.settings.body_deadline(wire + 1)
+                try:
+                    slow = f"request body arriving slower than {rate:g} bytes/s ({data} bytes)"
+                    received = self._receive(due, late=slow)
+                except ClientGone:
+                    received = 0
+                wire += received
+                framing.receive_data(bytes(self._pending))  # b"" tells h11 the client closed
+                self._pending.clear()
+            else:  # pragma: no cover - h11 yields nothing else while a request body is read
+                raise ProtocolError("malformed chunked body")
 
+    # -- the socket --------------------------------------------------------------------------
 
-def _parse_head(head: bytes) -> HttpRequest:
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise ProtocolError("request head is not text") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise ProtocolError(f"malformed request line {lines[0][:100]!r}")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError(f"malformed header line {line[:100]!r}")
-        key = name.lower()
-        value = value.strip()
-        if key in headers and key == "content-length" and headers[key] != value:
-            raise ProtocolError("conflicting Content-Length headers")
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    path, _, query = target.partition("?")
-    return HttpRequest(method.upper(), unquote(path), query, version, headers)
+    def _receive(self, deadline: float, *, late: str = "") -> int:
+        """Append what the client sends next to the pending bytes; return how many came.
 
+        ``late`` says what was too slow when ``deadline`` passes (default: the head).
 
-def _content_length(headers: dict[str, str]) -> int:
-    text = headers.get("content-length", "0").strip()
-    if not _DIGITS.fullmatch(text):
-        raise ProtocolError(f"Content-Length must be a whole number of bytes, got {text[:40]!r}")
-    return int(text)
+        Raises:
+            ClientStalled: nothing came for ``read_timeout`` seconds, or ``deadline`` passed.
+            ClientGone: the client closed its side.
+        """
+        idle = self.settings.read_timeout
+        late = late or f"request head not complete within {self.settings.header_timeout:g} s"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientStalled(late)
+        wait = min(idle, remaining)
+        self.sock.settimeout(wait)
+        try:
+            data = self.sock.recv(_RECV_BYTES)
+        except TimeoutError:
+            raise ClientStalled(
+                late if wait < idle else f"client sent nothing for {idle:g} s"
+            ) from None
+        if not data:
+            raise ClientGone(len(self._pending), -1)
+        self._pending += data
+        return len(data)
+
+    def write(self, response: HttpResponse, *, keep_alive: bool, head_only: bool = False) -> None:
+        """Send ``response`` (see :func:`write_response`), waiting at most ``read_timeout``
+        for the client to take each piece."""
+        self.sock.settimeout(self.settings.read_timeout)
+        write_response(self.sock, response, keep_alive=keep_alive, head_only=head_only)
 
 
 def write_response(
@@ -235,7 +351,8 @@ def write_response(
 ) -> None:
     """Send ``response``; its body parts are gathered by the kernel, not joined.
 
-    ``head_only`` (a HEAD request) sends the headers of the response without its body.
+    ``head_only`` (a HEAD request) sends the headers of the response without its body. On a
+    TLS socket (no ``sendmsg``) a small reply goes in one write, a large one part by part.
     """
     reason = HTTPStatus(response.status).phrase
     lines = [
@@ -246,4 +363,11 @@ def write_response(
         *(f"{name}: {value}" for name, value in response.headers.items()),
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    send_buffers(sock, [head] if head_only else [head, *response.parts])
+    parts = [head] if head_only else [head, *response.parts]
+    if not isinstance(sock, ssl.SSLSocket):
+        send_buffers(sock, parts)
+    elif len(head) + (0 if head_only else response.length) <= _SMALL_REPLY:
+        sock.sendall(b"".join(parts))
+    else:
+        for part in parts:
+            sock.sendall(part)
