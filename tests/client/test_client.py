@@ -116,6 +116,8 @@ def test_all_is_sorted_and_every_name_exists() -> None:
     assert names == sorted(names) and len(names) == len(set(names))
     assert [name for name in names if not hasattr(fc, name)] == []
     assert {"Client", "InferResult", "ModelInfo", "ClientError"} <= set(names)
+    assert {"AuthenticationError", "PermissionDeniedError"} <= set(names)
+    assert fc.AuthenticationError(401, "x").status == 401
 
 
 def test_the_docstring_tree_is_the_real_tree() -> None:

@@ -107,7 +107,7 @@ def _download(args: argparse.Namespace, checkpoint: str) -> int:
     out: Path = args.out
     if out.exists() and not args.force:
         raise ConfigError(f"{out} already exists; use --force to replace it")
-    with Client(args.server or args.default_server, timeout=600.0) as client:
+    with Client(args.server or args.default_server, timeout=600.0, token=args.token) as client:
         client.training.download_package(
             args.job,
             out,

@@ -19,6 +19,7 @@ from frameserve.cli.flags import add_model_flags
 from frameserve.cli.package import add_package_parsers
 from frameserve.cli.run import add_run_parser
 from frameserve.cli.serve import add_serve_flags, serve_command
+from frameserve.cli.token import add_token_parser
 from frameserve.cli.train import add_train_parsers
 from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError, FrameServeError
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
     add_package_parsers(commands)  # package and check; their own --device, --json and -v
     add_train_parsers(commands)  # train, jobs, cancel, resume, export; their own --server, -v
+    add_token_parser(commands)  # token add/list/remove; their own --tokens and -v
 
     for sub in (serve, models, infer):
         add_model_flags(sub)

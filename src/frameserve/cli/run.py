@@ -45,6 +45,7 @@ from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
 from frameserve.cli.flags import add_model_flags, setting_default
 from frameserve.cli.infer import parse_knob_texts
 from frameserve.cli.progress import FrameProgress
+from frameserve.cli.token import add_token_flag
 from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError
 from frameserve.media.atomic import remove_pending
@@ -207,6 +208,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument(
         "--device", help=f"torch device to run the model on (local runs; default {AUTO})"
     )
+    add_token_flag(run)
     add_model_flags(run, where="local runs")
     run.set_defaults(run=_run)
 
@@ -272,7 +274,7 @@ def _backend(args: argparse.Namespace) -> Backend:
     ]
     if ignored:
         log.warning("%s: ignored with --server (the server has its own)", ", ".join(ignored))
-    return ServerBackend(args.server, timeout=args.timeout)
+    return ServerBackend(args.server, timeout=args.timeout, token=args.token)
 
 
 def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:

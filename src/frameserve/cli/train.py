@@ -10,6 +10,7 @@
     frameserve jobs [--json]                   # state, step, loss, steps/s, ETA of each job
     frameserve cancel degrain; frameserve resume degrain --steps 1000 --follow
     frameserve export degrain --out studio_models/degrain --format pt2
+    frameserve jobs --server https://frames.studio:8000 --token fs_...   # or $FRAMESERVE_TOKEN
 
 **Where frames come from.** Without ``--upload`` the job names the frame files by absolute
 path, and the server reads them: right when it shares the disks (a studio file server, or
@@ -18,7 +19,8 @@ this machine). With ``--upload`` every frame is read here and uploaded first
 the server answers that it cannot read a frame, the message suggests ``--upload``.
 
 Every command talks to ``--server`` (default ``http://127.0.0.1:8000``) through
-:class:`frameserve.client.Client`; ``train --local`` and ``export --local`` work on a jobs
+:class:`frameserve.client.Client`, with ``--token`` (default ``$FRAMESERVE_TOKEN``) where the
+server has tokens; ``train --local`` and ``export --local`` work on a jobs
 folder in this process instead. Progress (``--follow``, ``--local``) is the command line's one
 progress display (:class:`frameserve.cli.progress.StepProgress`); flag defaults come from
 :class:`~frameserve.training.settings.TrainingSettings`. Exit status: 0 when it went well
@@ -39,6 +41,7 @@ from typing import Any
 
 from frameserve.cli.flags import setting_default
 from frameserve.cli.progress import StepProgress, clock_text, number_text
+from frameserve.cli.token import add_token_flag
 from frameserve.client import BadRequestError, Client, TrainingJob
 from frameserve.errors import ConfigError, FrameServeError
 from frameserve.media.sequences import FramePattern, parse_frames
@@ -50,7 +53,7 @@ __all__ = ["DEFAULT_SERVER", "add_train_parsers"]
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: Seconds between two looks at a followed job.
 FOLLOW_INTERVAL = 0.5
-_UNREADABLE = "cannot read image"
+_UNREADABLE = "cannot read"  # the server cannot see the file (or may not read it)
 
 
 def add_train_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,6 +113,7 @@ def add_train_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
     export = add_export_parser(commands, default_server=DEFAULT_SERVER)
     for sub in (train, jobs, cancel, resume, export):
+        add_token_flag(sub)
         sub.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -120,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
     kind = _kind(args)
     if args.local:
         return _train_local(args, kind)
-    with Client(args.server or DEFAULT_SERVER) as client:
+    with _client(args) as client:
         settings = _settings(args)
         if kind == "image":
             pairs, validation = _pairs(args, absolute=not args.upload)
@@ -148,6 +152,11 @@ def _train(args: argparse.Namespace) -> int:
             )
         print(f"submitted job {job.name!r} ({job.total_steps} steps on {job.device})")
         return _follow(client, args.name) if args.follow else 0
+
+
+def _client(args: argparse.Namespace) -> Client:
+    """A client of ``--server`` with ``--token`` (``$FRAMESERVE_TOKEN`` when not given)."""
+    return Client(args.server or DEFAULT_SERVER, token=args.token)
 
 
 def _kind(args: argparse.Namespace) -> str:
@@ -277,7 +286,7 @@ def _follow(client: Client, name: str) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    with Client(args.server or DEFAULT_SERVER) as client:
+    with _client(args) as client:
         jobs = client.training.jobs()
     if args.json:
         print(json.dumps([_job_data(job) for job in jobs], indent=2))
@@ -308,7 +317,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    with Client(args.server or DEFAULT_SERVER) as client:
+    with _client(args) as client:
         job = client.training.cancel(args.name)
     if job.state == "running":
         print(f"job {job.name!r}: stopping after its current step")
@@ -319,7 +328,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    with Client(args.server or DEFAULT_SERVER) as client:
+    with _client(args) as client:
         job = client.training.resume(args.name, steps=args.steps)
         print(f"job {job.name!r}: {job.state} from step {job.step} of {job.total_steps}")
         return _follow(client, args.name) if args.follow else 0

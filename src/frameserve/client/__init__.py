@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from frameserve.client._client import Client, Frames, KnobValue
 from frameserve.client._exceptions import (
+    AuthenticationError,
     BadRequestError,
     ClientError,
     ConflictError,
@@ -27,6 +28,7 @@ from frameserve.client._exceptions import (
     HTTPStatusError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ProtocolViolation,
     RequestTimeout,
     ServerError,
@@ -37,6 +39,7 @@ from frameserve.client._models import InferResult, ModelInfo
 from frameserve.client._training import Training, TrainingJob, Upload
 
 __all__ = [
+    "AuthenticationError",
     "BadRequestError",
     "Client",
     "ClientError",
@@ -49,6 +52,7 @@ __all__ = [
     "ModelInfo",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ProtocolViolation",
     "RequestTimeout",
     "ServerError",

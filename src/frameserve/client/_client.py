@@ -7,10 +7,15 @@
     with Client("http://127.0.0.1:8000", timeout=60.0) as client:
         result = client.infer("blur", frame, knobs={"size": 4.0})
         blurred = result.frames["image"]    # (H, W, 3) float32, top row first
+
+    # a shared server: a token (or $FRAMESERVE_TOKEN), HTTPS with the studio's CA
+    Client("https://frames.studio:8000", token="fs_...", verify="studio-ca.pem")
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -39,10 +44,12 @@ from frameserve.client._tensors import (
 from frameserve.client._training import Training
 from frameserve.client._transport import HTTPTransport
 
-__all__ = ["DEFAULT_URL", "Client", "Frames", "KnobValue"]
+__all__ = ["DEFAULT_URL", "TOKEN_ENV", "Client", "Frames", "KnobValue"]
 
 #: Where ``frameserve serve`` listens for HTTP unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Environment variable holding the token a client sends when none is given.
+TOKEN_ENV = "FRAMESERVE_TOKEN"
 
 #: One frame (``(H, W, C)`` or ``(H, W)``), frames in input order, or frames by input name.
 Frames: TypeAlias = Mapping[str, npt.ArrayLike] | Sequence[npt.ArrayLike] | npt.NDArray[Any]
@@ -66,28 +73,48 @@ class Client:
         result = client.infer("difference", [plate_a, plate_b], knobs={"gain": 10.0})
 
     Args:
-        url: the server's base URL, ``http://host:port`` (a path prefix is kept).
+        url: the server's base URL, ``http://host:port`` or ``https://host:port`` (a path
+            prefix is kept).
         timeout: seconds to wait to connect, and for each read or write once connected;
             None waits for ever.
         retries: how many more times a request is tried when no connection could be made, or
             when it closed before any answer (after 0.1 s, 0.2 s, 0.4 s...). Error statuses
             and timeouts are never retried.
+        token: the bearer token a server with tokens needs (``frameserve token add`` makes
+            one), sent with every request; ``None`` reads ``$FRAMESERVE_TOKEN`` (unset or
+            empty: no token).
+        verify: for ``https://`` URLs, how the server's certificate is checked: ``True`` (the
+            system's certificate authorities, or those of ``$SSL_CERT_FILE``), a CA file
+            (PEM) to trust instead, or ``False`` (no check: for tests only, it lets anyone in
+            the middle read the token).
 
     A client is safe to share between threads; each request uses its own connection from a
     small keep-alive pool. Close it (or use ``with``) to close the idle connections.
     """
 
     def __init__(
-        self, url: str = DEFAULT_URL, *, timeout: float | None = 60.0, retries: int = 3
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float | None = 60.0,
+        retries: int = 3,
+        token: str | None = None,
+        verify: bool | str | os.PathLike[str] = True,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"url must look like 'http://host:port', got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must look like 'http://host:port' or 'https://...', got {url!r}")
         if parts.query or parts.fragment:
             raise ValueError(f"url must not have a query or fragment, got {url!r}")
         self.url = url.rstrip("/")
+        https = parts.scheme == "https"
         self._transport = HTTPTransport(
-            parts.hostname, parts.port or 80, timeout=timeout, retries=retries
+            parts.hostname,
+            parts.port or (443 if https else 80),
+            timeout=timeout,
+            retries=retries,
+            ssl_context=_ssl_context(verify) if https else None,
+            headers=_auth_headers(token),
         )
         self._requests = Requester(self._transport, prefix=parts.path.rstrip("/"))
         self._configs: dict[tuple[str, str | None], ModelInfo] = {}
@@ -168,6 +195,23 @@ class Client:
                 if info.get("name") == name:
                     return model_info_from(name, index_entry=info)
             raise NotFoundError(404, f"unknown model {name!r}") from exc
+
+    def load_model(self, name: str) -> ModelInfo:
+        """Have the server load its model folders that changed, then describe model ``name``.
+
+        ``POST /v2/repository/models/{name}/load``; needs an ``admin`` token on a server with
+        tokens. For a server whose hot reload is off, or to pick a change up at once.
+
+        Raises:
+            PermissionDeniedError: the token's role is not ``admin``.
+            NotFoundError: the server has no model of that name (after loading).
+            ServiceUnavailableError: the model failed to load (the message says why).
+        """
+        self._requests.call("POST", f"/v2/repository/models/{quote(name, safe='')}/load")
+        with self._lock:
+            for key in [key for key in self._configs if key[0] == name]:
+                del self._configs[key]
+        return self._fetch_config(name, None)
 
     # -- inference ------------------------------------------------------------------------
 
@@ -320,6 +364,32 @@ class Client:
         if version is not None:
             path += f"/versions/{quote(version, safe='')}"
         return f"{path}/{action}"
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    """The ``Authorization`` header of ``token`` (else of ``$FRAMESERVE_TOKEN``), if any."""
+    if token is None:
+        token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token is None:
+        return {}
+    if not token or not token.isprintable() or any(c.isspace() for c in token):
+        raise ValueError("token must be one word of printable characters (as 'token add' made it)")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _ssl_context(verify: bool | str | os.PathLike[str]) -> ssl.SSLContext:
+    """The TLS context of ``verify``: system CAs (True), a CA file, or no check (False)."""
+    if verify is True:
+        return ssl.create_default_context()
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=os.fspath(verify))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"verify={os.fspath(verify)!r} is not a readable CA file (PEM)") from exc
 
 
 def _knob_parameters(knobs: Mapping[str, KnobValue] | None) -> dict[str, Any]:

@@ -15,6 +15,8 @@ an unknown output datatype) raise ``TypeError`` or ``ValueError`` before anythin
         ├── ProtocolViolation       the server answered something that cannot be parsed
         └── HTTPStatusError         the server answered with an error status
             ├── BadRequestError     400: bad knob, shape, datatype, input
+            ├── AuthenticationError  401: no token, or one the server does not know
+            ├── PermissionDeniedError  403: the token's role may not do that
             ├── NotFoundError       404: unknown model, version or path
             ├── ConflictError       409: a training job's state forbids the action
             ├── PayloadTooLargeError  413: a body above the server's size cap
@@ -34,6 +36,7 @@ from __future__ import annotations
 from frameserve.errors import FrameServeError
 
 __all__ = [
+    "AuthenticationError",
     "BadRequestError",
     "ClientError",
     "ConflictError",
@@ -41,6 +44,7 @@ __all__ = [
     "HTTPStatusError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "ProtocolViolation",
     "RequestTimeout",
     "ServerError",
@@ -89,6 +93,14 @@ class BadRequestError(HTTPStatusError):
     """400: the request was refused (unknown knob, bad value, shape, datatype or input)."""
 
 
+class AuthenticationError(HTTPStatusError):
+    """401: the server needs a token (``token=`` or ``$FRAMESERVE_TOKEN``) and got none it knows."""
+
+
+class PermissionDeniedError(HTTPStatusError):
+    """403: the token is valid, but its role may not do that; the message names the role needed."""
+
+
 class NotFoundError(HTTPStatusError):
     """404: no model, version or path of that name."""
 
@@ -111,6 +123,8 @@ class ServiceUnavailableError(HTTPStatusError):
 
 _BY_STATUS: dict[int, type[HTTPStatusError]] = {
     400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,

@@ -11,7 +11,10 @@ one request at a time. What it retries, and what it never does:
   before the first byte of an answer: up to ``retries`` more times, after 0.1 s, 0.2 s, 0.4 s...
   (a pooled connection the server had closed while idle is replaced at once, without counting);
 - an answer with an error status, a timeout after the request was sent, a connection lost
-  in the middle of an answer: never.
+  in the middle of an answer, a failed TLS handshake (a certificate not trusted): never.
+
+Over HTTPS (``ssl_context``) the same holds; ``headers`` (the ``Authorization`` of a token) go
+with every request.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import http.client
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -80,6 +84,9 @@ class HTTPTransport:
 
         transport = HTTPTransport("127.0.0.1", 8000, timeout=60.0, retries=3)
         response = transport.request("GET", "/v2/health/live")
+
+    ``ssl_context``: speak HTTPS with it (``None``: plain HTTP). ``headers`` are sent with every
+    request (a request's own headers of the same name win).
     """
 
     def __init__(
@@ -90,6 +97,8 @@ class HTTPTransport:
         timeout: float | None = 60.0,
         retries: int = 3,
         max_idle: int = MAX_IDLE_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be above 0 seconds or None, got {timeout}")
@@ -99,6 +108,8 @@ class HTTPTransport:
         self.port = port
         self.timeout = timeout
         self.retries = retries
+        self.ssl_context = ssl_context
+        self.headers = dict(headers or {})
         self._max_idle = max_idle
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
@@ -123,7 +134,8 @@ class HTTPTransport:
         ``body`` is a sequence of buffers sent in order; ``Content-Length`` is their total.
 
         Raises:
-            ConnectError: no connection, or it closed before any answer, ``retries + 1`` times.
+            ConnectError: no connection, or it closed before any answer, ``retries + 1`` times;
+                or the TLS handshake failed (at once).
             RequestTimeout: no byte for ``timeout`` seconds once connected.
             TransportError: the connection broke in the middle of the answer.
             ProtocolViolation: the answer is not HTTP/1.1.
@@ -133,7 +145,8 @@ class HTTPTransport:
         while True:
             conn, reused = self._checkout()
             try:
-                response = self._exchange(conn, method, path, headers or {}, body, reused)
+                sent = {**self.headers, **(headers or {})}
+                response = self._exchange(conn, method, path, sent, body, reused)
             except _Dropped as dropped:
                 conn.close()
                 if dropped.reused:
@@ -186,6 +199,11 @@ class HTTPTransport:
         if conn.sock is None:
             try:
                 conn.connect()
+            except ssl.SSLError as exc:  # not worth a retry: the same certificate comes back
+                raise ConnectError(
+                    f"{method} {path}: the TLS handshake with {self.address} failed: "
+                    f"{exc.reason or exc} (is the server's certificate trusted? Client's verify=)"
+                ) from exc
             except OSError as exc:  # refused, unreachable, name lookup, connect timeout
                 raise _Dropped(exc, connecting=True, reused=False) from exc
         length = sum(memoryview(part).nbytes for part in body)
@@ -254,10 +272,17 @@ class HTTPTransport:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout), False
+                return self._connection(), False
             if conn.sock is not None and not _peer_closed(conn.sock):
                 return conn, True
             conn.close()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.ssl_context is None:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return http.client.HTTPSConnection(
+            self.host, self.port, timeout=self.timeout, context=self.ssl_context
+        )
 
     def _checkin(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:

@@ -67,6 +67,14 @@ class Engine:
                 raise ModelLoadError(str(exc)) from None
             raise
 
+    def reload_models(self) -> list[str]:
+        """Load the model folders added or changed since the last look, drop those gone.
+
+        What the hot reload does on its timer, on demand (an admin's ``load`` request); requests
+        in flight finish with the models they hold. Returns one line per change.
+        """
+        return self._registry.reload_changed()
+
     def largest_input_count(self) -> int:
         """The most image inputs any loaded model takes (at least 1), for request size caps."""
         return self._registry.largest_input_count()
@@ -114,13 +122,15 @@ class Engine:
     ) -> None:
         """Count one request a door answered; a model id no model has counts as ``unknown``.
 
-        ``user`` is who sent it (``-``: no authentication).
+        ``user`` is who sent it (``-``: no authentication); it labels the count, for a bounded
+        number of users (:data:`~frameserve.engine.metrics.MAX_USER_LABELS`).
         """
         self._scheduler.metrics.request(
             model=model if model in self._registry else "unknown",
             protocol=protocol,
             outcome=outcome,
             seconds=seconds,
+            user=user,
         )
 
     def metrics_text(self) -> str:

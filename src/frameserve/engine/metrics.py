@@ -3,6 +3,12 @@
 Counters and histograms are recorded as requests go by; gauges (queue depth, memory, models
 loaded, cache size) are read when the metrics are scraped. Every metric is named
 ``frameserve_*``; the list is in :meth:`Metrics.render`.
+
+``frameserve_requests_total`` carries a ``user`` label for requests of an authenticated user
+(HTTP with tokens); requests without one (no tokens, the MLClient door) have no ``user`` label,
+which Prometheus reads as empty. At most :data:`MAX_USER_LABELS` names get their own label;
+later ones are counted as ``other``, so the label set, and memory, stay bounded whatever
+the token file holds.
 """
 
 from __future__ import annotations
@@ -12,11 +18,17 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-__all__ = ["Metrics"]
+__all__ = ["MAX_USER_LABELS", "OTHER_USERS", "Metrics"]
 
 #: Latency buckets in seconds: from a cache hit to a slow 8K frame.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+#: Users counted under their own name in ``frameserve_requests_total``; later ones are ``other``.
+MAX_USER_LABELS = 50
+#: The ``user`` label of requests of users beyond :data:`MAX_USER_LABELS`.
+OTHER_USERS = "other"
+#: Who a request is without authentication: no ``user`` label.
+NO_USER = "-"
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -79,12 +91,30 @@ class Metrics:
         self._queue_wait = _Histogram(LATENCY_BUCKETS)
         self._batches = _Histogram(BATCH_BUCKETS)
         self._gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[Labels, float]]]]] = {}
+        self._users: set[str] = set()
 
-    def request(self, *, model: str, protocol: str, outcome: str, seconds: float) -> None:
-        """Count one answered request (``outcome``: ``ok`` or an error class) and its latency."""
+    def request(
+        self, *, model: str, protocol: str, outcome: str, seconds: float, user: str = NO_USER
+    ) -> None:
+        """Count one answered request (``outcome``: ``ok`` or an error class) and its latency.
+
+        ``user``: who sent it (``-``: nobody authenticated, no ``user`` label).
+        """
+        labels: Labels = (("model", model), ("protocol", protocol), ("outcome", outcome))
         with self._lock:
-            self._requests[(("model", model), ("protocol", protocol), ("outcome", outcome))] += 1
+            if user != NO_USER:
+                labels = (*labels, ("user", self._user_label(user)))
+            self._requests[labels] += 1
             self._latency.observe((("model", model),), seconds)
+
+    def _user_label(self, user: str) -> str:
+        """``user``, or :data:`OTHER_USERS` once :data:`MAX_USER_LABELS` names are counted."""
+        if user in self._users:
+            return user
+        if len(self._users) < MAX_USER_LABELS:
+            self._users.add(user)
+            return user
+        return OTHER_USERS
 
     def cache_lookup(self, *, hit: bool) -> None:
         """Count a result cache hit or miss."""
@@ -118,7 +148,7 @@ class Metrics:
             blocks = [
                 _counter(
                     "frameserve_requests_total",
-                    "Requests answered, by model, protocol and outcome.",
+                    "Requests answered, by model, protocol, outcome and user.",
                     self._requests,
                 ),
                 _counter(

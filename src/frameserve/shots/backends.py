@@ -141,16 +141,23 @@ class ServerBackend:
 
     ::
 
-        backend = ServerBackend("http://render7:8000", timeout=600.0)
+        backend = ServerBackend("http://render7:8000", timeout=600.0, token="fs_...")
+
+    ``token``: the server's bearer token (``None``: ``$FRAMESERVE_TOKEN``, if set).
     """
 
     def __init__(
-        self, url: str, *, timeout: float = DEFAULT_SERVER_TIMEOUT, retries: int = 2
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_SERVER_TIMEOUT,
+        retries: int = 2,
+        token: str | None = None,
     ) -> None:
         from frameserve.client import Client  # only a server run needs the HTTP client
 
         self.url = url
-        self._client = Client(url, timeout=timeout, retries=retries)
+        self._client = Client(url, timeout=timeout, retries=retries, token=token)
 
     def describe(self, model: str) -> ModelSpec:
         """Ask the server for the declaration of ``model``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["ANONYMOUS", "Role", "User"]
+__all__ = ["ANONYMOUS", "UNAUTHENTICATED", "Role", "User"]
 
 
 class Role(enum.IntEnum):
@@ -63,3 +63,7 @@ class User:
 
 #: Who every request is when the server has no token store (loopback, or ``--no-auth``).
 ANONYMOUS = User("-", Role.ADMIN)
+
+#: Who a request to an open path (``/v2/health/*``) is when the server has tokens and the request
+#: carries no valid one. The router lets such a request reach the open paths only.
+UNAUTHENTICATED = User("-", Role.ARTIST)

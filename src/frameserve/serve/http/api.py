@@ -10,6 +10,13 @@ user's guide.
 Every model path also exists under ``/v2/models/{name}/versions/{version}/...``: that version,
 where the plain path means the newest. Requests are built from the exact registry entry, so a
 model reloaded while one runs never mixes versions into it.
+
+**Roles** (:meth:`InferenceApi.required_role`, checked by the router when the server has
+tokens): an ``artist`` may ask everything about models and run them; ``GET /metrics`` needs
+``td`` (it shows who uses what and how much, which is a TD's business, and changes nothing);
+``POST /v2/repository/models/{name}/load`` needs ``admin`` (it changes what every user is
+served): it loads the model folders that were added or changed since the last look, as the hot
+reload does on its timer, and answers the model's state.
 """
 
 from __future__ import annotations
@@ -24,10 +31,15 @@ from typing import Any
 from frameserve import __version__
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.engine.engine import Engine
-from frameserve.engine.limits import request_bytes_limit
+from frameserve.engine.limits import (
+    DEFAULT_MAX_BATCH_FRAMES,
+    DEFAULT_MAX_FRAME_PIXELS,
+    request_bytes_limit,
+)
 from frameserve.engine.request import InferenceResult, Priority, build_request
 from frameserve.errors import FrameError, FrameServeError, ProtocolError
 from frameserve.plugin.model import ModelSpec
+from frameserve.serve.auth.users import Role
 from frameserve.serve.http.routes import SMALL_BODY, Route, error_response, json_response, only
 from frameserve.serve.http.status import status_for
 from frameserve.serve.http.tensors import (
@@ -54,6 +66,7 @@ _MODEL_PATH = re.compile(
 )
 _SERVER_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
 _REPOSITORY_INDEX = "/v2/repository/index"
+_REPOSITORY_LOAD = re.compile(r"/v2/repository/models/(?P<name>[^/]+)/load")
 
 
 class InferenceApi(Route):
@@ -63,16 +76,36 @@ class InferenceApi(Route):
     times the most inputs any model takes).
     """
 
-    def __init__(self, engine: Engine, *, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_frame_bytes: int,
+        max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES,
+        max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS,
+    ) -> None:
         self.engine = engine
         self.max_frame_bytes = max_frame_bytes
+        self.max_batch_frames = max_batch_frames
+        self.max_frame_pixels = max_frame_pixels
 
     def matches(self, path: str) -> bool:
         """Whether ``path`` is a server path or a model path of the API."""
         path = path.rstrip("/") or "/"
         if path in _SERVER_PATHS or path == _REPOSITORY_INDEX:
             return True
-        return _MODEL_PATH.fullmatch(path) is not None
+        return (
+            _MODEL_PATH.fullmatch(path) is not None or _REPOSITORY_LOAD.fullmatch(path) is not None
+        )
+
+    def required_role(self, method: str, path: str) -> Role:
+        """``td`` for the metrics, ``admin`` to load models, ``artist`` for everything else."""
+        path = path.rstrip("/") or "/"
+        if path == "/metrics":
+            return Role.TD
+        if _REPOSITORY_LOAD.fullmatch(path):
+            return Role.ADMIN
+        return Role.ARTIST
 
     def body_limit(self, method: str, path: str) -> int:
         """Largest body accepted: frames for ``infer``, a little JSON for everything else."""
@@ -104,6 +137,9 @@ class InferenceApi(Route):
             return only(request, "GET", simple[path])
         if path == _REPOSITORY_INDEX:
             return only(request, "POST", self._repository_index)
+        load = _REPOSITORY_LOAD.fullmatch(path)
+        if load is not None:
+            return only(request, "POST", lambda: self._load_model(load["name"]))
         match = _MODEL_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}; see docs/http-api.md")
@@ -141,6 +177,14 @@ class InferenceApi(Route):
             item["reason"] = entry.error or ""
             index.append(item)
         return json_response(200, index)
+
+    def _load_model(self, name: str) -> HttpResponse:
+        """Load the changed model folders; answer model ``name``'s state (404, 503 if failed)."""
+        changes = self.engine.reload_models()
+        entry = self.engine.model(name)
+        return json_response(
+            200, {"name": entry.id, "version": entry.version, "ready": True, "changes": changes}
+        )
 
     def _metrics(self) -> HttpResponse:
         text = self.engine.metrics_text().encode()
@@ -180,7 +224,12 @@ class InferenceApi(Route):
     ) -> HttpResponse:
         """Translate tensors to frames, one request per frame; ``build_request`` checks them."""
         entry = self.engine.model(name, version)
-        body, inputs = parse_infer_body(request.body, _header_length(request))
+        body, inputs = parse_infer_body(
+            request.body,
+            _header_length(request),
+            max_batch_frames=self.max_batch_frames,
+            max_frame_pixels=self.max_frame_pixels,
+        )
         parameters = body.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ProtocolError("request 'parameters' must be a JSON object")

@@ -8,6 +8,13 @@ body may be. A path no route matches is a 404.
 ::
 
     door = HttpServer(settings, engine=engine, routes=[InferenceApi(...), TrainingApi(jobs)])
+
+**Who may ask.** With a :class:`~frameserve.serve.auth.tokens.TokenStore`, :meth:`Router.admit`
+checks every request's head before its body is read: all paths but :data:`OPEN_PATHS` need
+``Authorization: Bearer TOKEN`` (else 401, with ``WWW-Authenticate: Bearer``), and the user the
+token names needs the role the route asks for (:meth:`Route.required_role`; else 403 naming
+the role). Without a store every request is :data:`~frameserve.serve.auth.users.ANONYMOUS`, an
+admin.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 
-from frameserve.serve.auth.users import ANONYMOUS, Role
+from frameserve.serve.auth.tokens import TokenStore
+from frameserve.serve.auth.users import ANONYMOUS, UNAUTHENTICATED, Role
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
 
 __all__ = [
+    "OPEN_PATHS",
     "SMALL_BODY",
     "Route",
     "Router",
@@ -30,6 +39,13 @@ __all__ = [
 
 #: Largest body a request may carry unless its route says otherwise: a little JSON.
 SMALL_BODY = 1 << 20
+#: Paths anyone may ask without a token (load balancers and orchestrators probe them).
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+#: What a request without a valid token is told: what to send, never whether a user exists.
+_NEEDS_TOKEN = (
+    "this server needs a token: send the header 'Authorization: Bearer TOKEN' "
+    "(clients take --token or $FRAMESERVE_TOKEN; a TD makes tokens with 'frameserve token add')"
+)
 
 
 def json_response(status: int, data: object) -> HttpResponse:
@@ -88,10 +104,15 @@ class Route:
 
 
 class Router:
-    """Picks the route of each request: the first of ``routes`` that matches its path."""
+    """Picks the route of each request: the first of ``routes`` that matches its path.
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    ``tokens``: the token store every request but those to :data:`OPEN_PATHS` must name a user
+    of; ``None`` (no authentication): every request is :data:`ANONYMOUS`.
+    """
+
+    def __init__(self, routes: Sequence[Route], *, tokens: TokenStore | None = None) -> None:
         self.routes = tuple(routes)
+        self.tokens = tokens
 
     def route(self, path: str) -> Route | None:
         """The route serving ``path``, or ``None``."""
@@ -102,8 +123,30 @@ class Router:
 
         Called before the body is read: the answer to send instead (401, 403), or ``None``.
         """
-        request.user = ANONYMOUS
-        return None
+        if self.tokens is None:
+            request.user = ANONYMOUS
+            return None
+        path = request.path.rstrip("/") or "/"
+        scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+        token = credentials.strip() if scheme.lower() == "bearer" else ""
+        user = self.tokens.user_for(token) if token else None
+        if path in OPEN_PATHS:
+            request.user = user or UNAUTHENTICATED
+            return None
+        if user is None:
+            return _unauthorised(bool(scheme), valid_scheme=bool(token))
+        request.user = user
+        route = self.route(request.path)
+        if route is None:
+            return None  # a 404 once the body is read, for a user who may see that
+        needed = route.required_role(request.method, request.path)
+        if user.may(needed):
+            return None
+        return error_response(
+            403,
+            f"{request.method} {request.path} needs role {needed.label}; "
+            f"token {user.name!r} has {user.role.label}",
+        )
 
     def body_limit(self, method: str, path: str) -> int:
         """Largest body accepted for the request: its route's say, else a little JSON."""
@@ -116,3 +159,18 @@ class Router:
         if route is None:
             return error_response(404, f"no such path {request.path!r}; see docs/http-api.md"), None
         return route.handle(request, client), route.model_of(request.path)
+
+
+def _unauthorised(sent: bool, *, valid_scheme: bool) -> HttpResponse:
+    """The 401 answer: what to send (RFC 6750's ``WWW-Authenticate: Bearer``)."""
+    if not sent:
+        message, challenge = _NEEDS_TOKEN, 'Bearer realm="frameserve"'
+    elif not valid_scheme:
+        message = "the Authorization header must be 'Bearer TOKEN'; " + _NEEDS_TOKEN
+        challenge = 'Bearer realm="frameserve", error="invalid_request"'
+    else:
+        message = "the token is not valid (mistyped, or removed from the server); " + _NEEDS_TOKEN
+        challenge = 'Bearer realm="frameserve", error="invalid_token"'
+    response = error_response(401, message)
+    response.headers["WWW-Authenticate"] = challenge
+    return response
