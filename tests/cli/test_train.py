@@ -33,7 +33,12 @@ FLAGS = [f"--setting={name}={value}" for name, value in SETTINGS.items()]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrameServer]:
     folder = tmp_path_factory.mktemp("cli_train")
-    running = start_server(jobs_folder=folder / "jobs", reload_interval=None, device="cpu")
+    running = start_server(
+        jobs_folder=folder / "jobs",
+        reload_interval=None,
+        device="cpu",
+        data_roots=(tmp_path_factory.getbasetemp(),),  # the frames these tests name by path
+    )
     yield running
     running.close()
 

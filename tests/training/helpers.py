@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import struct
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from frameserve.media.imageio import write_image
+from frameserve.serve.server import FrameServer
 from frameserve.training import FramePair, ImagePairs, TrainingSettings
+from tests.support.node_client import NodeClient
 
 
 def fast_settings(**overrides: object) -> TrainingSettings:
@@ -78,3 +87,110 @@ def dead_pid() -> int:
         check=True,
     )
     return int(child.stdout)
+
+
+# -- attacking a server: requests, crafted images, memory and liveness -----------------------
+
+#: Upper bound on any wait for an answer: a guard against hanging, never a speed target.
+ANSWER_GUARD = 30.0
+#: How long a door may take to answer a tiny request while a job's frames are read: a
+#: liveness check (the doors are not frozen), generous for a loaded 2-core machine, not a
+#: speed target.
+LIVENESS_BOUND = 2.0
+
+
+def api(
+    server: FrameServer,
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """Send one request (a JSON ``body`` or ``raw`` bytes); return the status and the
+    decoded answer (JSON, else the bytes)."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(
+        server.http_url + path, data=data, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=ANSWER_GUARD) as answer:
+            payload, status = answer.read(), answer.status
+            kind = answer.headers.get("content-type", "")
+    except urllib.error.HTTPError as exc:
+        payload, status, kind = exc.read(), exc.code, exc.headers.get("content-type", "")
+        exc.close()
+    return status, json.loads(payload) if kind.startswith("application/json") else payload
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_of_zeros(
+    path: Path, width: int, height: int, *, rows: int | None = None, padding: int = 0
+) -> Path:
+    """Write an 8-bit RGB PNG of ``width`` x ``height`` black pixels, compressed row by row
+    (an 8000x8000 one is 187 KB); ``rows``: only that many rows of pixel data (a file whose
+    header claims more than it holds: only a header check is safe on it); ``padding``: bytes
+    of an ancillary chunk that readers skip (a file as large as a real one of that size)."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * width)
+    parts = [packer.compress(row) for _ in range(height if rows is None else rows)]
+    parts.append(packer.flush() if rows is None else packer.flush(zlib.Z_SYNC_FLUSH))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+    if padding:
+        data += png_chunk(b"fsPd", b"\x00" * padding)
+    data += png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
+    path.write_bytes(data)
+    return path
+
+
+class PeakMemory:
+    """The growth of this process's peak resident memory (the server runs in it) over a block.
+
+    ``with PeakMemory() as peak: ...`` then ``peak.growth`` (bytes). Linux: the peak
+    (``VmHWM``) is reset at the start through ``/proc/self/clear_refs``.
+    """
+
+    def __enter__(self) -> PeakMemory:
+        Path("/proc/self/clear_refs").write_text("5")
+        self.start = _status_bytes("VmRSS")
+        self.growth = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.growth = _status_bytes("VmHWM") - self.start
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+def door_answer_times(server: FrameServer) -> tuple[float, float]:
+    """Return how long the HTTP door took to answer a health request and the MLClient door an
+    info request (each on a new connection)."""
+    started = time.monotonic()
+    status, _ = api(server, "GET", "/v2/health/live")
+    http_seconds = time.monotonic() - started
+    assert status == 200
+    host, port = server.mlclient_address
+    started = time.monotonic()
+    models = NodeClient(host, port, timeout=ANSWER_GUARD).info().r1.models
+    mlclient_seconds = time.monotonic() - started
+    assert models
+    return http_seconds, mlclient_seconds
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file and folder under ``folder`` (hidden ones too), relative, sorted."""
+    if not folder.exists():
+        return []
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))

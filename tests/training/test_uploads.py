@@ -34,7 +34,9 @@ FAST = {**SETTINGS, "steps": 4}
 
 @pytest.fixture
 def upload_server(tmp_path: Path) -> Iterator[FrameServer]:
-    running = start_server(jobs_folder=tmp_path / "jobs", reload_interval=None)
+    running = start_server(
+        jobs_folder=tmp_path / "jobs", reload_interval=None, data_roots=(tmp_path,)
+    )
     yield running
     running.close()
 

@@ -5,6 +5,14 @@ because that is also the order of the HTTP wire and of every writer: a frame rea
 sent or written again without a layout copy. The internal frame form ``(C, H, W)`` is made on
 first use (:attr:`ImageFile.pixels`, one copy) or viewed without a copy
 (:meth:`ImageFile.chw_view`). See :mod:`frameserve.media.imageio` for the formats.
+
+Before decoding a file someone else named, check what it would take: :func:`read_image_header`
+reads the header only (size and channels, no pixel), and :func:`verify_image` decodes every
+pixel in bands of rows, keeping none, to tell whether a file is usable without holding it::
+
+    header = read_image_header("upload.png")     # ImageHeader(width=8000, height=8000, ...)
+    if header.pixels > limit: ...                # refused before a pixel is decoded
+    verify_image("upload.png")                   # ImageIOError if any pixel cannot be read
 """
 
 from __future__ import annotations
@@ -22,7 +30,15 @@ import OpenImageIO as oiio
 
 from frameserve.errors import ImageIOError
 
-__all__ = ["ImageFile", "Window", "clean_error", "read_image"]
+__all__ = [
+    "ImageFile",
+    "ImageHeader",
+    "Window",
+    "clean_error",
+    "read_image",
+    "read_image_header",
+    "verify_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +50,8 @@ Window = tuple[int, int, int, int]
 _ENCODING_ATTRIBUTES = frozenset({"compression", "planarconfig"})
 _ENCODING_PREFIXES = ("oiio:", "openexr:", "tiff:", "dpx:", "png:", "jpeg:")
 _CARRIED_OIIO_ATTRIBUTES = frozenset({"oiio:ColorSpace"})  # says how to read the values
+#: Rows :func:`verify_image` decodes at a time.
+_VERIFY_ROWS = 64
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -166,6 +184,115 @@ def read_image(path: str | os.PathLike[str], *, channels: Sequence[str] | None =
         data_window=data_window,
         display_window=display_window,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding a pixel.
+
+    Attributes:
+        width / height: the size of the pixel data (an EXR's data window), as
+            :func:`read_image` would return it.
+        channel_names: one name per channel, in file order.
+        format_name: OpenImageIO's name of the format (``"png"``, ``"openexr"``...).
+    """
+
+    width: int
+    height: int
+    channel_names: tuple[str, ...]
+    format_name: str
+
+    @property
+    def pixels(self) -> int:
+        """``width * height``."""
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes :func:`read_image` takes for every channel of it (float32)."""
+        return self.pixels * len(self.channel_names) * 4
+
+
+def read_image_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read an image file's header only: its size and channels, without decoding a pixel.
+
+    Only the first subimage (EXR part) is looked at, as :func:`read_image` reads it.
+
+    Raises:
+        ImageIOError: the file is missing, not an image OpenImageIO reads, deep or a volume.
+
+    Example::
+
+        >>> read_image_header("plate.exr").pixels  # doctest: +SKIP
+        2073600
+    """
+    path = Path(path)
+    image_input = _open(path)
+    try:
+        spec = _checked_spec(path, image_input)
+        return ImageHeader(
+            width=int(spec.width),
+            height=int(spec.height),
+            channel_names=tuple(str(name) for name in spec.channelnames),
+            format_name=str(image_input.format_name()),
+        )
+    finally:
+        image_input.close()
+
+
+def verify_image(path: str | os.PathLike[str]) -> ImageHeader:
+    """Decode every pixel of an image file, a band of rows at a time, keeping none.
+
+    Tells whether a file is usable while holding only one band (64 rows) of it; returns its
+    header.
+
+    Raises:
+        ImageIOError: the file is missing or unreadable, or some pixels cannot be decoded
+            (a file cut short).
+    """
+    path = Path(path)
+    image_input = _open(path)
+    try:
+        spec = _checked_spec(path, image_input)
+        channels = int(spec.nchannels)
+        for top in range(int(spec.y), int(spec.y) + int(spec.height), _VERIFY_ROWS):
+            bottom = min(top + _VERIFY_ROWS, int(spec.y) + int(spec.height))
+            if image_input.read_scanlines(0, 0, top, bottom, 0, 0, channels, "float") is None:
+                reason = clean_error(image_input.geterror()) or "reading the pixels failed"
+                raise ImageIOError(f"cannot read image {str(path)!r}: {reason}")
+        return ImageHeader(
+            width=int(spec.width),
+            height=int(spec.height),
+            channel_names=tuple(str(name) for name in spec.channelnames),
+            format_name=str(image_input.format_name()),
+        )
+    finally:
+        image_input.close()
+
+
+def _open(path: Path) -> Any:
+    """Open ``path`` with OpenImageIO (reads the header), or raise :class:`ImageIOError`."""
+    if not path.exists():
+        raise ImageIOError(f"cannot read image {str(path)!r}: no such file")
+    if path.is_dir():
+        raise ImageIOError(f"cannot read image {str(path)!r}: it is a folder, not a file")
+    image_input = oiio.ImageInput.open(str(path))
+    if image_input is None:
+        reason = clean_error(oiio.geterror()) or "not an image file OpenImageIO can read"
+        raise ImageIOError(f"cannot read image {str(path)!r}: {reason}")
+    return image_input
+
+
+def _checked_spec(path: Path, image_input: Any) -> Any:
+    """The spec of an open image, refused if it is deep or a volume (as :func:`read_image`)."""
+    spec = image_input.spec()
+    if spec.deep:
+        raise ImageIOError(f"cannot read image {str(path)!r}: deep images are not supported")
+    if spec.depth > 1:
+        raise ImageIOError(
+            f"cannot read image {str(path)!r}: volume images (depth {spec.depth}) are not supported"
+        )
+    return spec
 
 
 def clean_error(message: str) -> str:

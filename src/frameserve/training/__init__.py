@@ -37,8 +37,9 @@ Modules, one job each:
 ``contact_sheet`` input | prediction | target previews
 ``inference``     :func:`load_trained`, :func:`trained_model_class`, plug-in folders
 ``export``        :func:`export_torchscript`, :func:`export_package`
-``uploads``       frame files uploaded for jobs over HTTP
-``jobs``          jobs on a server: the queue, their records, serving them as models
+``uploads``       frame files uploaded for jobs over HTTP, streamed to disk, with owners
+``upload_checks`` what an upload must be: a plain image file name, the format's signature
+``jobs``          jobs on a server: the queue, their records, limits, serving them as models
 ================  ==========================================================================
 
 Errors: settings or data that cannot work, unreadable checkpoints and resuming with other data

@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -55,7 +56,14 @@ from frameserve.training.checkpoints import LATEST, resolve_checkpoint
 from frameserve.training.inference import TrainedMetadata, load_trained, model_id_for
 from frameserve.training.kinds import JobKind
 
-__all__ = ["METADATA_FILE", "PACKAGE_FORMATS", "export_package", "export_torchscript"]
+__all__ = [
+    "METADATA_FILE",
+    "PACKAGE_FORMATS",
+    "check_model_id",
+    "check_version",
+    "export_package",
+    "export_torchscript",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,8 @@ PACKAGE_BATCH = 4
 
 _DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 _LARGEST_SIDE = 32768  # the largest frame side an exported program accepts
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}\Z")
 
 
 class _PaddedNetwork(nn.Module):
@@ -136,8 +146,12 @@ def export_package(
     version: str = "1.0.0",
     label: str | None = None,
     force: bool = False,
+    scratch: str | os.PathLike[str] | None = None,
 ) -> CheckReport:
     """Write a model package serving the network of a training job to the folder ``out``.
+
+    ``model_id`` and ``version`` are checked before anything is read or written; the network
+    is saved in a temporary folder inside ``scratch`` (default: the system's) first.
 
     Args:
         job: a job folder, or one checkpoint file.
@@ -149,13 +163,14 @@ def export_package(
         version: the package's version.
         label: what artists see (default: ``"NAME (trained)"``).
         force: replace an existing ``out`` folder.
+        scratch: where temporary files go (a server keeps them in its jobs folder).
 
     Returns:
         The report of the package's test run (:class:`~frameserve.packaging.CheckReport`).
 
     Raises:
-        ConfigError: an unknown format, no such checkpoint, a label or number job, or
-            ``out`` exists (without ``force``).
+        ConfigError: an unknown format, a model id or version that is not allowed, no such
+            checkpoint, a label or number job, or ``out`` exists (without ``force``).
         ModelLoadError: the exported network failed its check (a bug: please report it).
     """
     if network_format not in PACKAGE_FORMATS:
@@ -163,6 +178,9 @@ def export_package(
             f"package format {network_format!r} is not offered; choose one of "
             f"{', '.join(PACKAGE_FORMATS)} (TorchScript, torch.export, ONNX)"
         )
+    if model_id is not None:
+        check_model_id(model_id)
+    check_version(version)
     network, metadata = load_trained(resolve_checkpoint(job, checkpoint))
     if metadata.kind is not JobKind.IMAGE:
         raise ConfigError(
@@ -172,8 +190,8 @@ def export_package(
         )
     identity = model_id or model_id_for(metadata.name)
     document = _manifest(metadata, identity, version, label)
-    with tempfile.TemporaryDirectory(prefix="frameserve-export-") as scratch:
-        path = Path(scratch) / f"{identity}.{network_format}"
+    with tempfile.TemporaryDirectory(prefix="frameserve-export-", dir=scratch) as folder:
+        path = Path(folder) / f"{identity}.{network_format}"
         _save(_PackagedNetwork(network).eval(), metadata, path, network_format)
         report = write_package(path, Path(out), document, force=force)
     logger.info(
@@ -184,6 +202,34 @@ def export_package(
         out,
     )
     return report
+
+
+def check_model_id(model_id: object) -> str:
+    """Return ``model_id`` if a package may have it (it also names the network's file).
+
+    Raises:
+        ConfigError: not 1-64 letters, digits, ``_ . -`` starting with a letter or digit.
+    """
+    if not isinstance(model_id, str) or not _MODEL_ID.match(model_id):
+        raise ConfigError(
+            f"model id {model_id!r:.80} is not allowed; use 1-64 letters, digits, '_', '.' or "
+            "'-', starting with a letter or digit (no folders)"
+        )
+    return model_id
+
+
+def check_version(version: object) -> str:
+    """Return ``version`` if a package may have it.
+
+    Raises:
+        ConfigError: not 1-64 letters, digits, ``_ . + -`` starting with a letter or digit.
+    """
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise ConfigError(
+            f"package version {version!r:.80} is not allowed; use 1-64 letters, digits and "
+            "'_ . + -', starting with a letter or digit"
+        )
+    return version
 
 
 def _manifest(

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from frameserve.errors import ConfigError, FrameError
+from frameserve.errors import ConfigError, FrameError, RequestTooLargeError
 from frameserve.media.imageio import SUPPORTED_EXTENSIONS, read_image
 from frameserve.plugin.model import SCENE_LINEAR
 from frameserve.training.data import check_finite
 from frameserve.training.kinds import LABEL_KINDS, JobKind
 
-__all__ = ["LABEL_KINDS", "LabelledImage", "LabelledImages"]
+__all__ = ["LABEL_KINDS", "LabelledImage", "LabelledImages", "parse_value_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,29 +227,70 @@ def _read(path: Path, target: float, channels: Sequence[str] | None) -> Labelled
 def _read_table(path: Path) -> list[tuple[str, float]]:
     """Return the ``(file, value)`` rows of a CSV or JSON table."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the value table {str(path)!r}: {exc.strerror}") from exc
-    rows: list[tuple[str, object]]
-    if path.suffix.lower() == ".json":
+    return parse_value_table(data, repr(str(path)), json_table=path.suffix.lower() == ".json")
+
+
+def parse_value_table(
+    data: bytes, where: str, *, json_table: bool, max_rows: int | None = None
+) -> list[tuple[str, float]]:
+    """Return the ``(file, value)`` rows of a table's bytes (see the module doc).
+
+    Errors name the table (``where``, as shown) and the row, never what the table holds.
+
+    Args:
+        json_table: a JSON object of file: value (else CSV, a header row allowed).
+        max_rows: the most rows taken (``None``: any number).
+
+    Raises:
+        ConfigError: not UTF-8 text, not a table of file and number, or no rows.
+        RequestTooLargeError: more than ``max_rows`` rows.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"value table {where} is not UTF-8 text (byte {exc.start} is not); save it as UTF-8"
+        ) from None
+    rows: list[tuple[object, object]]
+    if json_table:
         try:
-            data = json.loads(text)
+            table = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"value table {str(path)!r} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"value table {str(path)!r} must be a JSON object of file: value")
-        rows = list(data.items())
+            raise ConfigError(
+                f"value table {where} is not valid JSON: {exc.msg} at line {exc.lineno}, "
+                f"column {exc.colno}"
+            ) from None
+        except RecursionError:
+            raise ConfigError(f"value table {where} is nested too deeply to be a table") from None
+        if not isinstance(table, dict):
+            raise ConfigError(f"value table {where} must be a JSON object of file: value")
+        rows = list(table.items())
     else:
-        rows = [(r[0].strip(), r[1]) for r in csv.reader(text.splitlines()) if len(r) >= 2]
+        try:
+            rows = [(r[0].strip(), r[1]) for r in csv.reader(text.splitlines()) if len(r) >= 2]
+        except csv.Error as exc:
+            raise ConfigError(f"value table {where} is not a CSV table: {exc}") from None
         if rows and not _is_number(rows[0][1]):
             rows = rows[1:]  # a header
+    if max_rows is not None and len(rows) > max_rows:
+        raise RequestTooLargeError(
+            f"value table {where} has {len(rows)} rows, above the limit of {max_rows}"
+        )
     values: list[tuple[str, float]] = []
-    for name, value in rows:
+    for number, (name, value) in enumerate(rows, start=1):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"value table {where}, row {number}: the file name is missing")
         if not _is_number(value):
-            raise ConfigError(f"value table {str(path)!r}: {name!r} has no number: {value!r}")
+            raise ConfigError(
+                f"value table {where}, row {number}: the file has no number (each row is a "
+                "file and a finite number)"
+            )
         values.append((name, float(value)))  # type: ignore[arg-type]
     if not values:
-        raise ConfigError(f"value table {str(path)!r} lists no files")
+        raise ConfigError(f"value table {where} lists no files")
     return values
 
 

@@ -18,8 +18,9 @@ from frameserve.client import Client
 from frameserve.engine.devices import resolve_device
 from frameserve.serve.server import FrameServer
 from frameserve.training.jobs import TrainingJobs
+from frameserve.training.jobs.limits import JobLimits
 from tests.support.servers import start_server
-from tests.training.helpers import SETTINGS, write_pairs
+from tests.training.helpers import SETTINGS, files_under, write_pairs
 
 
 def call(server: FrameServer, method: str, path: str, body: object = None) -> tuple[int, Any]:
@@ -50,7 +51,9 @@ def wait_for(server: FrameServer, name: str, states: tuple[str, ...]) -> dict[st
 
 @pytest.fixture
 def trainer_server(tmp_path: Path) -> Iterator[FrameServer]:
-    running = start_server(jobs_folder=tmp_path / "jobs", reload_interval=None)
+    running = start_server(
+        jobs_folder=tmp_path / "jobs", reload_interval=None, data_roots=(tmp_path,)
+    )
     yield running
     running.close()
 
@@ -116,7 +119,7 @@ def test_cancel_is_quick_and_resume_goes_on(trainer_server: FrameServer, tmp_pat
 def test_jobs_survive_a_restart(tmp_path: Path) -> None:
     pairs = write_pairs(tmp_path)
     folder = tmp_path / "jobs"
-    first = TrainingJobs(folder)
+    first = TrainingJobs(folder, limits=JobLimits(data_roots=(tmp_path,)))
     first.submit("again", [(a, b) for a, b in pairs], _settings(steps=100000))
     deadline = time.monotonic() + 20
     while first.status("again").step < 2 and time.monotonic() < deadline:
@@ -124,7 +127,7 @@ def test_jobs_survive_a_restart(tmp_path: Path) -> None:
     first.close()
     saved = first.status("again").step
     loss = first.status("again").loss
-    second = TrainingJobs(folder)
+    second = TrainingJobs(folder, limits=JobLimits(data_roots=(tmp_path,)))
     try:
         listed = second.status("again")
         assert listed.state in ("queued", "running")
@@ -154,6 +157,20 @@ def test_bad_requests_get_400_naming_the_problem(trainer_server: FrameServer) ->
         assert status == 400 and problem in answer["error"], (body, answer)
     status, answer = call(trainer_server, "GET", "/v2/training/jobs/nobody")
     assert status == 404 and "nobody" in answer["error"]
+    for raw, problem in [
+        (b"[" * 100_000 + b"]" * 100_000, "deep"),  # once a RecursionError: a 500
+        ('{"name": "caf\xe9"}'.encode("latin-1"), "UTF-8"),
+        (b'{"name": "x", "pairs": NaN}', "NaN"),
+    ]:
+        request = urllib.request.Request(
+            trainer_server.http_url + "/v2/training/jobs", data=raw, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        error = json.loads(caught.value.read())["error"]
+        caught.value.close()
+        assert caught.value.code == 400 and problem in error, error
+    assert files_under(trainer_server.jobs.folder) == []
 
 
 def _settings(**overrides: Any) -> Any:
@@ -179,7 +196,7 @@ def test_cli_train_local_writes_checkpoints(tmp_path: Path) -> None:
 def test_auto_device_shares_the_queue_of_the_device_it_resolves_to(tmp_path: Path) -> None:
     pairs = [(a, b) for a, b in write_pairs(tmp_path)]
     device = str(resolve_device("auto"))  # "cpu" here, "cuda:0" on a GPU machine
-    jobs = TrainingJobs(tmp_path / "jobs")
+    jobs = TrainingJobs(tmp_path / "jobs", limits=JobLimits(data_roots=(tmp_path,)))
     try:
         jobs.submit("named", pairs, _settings(steps=100000, device=device))
         deadline = time.monotonic() + 20
@@ -202,7 +219,7 @@ def test_auto_device_shares_the_queue_of_the_device_it_resolves_to(tmp_path: Pat
 
 def test_cancel_waits_for_the_job_to_stop(tmp_path: Path) -> None:
     pairs = [(a, b) for a, b in write_pairs(tmp_path)]
-    jobs = TrainingJobs(tmp_path / "jobs")
+    jobs = TrainingJobs(tmp_path / "jobs", limits=JobLimits(data_roots=(tmp_path,)))
     try:
         jobs.submit("quick", pairs, _settings(steps=100000))
         deadline = time.monotonic() + 20
@@ -221,8 +238,24 @@ def test_a_delete_cut_short_is_finished_at_the_next_start(tmp_path: Path) -> Non
     record = {"name": "gone", "state": "done", "error": None, "files": None}
     record["settings"] = _settings(steps=2).to_dict()
     (half / "queue.json").write_text(json.dumps(record))
-    jobs = TrainingJobs(folder)
+    jobs = TrainingJobs(folder, limits=JobLimits(data_roots=(tmp_path,)))
     try:
         assert jobs.jobs() == [] and not half.exists()
     finally:
         jobs.close()
+
+
+def test_a_job_may_not_take_a_models_name(trainer_server: FrameServer, tmp_path: Path) -> None:
+    pairs = write_pairs(tmp_path, 1)
+    before = sorted((e.id, e.source) for e in trainer_server.registry.entries())
+    for name in ("blur", "identity", "broken_import"):  # built-in, installed, failed to load
+        body = {"name": name, "pairs": pairs, "settings": SETTINGS}
+        status, answer = call(trainer_server, "POST", "/v2/training/jobs", body)
+        assert status == 409 and f"model called {name!r} exists" in answer["error"], answer
+        assert not (trainer_server.jobs.folder / name).exists()
+    after = sorted((e.id, e.source) for e in trainer_server.registry.entries())
+    assert after == before  # every model still serves what it served
+    status, answer = call(trainer_server, "POST", "/v2/training/jobs", {**body, "name": "mine"})
+    assert status == 201, answer
+    status, answer = call(trainer_server, "POST", "/v2/training/jobs", {**body, "name": "mine"})
+    assert status == 409 and "exists already" in answer["error"]

@@ -19,26 +19,37 @@
 ``POST   /v2/training/jobs/{name}/resume``         go on from the newest checkpoint
 =================================================  ==========================================
 
-A frame in ``pairs`` is a path the server reads (a string) or an upload (``{"upload": ID}``).
-Errors are ``{"error": ...}`` with the status of :mod:`frameserve.serve.http.status`: 400 for a
-bad request (settings and image files named here are the client's, so their errors are 400
-too), 404 for an unknown job or upload, 409 for a state that forbids the action, 413 for an
-upload above the size cap, 507 when the uploads waiting for jobs hold as much as the server
-keeps. A job that names an upload that is not there is a bad request (400), not a 404.
+A frame in ``pairs`` is a path inside the server's data roots (a string; ``--data-root``, none
+by default) or an upload (``{"upload": ID}``); label folders and value tables are paths inside
+the data roots too (:mod:`frameserve.training.jobs.files`). An upload's body is written to disk
+as it arrives (the route streams it). Errors are ``{"error": ...}`` with the status of
+:mod:`frameserve.serve.http.status`: 400 for a bad request (settings and image files named here
+are the client's, so their errors are 400 too), 403 for another user's job, 404 for an unknown
+job or upload, 409 for a state that forbids the action or a name in use, 413 for what passes a
+limit (an upload's bytes or pixels, a job's frames, table or decoded bytes), 507 when the
+uploads waiting for jobs hold as much as the server keeps. A job that names an upload that is
+not there is a bad request (400), not a 404.
+
+**Who may do what** (with tokens; without them everyone is an admin). An artist uploads, creates
+jobs and lists, reads, cancels, resumes and deletes their own; a td does so with everyone's, and
+downloads packages (``/package``, which needs td). Another user's job is a 403 for an artist: a
+job is served as a model of its name, which every artist sees in the model list, so hiding it
+would hide nothing. Another user's upload is a 404: an upload's id is the hash of its bytes, and
+telling that it exists would tell that someone holds that file.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
-import tempfile
 import zipfile
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from frameserve.errors import ConfigError, FrameServeError, UploadNotFoundError
+from frameserve.errors import ConfigError, FrameServeError, RequestError, UploadNotFoundError
+from frameserve.serve.auth.users import Role, User
+from frameserve.serve.http.bodies import json_body
 from frameserve.serve.http.routes import Route, error_response, json_response, wrong_method
 from frameserve.serve.http.status import CLIENT_INPUT, status_for
 from frameserve.serve.http.wire import HttpRequest, HttpResponse
@@ -54,9 +65,15 @@ UPLOADS = "/v2/training/uploads"
 CANCEL_WAIT_SECONDS = 2.0
 _JOB_PATH = re.compile(r"/v2/training/jobs/(?P<name>[^/]+)(?P<action>/[a-z_]+)?")
 _UPLOAD_PATH = re.compile(r"/v2/training/uploads/(?P<id>[^/]+)")
+
+
+class NotYourJobError(RequestError):
+    """An artist asked about another user's training job (403)."""
+
+
 #: Statuses of errors on every path but an upload's own: a missing upload that a job names is
 #: the request's mistake (400); on ``/uploads/{id}`` it is a 404 (the table's default).
-_JOB_ERRORS = {**CLIENT_INPUT, UploadNotFoundError: 400}
+_JOB_ERRORS = {**CLIENT_INPUT, UploadNotFoundError: 400, NotYourJobError: 403}
 
 
 class TrainingApi(Route):
@@ -76,6 +93,18 @@ class TrainingApi(Route):
             return self.jobs.uploads.max_file_bytes
         return super().body_limit(method, path)
 
+    def streams_body(self, method: str, path: str) -> bool:
+        """Whether the body is read as it arrives: an upload's (to disk, never to memory)."""
+        return method == "POST" and path.rstrip("/") == UPLOADS
+
+    def required_role(self, method: str, path: str) -> Role:
+        """Return the least role a request needs: td for packages, else artist (whose own
+        jobs and uploads the handlers check)."""
+        match = _JOB_PATH.fullmatch(path.rstrip("/"))
+        if match is not None and match["action"] == "/package":
+            return Role.TD
+        return Role.ARTIST
+
     def handle(self, request: HttpRequest, client: str) -> HttpResponse:
         """Answer ``request``; every :class:`FrameServeError` becomes its JSON error answer."""
         path = request.path.rstrip("/")
@@ -91,23 +120,26 @@ class TrainingApi(Route):
     def _uploads(self, request: HttpRequest, path: str) -> HttpResponse:
         method = "GET" if request.method == "HEAD" else request.method
         store = self.jobs.uploads
+        owner = _only_own(request.user)
         if path == UPLOADS:
             if method == "GET":
                 store.prune()
-                listed = [upload.to_dict(store.max_age) for upload in store.uploads()]
+                listed = [upload.to_dict(store.max_age) for upload in store.uploads(owner=owner)]
                 return json_response(200, {"uploads": listed})
             if method != "POST":
                 return wrong_method(request, "GET or POST")
             filename = _query(request).get("filename")
-            upload, new = store.put(request.body.data, filename or "")
+            upload, new = store.put_stream(
+                _pieces(request), filename or "", owner=request.user.name
+            )
             return json_response(201 if new else 200, upload.to_dict(store.max_age))
         match = _UPLOAD_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}")
         if method == "GET":
-            return json_response(200, store.get(match["id"]).to_dict(store.max_age))
+            return json_response(200, store.get(match["id"], owner=owner).to_dict(store.max_age))
         if method == "DELETE":
-            store.delete(match["id"])
+            store.delete(match["id"], owner=owner)
             return json_response(200, {"deleted": match["id"]})
         return wrong_method(request, "GET or DELETE")
 
@@ -115,16 +147,21 @@ class TrainingApi(Route):
 
     def _route(self, request: HttpRequest, path: str) -> HttpResponse:
         method = "GET" if request.method == "HEAD" else request.method
+        user = request.user
         if path == PREFIX:
             if method == "GET":
-                return json_response(200, {"jobs": [s.to_dict() for s in self.jobs.jobs()]})
+                owner = _only_own(user)
+                listed = [s.to_dict() for s in self.jobs.jobs() if owner in (None, s.owner)]
+                return json_response(200, {"jobs": listed})
             if method == "POST":
-                return self._create(_body(request))
+                return self._create(json_body(request), user)
             return wrong_method(request, "GET or POST")
         match = _JOB_PATH.fullmatch(path)
         if match is None:
             return error_response(404, f"no such path {request.path!r}")
         name, action = match["name"], match["action"] or ""
+        if action in ("", "/contact_sheet", "/package", "/cancel", "/resume"):
+            self._check_owner(name, user)
         if action == "" and method == "DELETE":
             self.jobs.delete(name)
             return json_response(200, {"deleted": name})
@@ -140,13 +177,23 @@ class TrainingApi(Route):
             if action == "/cancel":
                 status = self.jobs.cancel(name, wait=CANCEL_WAIT_SECONDS)
                 return json_response(200, status.to_dict())
-            steps = _body(request).get("steps")
+            steps = json_body(request).get("steps")
             if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)):
-                raise ConfigError(f"'steps' must be a whole number, not {steps!r}")
+                raise ConfigError(f"'steps' must be a whole number, not {steps!r:.80}")
             return json_response(200, self.jobs.resume(name, steps=steps).to_dict())
         return error_response(404, f"no such path {request.path!r}")
 
-    def _create(self, body: dict[str, Any]) -> HttpResponse:
+    def _check_owner(self, name: str, user: User) -> None:
+        """Raise :class:`NotYourJobError` if ``user`` may not see job ``name`` (not theirs,
+        and not a td)."""
+        if user.may(Role.TD) or self.jobs.owner(name) == user.name:
+            return
+        raise NotYourJobError(
+            f"training job {name!r} belongs to another user; seeing or changing other people's "
+            f"jobs needs role td ({user.name!r} has {user.role.label})"
+        )
+
+    def _create(self, body: dict[str, Any], user: User) -> HttpResponse:
         name = body.get("name")
         if not isinstance(name, str):
             raise ConfigError("'name' is missing: give the job a name (a string)")
@@ -159,12 +206,19 @@ class TrainingApi(Route):
             )
         settings_data = body.get("settings", {})
         if not isinstance(settings_data, dict):
-            raise ConfigError(f"'settings' must be an object, not {settings_data!r}")
+            raise ConfigError(f"'settings' must be an object, not {settings_data!r:.80}")
         settings = TrainingSettings.from_dict(settings_data)
         if given[0] == "pairs":
             pairs = _pairs(body["pairs"], "pairs")
             validation = _pairs(body.get("validation", []), "validation")
-            status = self.jobs.submit(name, pairs, settings, validation=validation)
+            status = self.jobs.submit(
+                name,
+                pairs,
+                settings,
+                validation=validation,
+                owner=user.name,
+                upload_owner=_only_own(user),
+            )
         else:
             kind = "label" if given[0] == "labels" else "number"
             path, checks = body[given[0]], body.get("validation")
@@ -173,7 +227,9 @@ class TrainingApi(Route):
                     f"'{given[0]}' and 'validation' of a {kind} job must be paths the server "
                     f"reads (strings), not {path!r} and {checks!r}"
                 )
-            status = self.jobs.submit(name, LabelSource(kind, path, checks), settings)
+            status = self.jobs.submit(
+                name, LabelSource(kind, path, checks), settings, owner=user.name
+            )
         return json_response(201, status.to_dict())
 
     def _status(self, name: str) -> HttpResponse:
@@ -186,7 +242,12 @@ class TrainingApi(Route):
         return HttpResponse(200, [sheet.read_bytes()], content_type="image/png")
 
     def _package(self, name: str, query: dict[str, str]) -> HttpResponse:
-        from frameserve.training.export import export_package
+        from frameserve.training.export import (
+            PACKAGE_FORMATS,
+            check_model_id,
+            check_version,
+            export_package,
+        )
 
         unknown = sorted(set(query) - {"format", "checkpoint", "id", "version"})
         if unknown:
@@ -195,15 +256,26 @@ class TrainingApi(Route):
                 "format, id, version"
             )
         folder = self.jobs.job_folder(name)
-        with tempfile.TemporaryDirectory(prefix="frameserve-package-") as scratch:
-            out = Path(scratch) / "package"
+        network_format = query.get("format", "pt")
+        if network_format not in PACKAGE_FORMATS:
+            raise ConfigError(
+                f"package format {network_format!r:.40} is not offered; choose one of "
+                f"{', '.join(PACKAGE_FORMATS)} (TorchScript, torch.export, ONNX)"
+            )
+        model_id = query.get("id") or None
+        if model_id is not None:
+            check_model_id(model_id)  # it names a file: checked before anything is written
+        version = check_version(query.get("version") or "1.0.0")
+        with self.jobs.scratch() as scratch:  # inside the jobs folder, removed after
+            out = scratch / "package"
             export_package(
                 folder,
                 out,
-                network_format=query.get("format", "pt"),
+                network_format=network_format,
                 checkpoint=query.get("checkpoint", LATEST),
-                model_id=query.get("id") or None,
-                version=query.get("version") or "1.0.0",
+                model_id=model_id,
+                version=version,
+                scratch=scratch,
             )
             archive = io.BytesIO()
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
@@ -219,17 +291,16 @@ class TrainingApi(Route):
         )
 
 
-def _body(request: HttpRequest) -> dict[str, Any]:
-    raw = request.body.tobytes()
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"the body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError("the body must be a JSON object")
-    return data
+def _only_own(user: User) -> str | None:
+    """Whose jobs and uploads ``user`` sees: their own (an artist), or everyone's (``None``)."""
+    return None if user.may(Role.TD) else user.name
+
+
+def _pieces(request: HttpRequest) -> Iterable[memoryview]:
+    """The body as it arrives (a streamed request), or the one buffer a door read it into."""
+    if request.stream is not None:
+        return request.stream
+    return [request.body.data]
 
 
 def _query(request: HttpRequest) -> dict[str, str]:

@@ -7,10 +7,15 @@ names the front doors and commands use::
 
 ================  ==========================================================================
 ``queue``         :class:`TrainingJobs`: workers per device, submit, cancel, resume, delete
-``store``         each job's ``queue.json`` record, read back after a restart; deletions
+``live``          a job in this process: its frames (while active), trainer, state changes
+``store``         each job's ``queue.json`` record (with its owner), read back after a restart
 ``status``        :class:`JobStatus`: what a job's status says
 ``serving``       each job served as a model (a registry provider per job)
 ``data``          what a job learns from (files, uploads, label folders, value tables)
+``limits``        :class:`JobLimits`: data roots and size caps, checked before the work
+``files``         files named by path: confined to the data roots, regular files only
+``loading``       a new job's frames read off the request thread, within a time limit
+``scratch``       temporary folders for exports, inside the jobs folder
 ================  ==========================================================================
 """
 

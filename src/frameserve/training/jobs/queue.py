@@ -2,10 +2,12 @@
 
 ::
 
-    jobs = TrainingJobs("~/.frameserve/jobs", registry=registry, busy=interactive_waiting)
-    jobs.submit("degrain", [("in.1001.exr", "gt.1001.exr")], TrainingSettings(steps=500))
+    jobs = TrainingJobs("~/.frameserve/jobs", registry=registry, busy=interactive_waiting,
+                        limits=JobLimits(data_roots=(plates,)))
+    jobs.submit("degrain", [(plates / "in.1001.exr", plates / "gt.1001.exr")],
+                TrainingSettings(steps=500), owner="maya")
     jobs.submit("plate", [(UploadedFrame(a.id), UploadedFrame(b.id))])  # uploaded frames
-    jobs.submit("daynight", LabelSource("label", "shots/"))               # a label job
+    jobs.submit("daynight", LabelSource("label", "/shows/abc/shots"))    # a label job
     jobs.status("degrain").to_dict()   # state, step, loss, validation loss, steps/s, ETA
     jobs.cancel("degrain")             # stops before its next step (a checkpoint is saved)
     jobs.resume("degrain")             # goes on from the newest checkpoint
@@ -17,6 +19,11 @@ job is served as a model from submission on (:mod:`frameserve.training.jobs.serv
 :class:`TrainingJobs` on the same folder lists every job again; jobs that were queued or
 running when the server stopped are queued again and resume from their newest checkpoint.
 Jobs submitted as arrays cannot be read again after a restart; they fail then.
+
+**Frames** are read within the job limits (:mod:`frameserve.training.jobs.data`), on a reader
+thread for at most ``decode_timeout`` seconds (:mod:`~frameserve.training.jobs.loading`), and
+held only while the job is queued or running (:mod:`~frameserve.training.jobs.live`). A job
+may not take the name of a model (it is served as a model of its name) or of another job.
 
 **States** (:class:`~frameserve.training.jobs.store.JobState`). ``queued`` → ``running`` →
 ``done`` | ``failed`` | ``cancelled``; ``resume`` queues a cancelled, failed or done job again
@@ -40,6 +47,7 @@ checkpoint of the steps done is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -55,13 +63,23 @@ from frameserve.errors import ConfigError, JobConflictError, JobNotFoundError
 from frameserve.training import (
     ImagePairs,
     LabelledImages,
-    Trainer,
     TrainingProgress,
     TrainingSettings,
     list_checkpoints,
 )
 from frameserve.training.checkpoints import CONTACT_SHEET_FOLDER
-from frameserve.training.jobs.data import JobData, PathPairs, read_job_data, reread_job_data
+from frameserve.training.inference import model_id_for
+from frameserve.training.jobs.data import (
+    JobData,
+    PathPairs,
+    ReadingStopped,
+    check_frame_count,
+    count_named_frames,
+)
+from frameserve.training.jobs.limits import JobLimits
+from frameserve.training.jobs.live import LiveJob, NewJob, prepare_job
+from frameserve.training.jobs.loading import JobLoader
+from frameserve.training.jobs.scratch import SCRATCH_FOLDER, remove_old_scratch, scratch_folder
 from frameserve.training.jobs.serving import JobModels
 from frameserve.training.jobs.status import JobStatus, job_status
 from frameserve.training.jobs.store import (
@@ -71,9 +89,9 @@ from frameserve.training.jobs.store import (
     hide_job_folder,
     load_records,
 )
-from frameserve.training.uploads import DEFAULT_MAX_FILE_BYTES, UploadStore
+from frameserve.training.uploads import DEFAULT_MAX_FILE_BYTES, NO_OWNER, UploadStore
 
-__all__ = ["MAX_YIELD_SECONDS", "UPLOADS_FOLDER", "TrainingJobs"]
+__all__ = ["MAX_YIELD_SECONDS", "SCRATCH_FOLDER", "UPLOADS_FOLDER", "TrainingJobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,30 +100,7 @@ MAX_YIELD_SECONDS = 1.0
 #: Where uploads wait in the jobs folder (a name no job can have).
 UPLOADS_FOLDER = ".uploads"
 _NAP = 0.02
-
-
-class _Job:
-    """One job in this process: its record and what runs it; guarded by the queue's lock."""
-
-    def __init__(self, record: JobRecord) -> None:
-        self.record = record
-        self.data: ImagePairs | LabelledImages | None = None  # given as arrays (not stored)
-        self.trainer: Trainer | None = None  # built at submission, before its first run
-        self.cancel = threading.Event()
-        self.progress: TrainingProgress | None = None
-        self.finished = threading.Event()
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def folder(self) -> Path:
-        return self.record.folder
-
-    @property
-    def state(self) -> JobState:
-        return self.record.state
+_READERS = 2  # submissions whose frames are read at once
 
 
 class TrainingJobs:
@@ -116,6 +111,8 @@ class TrainingJobs:
         registry: serves each job as a model (``None``: jobs are not served).
         busy: returns whether interactive inference is waiting (training then naps).
         max_upload_bytes: the largest frame file :attr:`uploads` takes.
+        limits: what a job may read and hold (default :class:`JobLimits()`: no data roots, so
+            frames are uploads or arrays).
     """
 
     def __init__(
@@ -125,15 +122,22 @@ class TrainingJobs:
         registry: ModelRegistry | None = None,
         busy: Callable[[], bool] | None = None,
         max_upload_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        limits: JobLimits | None = None,
     ) -> None:
         self.folder = Path(folder).expanduser()
         self.registry = registry
         self.busy = busy or (lambda: False)
+        self.limits = limits or JobLimits()
         #: Frames uploaded for jobs to come (:mod:`frameserve.training.uploads`).
-        self.uploads = UploadStore(self.folder / UPLOADS_FOLDER, max_file_bytes=max_upload_bytes)
+        self.uploads = UploadStore(
+            self.folder / UPLOADS_FOLDER,
+            max_file_bytes=max_upload_bytes,
+            max_frame_pixels=self.limits.max_frame_pixels,
+        )
         self._models = JobModels(registry)
+        self._loader = JobLoader(_READERS)
         self._lock = threading.Lock()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, LiveJob] = {}
         self._reserved: set[str] = set()  # names being submitted
         self._queues: dict[str, Queue[str | None]] = {}
         self._workers: dict[str, threading.Thread] = {}
@@ -141,6 +145,7 @@ class TrainingJobs:
         for record in load_records(self.folder):
             self._load(record)
         self.uploads.prune()
+        remove_old_scratch(self.folder / SCRATCH_FOLDER)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -151,23 +156,35 @@ class TrainingJobs:
         settings: TrainingSettings | None = None,
         *,
         validation: PathPairs = (),
+        owner: str = NO_OWNER,
+        upload_owner: str | None = None,
     ) -> JobStatus:
         """Queue a new job learning ``data`` and return its status.
 
-        ``data`` is ``(input, target)`` pairs of image files (paths the server reads, or
-        :class:`~frameserve.training.uploads.UploadedFrame` ids), with ``validation`` pairs alike;
-        or a :class:`~frameserve.training.jobs.data.LabelSource`; or arrays
+        ``data`` is ``(input, target)`` pairs of image files (paths inside the data roots, or
+        :class:`~frameserve.training.uploads.UploadedFrame` ids), with ``validation`` pairs
+        alike; or a :class:`~frameserve.training.jobs.data.LabelSource`; or arrays
         (:class:`ImagePairs`, :class:`LabelledImages`), which are not kept across a restart.
+        The frames are read on a reader thread for at most ``limits.decode_timeout`` seconds.
+
+        Args:
+            owner: who submits it (a user's name; :data:`~frameserve.training.uploads.NO_OWNER`
+                without authentication).
+            upload_owner: whose uploads it may name (``None``: anyone's).
 
         Raises:
-            ConfigError: a bad name, settings that do not fit the data, an unavailable device.
+            ConfigError: a bad name, settings that do not fit the data, an unavailable device,
+                paths outside the data roots, a reading that took too long.
+            RequestTooLargeError: the job names more than a limit allows.
             ImageIOError: an unreadable frame.
             UploadNotFoundError: an upload id that is not stored.
-            JobConflictError: a job of that name exists.
+            JobConflictError: a job or a model of that name exists.
         """
         check_job_name(name)
         settings = settings or TrainingSettings()
         device = str(resolve_device(settings.device))
+        self._check_model_free(name)
+        check_frame_count(count_named_frames(data, validation), self.limits)  # before a read
         folder = self.folder / name
         with self._lock:
             if name in self._jobs or name in self._reserved:
@@ -176,16 +193,32 @@ class TrainingJobs:
                 raise JobConflictError(f"the jobs folder already holds {str(folder)!r}")
             folder.mkdir(parents=True)
             self._reserved.add(name)
-        try:  # reads the frames, checks the settings against them, writes job.json
-            files, loaded = read_job_data(data, validation, folder=folder, uploads=self.uploads)
-            if isinstance(loaded, ImagePairs):
-                loaded.check_crop_size(settings.crop_size)
-            trainer = Trainer(loaded, settings, job_dir=folder, name=name)
-        except BaseException:
+
+        def cleanup() -> None:
             shutil.rmtree(folder, ignore_errors=True)
             with self._lock:
                 self._reserved.discard(name)
-            raise
+
+        def read(should_stop: Callable[[], bool]) -> NewJob:
+            try:  # reads the frames, checks the settings against them, writes job.json
+                return prepare_job(
+                    name,
+                    data,
+                    validation,
+                    settings,
+                    folder=folder,
+                    uploads=self.uploads,
+                    limits=self.limits,
+                    upload_owner=upload_owner,
+                    should_stop=should_stop,
+                )
+            except BaseException:
+                cleanup()
+                raise
+
+        files, loaded, trainer = self._loader.run(
+            read, timeout=self.limits.decode_timeout, cleanup=cleanup
+        )
         record = JobRecord(
             folder=folder,
             name=name,
@@ -193,8 +226,9 @@ class TrainingJobs:
             files=files,
             settings=settings.to_dict(),
             device=device,
+            owner=owner,
         )
-        job = _Job(record)
+        job = LiveJob(record)
         job.data, job.trainer = loaded, trainer
         with self._lock:
             record.save()
@@ -202,7 +236,9 @@ class TrainingJobs:
             self._reserved.discard(name)
         self._models.add(record)  # listed from now on
         self._enqueue(job)
-        logger.info("training job %r queued on %s (%d steps)", name, device, settings.steps)
+        logger.info(
+            "training job %r queued on %s (%d steps) by %s", name, device, settings.steps, owner
+        )
         return self.status(name)
 
     def jobs(self) -> list[JobStatus]:
@@ -239,7 +275,7 @@ class TrainingJobs:
                 raise JobConflictError(f"training job {name!r} is {job.state}, not running")
             job.cancel.set()
             if job.state is JobState.QUEUED:
-                self._set_state(job, JobState.CANCELLED)
+                job.set_state(JobState.CANCELLED)
         self._models.refresh(name)
         if wait > 0:
             job.finished.wait(wait)
@@ -271,7 +307,7 @@ class TrainingJobs:
                 ).to_dict()
             job.cancel.clear()
             job.progress = None
-            self._set_state(job, JobState.QUEUED)
+            job.set_state(JobState.QUEUED)
         self._models.refresh(name)
         self._enqueue(job)
         return self.status(name)
@@ -306,6 +342,7 @@ class TrainingJobs:
                     f"training job {name!r} is {job.state}; cancel it before deleting it"
                 )
             del self._jobs[name]
+            job.data = job.trainer = None  # no frames held past this point
             hidden = hide_job_folder(job.folder)
         self._models.remove(name)
         shutil.rmtree(hidden, ignore_errors=True)
@@ -316,8 +353,23 @@ class TrainingJobs:
         self._job(name).finished.wait(timeout)
         return self.status(name)
 
+    def held_data(self, name: str) -> ImagePairs | LabelledImages | None:
+        """Return the decoded frames job ``name`` holds now (``None``: none, as when it is
+        stopped and its frames come from files); JobNotFoundError: no such job."""
+        return self._job(name).data
+
+    def owner(self, name: str) -> str:
+        """Return who submitted job ``name``; JobNotFoundError: no such job."""
+        return self._job(name).record.owner
+
+    def scratch(self) -> contextlib.AbstractContextManager[Path]:
+        """Return a context giving a new empty folder inside the jobs folder for temporary
+        files (exports), removed when it ends (and at the next start, if the process dies)."""
+        return scratch_folder(self.folder / SCRATCH_FOLDER)
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop every job (they stay queued or running on disk, to go on at the next start)."""
+        self._loader.close()
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())
@@ -333,14 +385,14 @@ class TrainingJobs:
 
     # -- running -------------------------------------------------------------------------------
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: LiveJob) -> None:
         job.finished.clear()
         try:
             device = str(resolve_device(job.record.settings.get("device", "cpu")))
         except ConfigError as exc:  # a GPU gone since the job was submitted
             with self._lock:
                 job.record.error = str(exc)
-                self._set_state(job, JobState.FAILED)
+                job.set_state(JobState.FAILED)
             self._models.refresh(job.name)
             job.finished.set()
             return
@@ -362,44 +414,54 @@ class TrainingJobs:
 
     def _work(self, queue: Queue[str | None]) -> None:
         while (name := queue.get()) is not None:
+            self._run(name)  # holds the job only while it runs
+
+    def _run(self, name: str) -> None:
+        with self._lock:
             job = self._jobs.get(name)
             if job is None:  # deleted while it waited
-                continue
+                return
+            if job.state is not JobState.QUEUED or self._closed:
+                job.finished.set()
+                return
+            job.set_state(JobState.RUNNING)
+        self._models.refresh(name)
+        try:
+            self._train(job)
+        except ReadingStopped:
+            self._stopped(job)  # cancelled (or closing) while its frames were read again
+        except Exception as exc:  # a failing job is reported, the worker lives on
+            logger.exception("training job %r failed", name)
             with self._lock:
-                if job.state is not JobState.QUEUED or self._closed:
-                    job.finished.set()
-                    continue
-                self._set_state(job, JobState.RUNNING)
-            self._models.refresh(name)
-            try:
-                trainer = self._trainer(job)
-                trainer.run(should_stop=job.cancel.is_set)
-            except Exception as exc:  # a failing job is reported, the worker lives on
-                logger.exception("training job %r failed", name)
-                with self._lock:
-                    self._remember(job)
-                    job.record.error = str(exc) or type(exc).__name__
-                    self._set_state(job, JobState.FAILED)
-            else:
-                with self._lock:
-                    self._remember(job)  # the last checkpoint is of the last step run
-                    if self._closed:
-                        pass  # stays "running" on disk: queued again at the next start
-                    elif job.cancel.is_set():
-                        self._set_state(job, JobState.CANCELLED)
-                    else:
-                        self._set_state(job, JobState.DONE)
-            self._models.refresh(name)
-            job.finished.set()
+                job.remember()
+                job.record.error = str(exc) or type(exc).__name__
+                job.set_state(JobState.FAILED)
+        else:
+            self._stopped(job)
+        with self._lock:
+            job.release_frames()  # read again from its files if it is resumed
+        self._models.refresh(name)
+        job.finished.set()
 
-    def _trainer(self, job: _Job) -> Trainer:
-        settings = TrainingSettings.from_dict(job.record.settings)
+    def _stopped(self, job: LiveJob) -> None:
+        """Record that job's run ended without failing: done, cancelled, or paused to close."""
+        with self._lock:
+            job.remember()  # the last checkpoint is of the last step run
+            if self._closed:
+                pass  # stays "running" on disk: queued again at the next start
+            elif job.cancel.is_set():
+                job.set_state(JobState.CANCELLED)
+            else:
+                job.set_state(JobState.DONE)
+
+    def _train(self, job: LiveJob) -> None:
+        """Build (or take) the job's trainer and run it; the trainer goes when this returns."""
 
         def report(progress: TrainingProgress) -> None:
             with self._lock:
                 job.progress = progress
                 if progress.checkpoint is not None:
-                    self._remember(job)
+                    job.remember()
             if progress.checkpoint is not None:
                 self._models.refresh(job.name)
             waited = 0.0
@@ -407,39 +469,20 @@ class TrainingJobs:
                 time.sleep(_NAP)
                 waited += _NAP
 
-        if job.trainer is not None:
-            trainer, job.trainer = job.trainer, None
-            trainer.on_progress = report
-            return trainer
-        data, files = job.data, job.record.files
-        if list_checkpoints(job.folder):  # without data, it reads the files its checkpoint lists
-            if data is None and files is None:
-                raise _arrays_lost(job.name)
-            return Trainer.resume(job.folder, data, on_progress=report, steps=settings.steps)
-        if data is None:
-            if files is None:
-                raise _arrays_lost(job.name)
-            data = reread_job_data(files)
-        return Trainer(data, settings, job_dir=job.folder, name=job.name, on_progress=report)
+        job.build_trainer(self.limits, on_progress=report).run(should_stop=job.cancel.is_set)
+
+    def _check_model_free(self, name: str) -> None:
+        """Raise :class:`JobConflictError` if a model (not a job) is served as ``name``."""
+        if self._models.taken(name):
+            raise JobConflictError(
+                f"job name {name!r} is taken: a model called {model_id_for(name)!r} exists "
+                "already (a built-in or installed model), and a job is served as a model of "
+                "its name; choose another name"
+            )
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _set_state(self, job: _Job, state: JobState) -> None:
-        """Record ``state`` (the caller holds the lock)."""
-        job.record.state = state
-        if state.active:
-            job.record.error = None
-        job.record.save()
-        logger.info("training job %r: %s", job.name, state)
-
-    @staticmethod
-    def _remember(job: _Job) -> None:
-        """Keep the progress in the record (the caller holds the lock)."""
-        if job.progress is not None:
-            job.record.keep_progress(job.progress)
-            job.record.save()
-
-    def _job(self, name: str) -> _Job:
+    def _job(self, name: str) -> LiveJob:
         with self._lock:
             job = self._jobs.get(name)
         if job is None:
@@ -447,7 +490,7 @@ class TrainingJobs:
         return job
 
     def _load(self, record: JobRecord) -> None:
-        job = _Job(record)
+        job = LiveJob(record)
         self._jobs[job.name] = job
         self._models.add(record)
         if record.state.active:
@@ -455,10 +498,3 @@ class TrainingJobs:
             self._enqueue(job)
         else:
             job.finished.set()
-
-
-def _arrays_lost(name: str) -> ConfigError:
-    return ConfigError(
-        f"training job {name!r} was given frames as arrays, which are not kept across a server "
-        "restart; submit it again"
-    )

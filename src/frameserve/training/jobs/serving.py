@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
+from frameserve.errors import ModelNotFoundError
 from frameserve.training.checkpoints import JOB_FILE, list_checkpoints
 from frameserve.training.inference import model_id_for, trained_model_class
 from frameserve.training.jobs.store import JobRecord
 
 __all__ = ["JobModels", "job_entries", "provider_name"]
+
+_JOB_SOURCE = "training job "  # the source of a job's model entry, before its name
 
 
 class JobModels:
@@ -44,6 +47,21 @@ class JobModels:
         if self.registry is not None:
             self.registry.refresh_provider(provider_name(name))
 
+    def taken(self, name: str) -> bool:
+        """Whether a model other than a job's (a built-in one, one from the model folders,
+        loaded or failed) has job ``name``'s model id."""
+        if self.registry is None:
+            return False
+        model_id = model_id_for(name)
+        try:
+            source = self.registry.get(model_id).source
+        except ModelNotFoundError:
+            failed = self.registry.failure(model_id)
+            if failed is None:
+                return False
+            source = failed.source
+        return not source.startswith(_JOB_SOURCE)
+
     def remove(self, name: str) -> None:
         """Stop serving job ``name``."""
         if self.registry is not None:
@@ -60,7 +78,7 @@ def job_entries(record: JobRecord) -> list[ModelEntry]:
     saved = list_checkpoints(record.folder)
     newest = saved[-1].step if saved else -1
     token = f"{record.state}:{newest}:{len(saved)}"
-    return [ModelEntry.from_class(model, source=f"training job {record.name}", token=token)]
+    return [ModelEntry.from_class(model, source=f"{_JOB_SOURCE}{record.name}", token=token)]
 
 
 def provider_name(name: str) -> str:

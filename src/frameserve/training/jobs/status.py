@@ -38,6 +38,7 @@ class JobStatus:
         elapsed_seconds: training time so far, across resumes.
         checkpoints: the saved checkpoints' names, oldest first.
         error: why the job failed (``None`` otherwise).
+        owner: the user who submitted it (``"-"`` without authentication).
     """
 
     name: str
@@ -54,6 +55,7 @@ class JobStatus:
     elapsed_seconds: float
     checkpoints: tuple[str, ...]
     error: str | None
+    owner: str
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -72,6 +74,7 @@ class JobStatus:
             "elapsed_seconds": self.elapsed_seconds,
             "checkpoints": list(self.checkpoints),
             "error": self.error,
+            "owner": self.owner,
         }
 
 
@@ -114,4 +117,5 @@ def job_status(
         elapsed_seconds=elapsed,
         checkpoints=tuple(entry.name for entry in saved),
         error=record.error,
+        owner=record.owner,
     )

@@ -3,10 +3,10 @@
 A job lives in ``jobs_folder/NAME`` (the trainer's job folder, see
 :mod:`frameserve.training.checkpoints`) plus ``queue.json``: its state, its frames (as
 :mod:`frameserve.training.jobs.data` records them), its settings, its resolved device, why it
-failed and the progress of its last checkpoint::
+failed, the progress of its last checkpoint and who submitted it (``owner``)::
 
     record = JobRecord(folder=jobs / "degrain", name="degrain", state=JobState.QUEUED,
-                       files=files, settings=settings.to_dict(), device="cpu")
+                       files=files, settings=settings.to_dict(), device="cpu", owner="maya")
     record.save()                          # atomically (frameserve.media.atomic)
     records = load_records(jobs)           # at the next start: every readable job
 
@@ -35,6 +35,7 @@ from frameserve.errors import ConfigError
 from frameserve.media.atomic import remove_leftovers, write_bytes_atomically
 from frameserve.training.kinds import JobKind
 from frameserve.training.progress import TrainingProgress
+from frameserve.training.uploads import NO_OWNER
 
 __all__ = [
     "QUEUE_FILE",
@@ -87,6 +88,8 @@ class JobRecord:
         device: the device it trains on, resolved (``"cpu"``, ``"cuda:0"``).
         error: why it failed (``None`` otherwise).
         progress: step, losses and training time of its last checkpoint (``None``: none yet).
+        owner: the user who submitted it (``"-"``: a server without authentication; records
+            written before owners were kept are read as that).
     """
 
     folder: Path
@@ -97,6 +100,7 @@ class JobRecord:
     device: str
     error: str | None = None
     progress: dict[str, Any] | None = None
+    owner: str = NO_OWNER
 
     @property
     def kind(self) -> JobKind:
@@ -122,6 +126,7 @@ class JobRecord:
             "files": self.files,
             "settings": self.settings,
             "device": self.device,
+            "owner": self.owner,
         }
         if self.progress is not None:
             data["progress"] = self.progress
@@ -158,6 +163,7 @@ class JobRecord:
             device=str(data.get("device") or settings.get("device", "cpu")),
             error=data.get("error"),
             progress=data.get("progress"),
+            owner=str(data.get("owner") or NO_OWNER),
         )
 
 
