@@ -32,6 +32,7 @@ from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.scheduler import Scheduler
+from frameserve.serve.auth.tokens import TokenStore
 from frameserve.serve.http.api import InferenceApi
 from frameserve.serve.http.server import HttpServer
 from frameserve.serve.http.training_api import TrainingApi
@@ -74,16 +75,24 @@ class FrameServer:
             registry=self.registry,
             busy=lambda: self.engine.queue_depth(Priority.INTERACTIVE) > 0,
             max_upload_bytes=self.settings.max_request_bytes(1),
+            limits=self.settings.job_limits(),
         )
         self.mlclient = MLClientServer(engine=self.engine, settings=self.settings.mlclient_door())
         self.http: HttpServer | None = None
         http_door = self.settings.http_door()
         if http_door is not None:
             routes = [
-                InferenceApi(self.engine, max_frame_bytes=http_door.max_frame_bytes),
+                InferenceApi(
+                    self.engine,
+                    max_frame_bytes=http_door.max_frame_bytes,
+                    max_batch_frames=http_door.max_batch_frames,
+                    max_frame_pixels=http_door.max_frame_pixels,
+                ),
                 TrainingApi(self.jobs),
             ]
+            tokens = TokenStore(http_door.tokens_file) if http_door.tokens_file else None
             self.http = HttpServer(http_door, engine=self.engine, routes=routes)
+            self.http.router.tokens = tokens  # every request but health then needs a token
         self.watcher: ModelWatcher | None = None
         if self.settings.reload_interval is not None:
             self.watcher = ModelWatcher(self.registry, interval=self.settings.reload_interval)
@@ -103,9 +112,10 @@ class FrameServer:
 
     @property
     def http_url(self) -> str:
-        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:8000``."""
+        """Base URL of the HTTP API, e.g. ``http://127.0.0.1:8000`` (``https://`` with TLS)."""
         host, port = self.http_address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = self.http.scheme if self.http is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def is_ready(self) -> bool:
         """Whether the server is started and not shutting down."""

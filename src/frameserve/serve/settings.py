@@ -24,8 +24,10 @@ from typing import Any
 
 from frameserve.engine.devices import check_device_name
 from frameserve.engine.limits import (
+    DEFAULT_MAX_BATCH_FRAMES,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_MAX_REQUEST_IMAGES,
     request_bytes_limit,
 )
 from frameserve.errors import ConfigError
@@ -118,7 +120,7 @@ class MLClientDoorSettings(DoorSettings):
     """
 
     allow: tuple[Network, ...] = LOOPBACK_NETWORKS
-    max_request_images: int = 64
+    max_request_images: int = DEFAULT_MAX_REQUEST_IMAGES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +137,7 @@ class HttpDoorSettings(DoorSettings):
     tokens_file: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    max_batch_frames: int = 64
+    max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES
 
 
 def is_loopback(host: str) -> bool:
@@ -217,8 +219,8 @@ class ServerSettings:
     cache_bytes: int = DEFAULT_CACHE_BYTES
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
-    max_request_images: int = 64
-    max_batch_frames: int = 64
+    max_request_images: int = DEFAULT_MAX_REQUEST_IMAGES
+    max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES
     read_timeout: float = 30.0
     request_timeout: float = 600.0
     header_timeout: float = 5.0
