@@ -21,12 +21,15 @@ front door maps the tree onto its protocol in one place (the MLClient door answe
     │   ├── JobConflictError     the job's state forbids the action (a name in use, resuming
     │   │                        a running job)
     │   ├── UploadError          an uploaded file that cannot be used (name, bytes, format)
-    │   └── UploadNotFoundError  no upload has that id (never sent, deleted or aged out)
+    │   ├── UploadNotFoundError  no upload has that id (never sent, deleted or aged out)
+    │   └── PermissionDeniedError  the user may not do this (their role, or not their job)
     ├── ModelError               the model failed (the server's or the plug-in's fault)
     │   ├── ModelLoadError       a plug-in could not be imported or declares itself wrongly
     │   ├── ModelSetupError      its setup step (loading weights) raised
     │   └── ModelRunError        predict raised or returned something other than declared
     ├── ImageIOError             an image file could not be read or written
+    ├── UserExistsError          token add: the token file has a user of that name already
+    ├── UnknownUserError         token remove: the token file has no user of that name
     ├── ServerBusyError          too many connections or requests right now
     │   └── StorageFullError     the server keeps no more of what was sent (uploads)
     └── RequestCancelledError    the client went away, or the server is shutting down
@@ -49,14 +52,17 @@ __all__ = [
     "ModelNotFoundError",
     "ModelRunError",
     "ModelSetupError",
+    "PermissionDeniedError",
     "ProtocolError",
     "RequestCancelledError",
     "RequestError",
     "RequestTooLargeError",
     "ServerBusyError",
     "StorageFullError",
+    "UnknownUserError",
     "UploadError",
     "UploadNotFoundError",
+    "UserExistsError",
 ]
 
 
@@ -146,3 +152,15 @@ class UploadNotFoundError(RequestError):
 
 class StorageFullError(ServerBusyError):
     """What the server keeps of uploaded data is full; nothing more is stored until some goes."""
+
+
+class PermissionDeniedError(RequestError):
+    """The user may not do this: their role is too small, or the job is not theirs."""
+
+
+class UserExistsError(FrameServeError):
+    """``token add``: the token file has a user of that name already."""
+
+
+class UnknownUserError(FrameServeError):
+    """``token remove``: the token file has no user of that name."""

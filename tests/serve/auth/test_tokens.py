@@ -16,14 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from frameserve.errors import ConfigError
-from frameserve.serve.auth.tokens import (
-    TOKEN_PREFIX,
-    TokenFile,
-    TokenStore,
-    UnknownUserError,
-    UserExistsError,
-)
+from frameserve.errors import ConfigError, UnknownUserError, UserExistsError
+from frameserve.serve.auth.tokens import TOKEN_PREFIX, TokenFile, TokenStore
 from frameserve.serve.auth.users import Role, User
 from tests.serve.auth.conftest import make_tokens
 

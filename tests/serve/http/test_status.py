@@ -12,6 +12,7 @@ STATUSES = [
     (errors.JobNotFoundError, 404),
     (errors.UploadNotFoundError, 404),
     (errors.ModelNotFoundError, 404),
+    (errors.PermissionDeniedError, 403),
     (errors.JobConflictError, 409),
     (errors.RequestTooLargeError, 413),
     (errors.DeadlineExceededError, 504),
@@ -29,6 +30,8 @@ STATUSES = [
     (errors.ModelRunError, 500),
     (errors.ConfigError, 500),
     (errors.ImageIOError, 500),
+    (errors.UserExistsError, 500),  # the token command's own errors: never raised by a route
+    (errors.UnknownUserError, 500),
     (errors.RequestCancelledError, 500),
     (errors.FrameServeError, 500),
     (ValueError, 500),

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frameserve.errors import ConfigError, FrameServeError
+from frameserve.errors import ConfigError, UnknownUserError, UserExistsError
 from frameserve.media.atomic import atomic_path
 from frameserve.serve.auth.users import Role, User
 
@@ -60,8 +60,6 @@ __all__ = [
     "TokenEntry",
     "TokenFile",
     "TokenStore",
-    "UnknownUserError",
-    "UserExistsError",
     "check_name",
 ]
 
@@ -82,14 +80,6 @@ _FORMAT = "frameserve-tokens"
 _VERSION = 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
-class UserExistsError(FrameServeError):
-    """``token add``: the token file has a user of that name already."""
-
-
-class UnknownUserError(FrameServeError):
-    """``token remove``: the token file has no user of that name."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from frameserve.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelSetupError,
+    PermissionDeniedError,
     RequestError,
     RequestTooLargeError,
     ServerBusyError,
@@ -38,6 +39,7 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (JobNotFoundError, 404),  # no training job has that name
     (UploadNotFoundError, 404),  # no upload has that id
     (ModelNotFoundError, 404),  # no model (or version) has that id
+    (PermissionDeniedError, 403),  # the user's role, or not their job
     (JobConflictError, 409),  # the job's state forbids the action
     (RequestTooLargeError, 413),  # a body above the size cap
     (DeadlineExceededError, 504),  # dropped unrun: its deadline passed in the queue

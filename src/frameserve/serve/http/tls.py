@@ -19,7 +19,7 @@ import ssl
 import time
 from pathlib import Path
 
-from frameserve.errors import ConfigError
+from frameserve.errors import ConfigError, ProtocolError
 from frameserve.serve.net.sockets import ClientGone, ClientStalled
 
 __all__ = ["PlainHttpError", "handshake", "server_context"]
@@ -28,7 +28,7 @@ __all__ = ["PlainHttpError", "handshake", "server_context"]
 _HANDSHAKE_RECORD = 0x16
 
 
-class PlainHttpError(Exception):
+class PlainHttpError(ProtocolError):
     """The client spoke something other than TLS (plain HTTP, most likely) to the HTTPS port."""
 
 

@@ -47,7 +47,12 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from frameserve.errors import ConfigError, FrameServeError, RequestError, UploadNotFoundError
+from frameserve.errors import (
+    ConfigError,
+    FrameServeError,
+    PermissionDeniedError,
+    UploadNotFoundError,
+)
 from frameserve.serve.auth.users import Role, User
 from frameserve.serve.http.bodies import json_body
 from frameserve.serve.http.routes import Route, error_response, json_response, wrong_method
@@ -67,13 +72,9 @@ _JOB_PATH = re.compile(r"/v2/training/jobs/(?P<name>[^/]+)(?P<action>/[a-z_]+)?"
 _UPLOAD_PATH = re.compile(r"/v2/training/uploads/(?P<id>[^/]+)")
 
 
-class NotYourJobError(RequestError):
-    """An artist asked about another user's training job (403)."""
-
-
 #: Statuses of errors on every path but an upload's own: a missing upload that a job names is
 #: the request's mistake (400); on ``/uploads/{id}`` it is a 404 (the table's default).
-_JOB_ERRORS = {**CLIENT_INPUT, UploadNotFoundError: 400, NotYourJobError: 403}
+_JOB_ERRORS = {**CLIENT_INPUT, UploadNotFoundError: 400}
 
 
 class TrainingApi(Route):
@@ -184,11 +185,11 @@ class TrainingApi(Route):
         return error_response(404, f"no such path {request.path!r}")
 
     def _check_owner(self, name: str, user: User) -> None:
-        """Raise :class:`NotYourJobError` if ``user`` may not see job ``name`` (not theirs,
+        """Raise :class:`PermissionDeniedError` if ``user`` may not see job ``name`` (not theirs,
         and not a td)."""
         if user.may(Role.TD) or self.jobs.owner(name) == user.name:
             return
-        raise NotYourJobError(
+        raise PermissionDeniedError(
             f"training job {name!r} belongs to another user; seeing or changing other people's "
             f"jobs needs role td ({user.name!r} has {user.role.label})"
         )
