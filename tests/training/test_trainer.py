@@ -104,6 +104,21 @@ def test_a_folder_with_checkpoints_is_not_reused(pairs: ImagePairs, tmp_path: Pa
         Trainer(pairs, fast_settings(), job_dir=tmp_path)
 
 
+def test_a_planned_job_writes_the_job_file_a_trainer_would(
+    pairs: ImagePairs, tmp_path: Path
+) -> None:
+    settings = fast_settings()
+    Trainer.plan(pairs, settings, job_dir=tmp_path / "planned", name="grade")
+    assert not (tmp_path / "planned" / "checkpoints").exists()  # no network, nothing trained
+    Trainer(pairs, settings, job_dir=tmp_path / "built", name="grade")
+    assert read_job_file(tmp_path / "planned") == read_job_file(tmp_path / "built")
+    with pytest.raises(ConfigError, match="'crop_size': 64 is larger"):
+        Trainer.plan(pairs, fast_settings(crop_size=64), job_dir=tmp_path / "big")
+    Trainer(pairs, settings, job_dir=tmp_path / "built").run(1)
+    with pytest.raises(ConfigError, match="already holds checkpoints; resume it"):
+        Trainer.plan(pairs, settings, job_dir=tmp_path / "built")
+
+
 def test_progress_is_reported_after_every_step(pairs: ImagePairs, tmp_path: Path) -> None:
     reports: list[TrainingProgress] = []
     settings = fast_settings(steps=6, validation_interval=2, checkpoint_interval=3)

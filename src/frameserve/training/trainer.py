@@ -121,11 +121,7 @@ class Trainer:
         degradation: Degradation | None = None,
     ) -> None:
         job = Path(job_dir)
-        if checkpoints.list_checkpoints(job):
-            raise ConfigError(
-                f"job folder {str(job)!r} already holds checkpoints; resume it with "
-                "Trainer.resume(job_dir) or choose another folder"
-            )
+        _check_no_checkpoints(job)
         self._build(
             data,
             settings or TrainingSettings(),
@@ -136,6 +132,33 @@ class Trainer:
             degradation=degradation,
         )
         checkpoints.write_job_file(job, self._description())
+
+    @classmethod
+    def plan(
+        cls,
+        data: ImagePairs | LabelledImages,
+        settings: TrainingSettings | None = None,
+        *,
+        job_dir: str | os.PathLike[str],
+        name: str = "",
+        network: NetworkSpec | None = None,
+        degradation: Degradation | None = None,
+    ) -> None:
+        """Check a new job as the constructor does and write its ``job.json``, without
+        building its network (nothing is allocated, no device is touched): a job planned in
+        one process is trained by a :class:`Trainer` built in another.
+
+        Raises:
+            ConfigError: as the constructor.
+        """
+        job = Path(job_dir)
+        _check_no_checkpoints(job)
+        trainer = cls.__new__(cls)
+        trainer._check(
+            data, settings or TrainingSettings(), job, name or job.name, network, degradation
+        )
+        job.mkdir(parents=True, exist_ok=True)
+        checkpoints.write_job_file(job, trainer._description())
 
     @classmethod
     def resume(
@@ -208,19 +231,8 @@ class Trainer:
         other_network: NetworkSpec | None = None,
         degradation: Degradation | None = None,
     ) -> None:
-        self.settings = settings
-        self.job_dir = job_dir
-        self.name = name
+        self._check(data, settings, job_dir, name, other_network, degradation)
         self.on_progress = on_progress
-        self.task: TrainingTask = task_for(data)
-        if degradation is not None:
-            self.task = DegradedTask(self.task, degradation)
-        self.task.check(settings)
-        self.device = resolve_device(settings.device)
-        self.network_spec: NetworkSpec = self.task.network_spec(settings)
-        if other_network is not None:
-            self.task.check_network(other_network, settings)
-            self.network_spec = other_network
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             network = build_network(self.network_spec)
@@ -238,6 +250,29 @@ class Trainer:
         self._should_stop: Callable[[], bool] | None = None
         job_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(job_dir, recursive=True)  # of a write a killed process never finished
+
+    def _check(
+        self,
+        data: ImagePairs | LabelledImages,
+        settings: TrainingSettings,
+        job_dir: Path,
+        name: str,
+        other_network: NetworkSpec | None,
+        degradation: Degradation | None,
+    ) -> None:
+        """Set what the job is (settings, task, network spec) once it is checked to fit."""
+        self.settings = settings
+        self.job_dir = job_dir
+        self.name = name
+        self.task: TrainingTask = task_for(data)
+        if degradation is not None:
+            self.task = DegradedTask(self.task, degradation)
+        self.task.check(settings)
+        self.device = resolve_device(settings.device)  # ConfigError: not available here
+        self.network_spec: NetworkSpec = self.task.network_spec(settings)
+        if other_network is not None:
+            self.task.check_network(other_network, settings)
+            self.network_spec = other_network
 
     def _restore(self, payload: dict[str, Any]) -> None:
         self.network.load_state_dict(payload["network_state"])
@@ -452,4 +487,13 @@ class Trainer:
             elapsed_seconds=self._clock.elapsed,
             checkpoint=checkpoint,
             contact_sheet=sheet,
+        )
+
+
+def _check_no_checkpoints(job: Path) -> None:
+    """Raise :class:`ConfigError` if job folder ``job`` holds checkpoints (a new job's may not)."""
+    if checkpoints.list_checkpoints(job):
+        raise ConfigError(
+            f"job folder {str(job)!r} already holds checkpoints; resume it with "
+            "Trainer.resume(job_dir) or choose another folder"
         )

@@ -49,6 +49,18 @@ def wait_for(server: FrameServer, name: str, states: tuple[str, ...]) -> dict[st
     raise AssertionError(f"job {name} never reached {states}: {job}")
 
 
+def wait_for_step(server: FrameServer, name: str, step: int) -> dict[str, Any]:
+    """Poll job ``name`` until it has done ``step`` steps."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, job = call(server, "GET", f"/v2/training/jobs/{name}")
+        assert status == 200 and job["state"] == "running", job
+        if job["step"] >= step:
+            return dict(job)
+        time.sleep(0.05)
+    raise AssertionError(f"job {name} never reached step {step}: {job}")
+
+
 @pytest.fixture
 def trainer_server(tmp_path: Path) -> Iterator[FrameServer]:
     running = start_server(
@@ -94,8 +106,7 @@ def test_cancel_is_quick_and_resume_goes_on(trainer_server: FrameServer, tmp_pat
     pairs = write_pairs(tmp_path)
     body = {"name": "long", "pairs": pairs, "settings": {**SETTINGS, "steps": 100000}}
     assert call(trainer_server, "POST", "/v2/training/jobs", body)[0] == 201
-    wait_for(trainer_server, "long", ("running",))
-    time.sleep(0.3)
+    wait_for_step(trainer_server, "long", 1)  # its process trains: a cancel leaves a checkpoint
     started = time.monotonic()
     assert call(trainer_server, "POST", "/v2/training/jobs/long/cancel")[0] == 200
     stopped = wait_for(trainer_server, "long", ("cancelled", "failed"))

@@ -6,8 +6,11 @@ names the front doors and commands use::
     from frameserve.training.jobs import JobState, LabelSource, TrainingJobs
 
 ================  ==========================================================================
-``queue``         :class:`TrainingJobs`: workers per device, submit, cancel, resume, delete
-``live``          a job in this process: its frames (while active), trainer, state changes
+``queue``         :class:`TrainingJobs`: submit, cancel, resume, delete, list
+``runs``          running queued jobs: a worker thread per device, one job at a time each
+``process``       each run in a training process of its own (``spawn``), followed and stopped
+``shared``        a job's decoded frames in shared memory, mapped by its training process
+``live``          a job in the server: its frames (while active), process, state changes
 ``store``         each job's ``queue.json`` record (with its owner), read back after a restart
 ``status``        :class:`JobStatus`: what a job's status says
 ``serving``       each job served as a model (a registry provider per job)

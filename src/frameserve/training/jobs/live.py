@@ -1,18 +1,21 @@
-"""A training job in this process: its record, plus what lives only in memory.
+"""A training job in the server: its record, plus what lives only in memory.
 
 The queue (:mod:`frameserve.training.jobs.queue`) keeps one :class:`LiveJob` per job and
 changes it under its lock::
 
-    files, data, trainer = prepare_job(name, pairs, (), settings, folder=folder,
-                                       uploads=store, limits=limits)   # a new job
+    files, frames = prepare_job(name, pairs, (), settings, folder=folder,
+                                uploads=store, limits=limits)   # a new job
     job = LiveJob(record)
+    job.hold(frames)
     job.set_state(JobState.RUNNING)              # recorded in queue.json at once
-    trainer = job.build_trainer(limits, on_progress=report)
+    frames = job.frames_for_run(limits)          # read again if they were released
     job.release_frames()                         # stopped: its frames are read again if resumed
 
-A job holds its decoded frames (:attr:`LiveJob.data`) only while it is queued or running and
-they can be read again (its frames came from files); a job given arrays keeps them, since
-nothing else could give them back.
+A job holds its decoded frames in shared memory (:mod:`~frameserve.training.jobs.shared`: the
+server's views and its training process map the same pages) only while it is queued or
+running and they can be read again (its frames came from files); a job given arrays keeps
+them, since nothing else could give them back. Its network is trained in a
+process of its own (:mod:`frameserve.training.jobs.process`), never in the server's.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from frameserve.training import (
     Trainer,
     TrainingProgress,
     TrainingSettings,
-    list_checkpoints,
 )
 from frameserve.training.jobs.data import JobData, PathPairs, read_job_data, reread_job_data
 from frameserve.training.jobs.limits import JobLimits
+from frameserve.training.jobs.process import JobProcess
+from frameserve.training.jobs.shared import SharedFrames
 from frameserve.training.jobs.store import JobRecord, JobState
 from frameserve.training.uploads import UploadStore
 
@@ -41,8 +45,8 @@ __all__ = ["LiveJob", "NewJob", "prepare_job"]
 
 logger = logging.getLogger(__name__)
 
-#: A new job's record of its files, its decoded frames, and its trainer.
-NewJob: TypeAlias = tuple[dict[str, Any] | None, ImagePairs | LabelledImages, Trainer]
+#: A new job's record of its files, and its decoded frames in shared memory.
+NewJob: TypeAlias = tuple[dict[str, Any] | None, SharedFrames]
 
 
 def prepare_job(
@@ -57,9 +61,9 @@ def prepare_job(
     upload_owner: str | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> NewJob:
-    """Read a new job's frames within ``limits``, check the settings against them and build
-    its trainer (which writes ``job.json`` in ``folder``); see
-    :func:`~frameserve.training.jobs.data.read_job_data`.
+    """Read a new job's frames within ``limits``, check the settings against them, write
+    ``job.json`` in ``folder`` (:meth:`Trainer.plan`: no network is built here) and move the
+    frames into shared memory; see :func:`~frameserve.training.jobs.data.read_job_data`.
 
     Raises:
         ConfigError, RequestTooLargeError, ImageIOError, UploadNotFoundError: as
@@ -76,18 +80,21 @@ def prepare_job(
     )
     if isinstance(loaded, ImagePairs):
         loaded.check_crop_size(settings.crop_size)
-    return files, loaded, Trainer(loaded, settings, job_dir=folder, name=name)
+    Trainer.plan(loaded, settings, job_dir=folder, name=name)
+    return files, SharedFrames.share(loaded)
 
 
 class LiveJob:
-    """One job in this process: its record plus its frames, trainer, progress and events."""
+    """One job in the server: its record plus its frames, process, progress and events."""
 
     def __init__(self, record: JobRecord) -> None:
         self.record = record
-        self.data: ImagePairs | LabelledImages | None = None  # decoded frames, while active
-        self.trainer: Trainer | None = None  # built at submission, before its first run
+        self.frames: SharedFrames | None = None  # in shared memory, while active
+        self.data: ImagePairs | LabelledImages | None = None  # views of ``frames``
+        self.process: JobProcess | None = None  # its training process, while it runs
         self.cancel = threading.Event()
         self.progress: TrainingProgress | None = None
+        self.saved: TrainingProgress | None = None  # of the last checkpoint of this run
         self.finished = threading.Event()
 
     @property
@@ -116,23 +123,20 @@ class LiveJob:
             self.record.keep_progress(self.progress)
             self.record.save()
 
-    def build_trainer(
-        self, limits: JobLimits, *, on_progress: Callable[[TrainingProgress], None]
-    ) -> Trainer:
-        """Return the trainer of the job's next run: the one built at submission, or one that
-        goes on from its newest checkpoint (reading its frames again, within ``limits``,
-        if it holds none).
+    def hold(self, frames: SharedFrames) -> None:
+        """Hold ``frames`` (and views of them) until :meth:`release_frames`."""
+        self.frames, self.data = frames, frames.data()
+
+    def frames_for_run(self, limits: JobLimits) -> SharedFrames:
+        """Return the frames of the job's next run: those it holds, or its files read again
+        (as a new job's are: in the data roots, within ``limits``) if it holds none.
 
         Raises:
             ConfigError: its frames were arrays, lost since; files outside the data roots.
             ReadingStopped: it was cancelled while its frames were read.
         """
-        if self.trainer is not None:
-            trainer, self.trainer = self.trainer, None
-            trainer.on_progress = on_progress
-            return trainer
-        data = self.data
-        if data is None:  # read again as a new job's are: in the data roots, within limits
+        frames = self.frames
+        if frames is None:
             if self.record.files is None:
                 raise ConfigError(
                     f"training job {self.name!r} was given frames as arrays, which are not "
@@ -141,15 +145,13 @@ class LiveJob:
             data = reread_job_data(
                 self.record.files, folder=self.folder, limits=limits, should_stop=self.cancel.is_set
             )
-            self.data = data
-        settings = TrainingSettings.from_dict(self.record.settings)
-        if list_checkpoints(self.folder):
-            return Trainer.resume(self.folder, data, on_progress=on_progress, steps=settings.steps)
-        return Trainer(data, settings, job_dir=self.folder, name=self.name, on_progress=on_progress)
+            frames = SharedFrames.share(data)
+            del data  # the decoded copy goes: the job holds the shared one
+            self.hold(frames)
+        return frames
 
     def release_frames(self) -> None:
-        """Drop the trainer, and the frames if they can be read again (the caller holds the
-        queue's lock; the job is not running)."""
-        self.trainer = None
+        """Drop the frames if they can be read again (the caller holds the queue's lock; the
+        job is not running)."""
         if self.record.files is not None and not self.state.active:
-            self.data = None
+            self.frames = self.data = None

@@ -22,27 +22,33 @@ Jobs submitted as arrays cannot be read again after a restart; they fail then.
 
 **Frames** are read within the job limits (:mod:`frameserve.training.jobs.data`), on a reader
 thread for at most ``decode_timeout`` seconds (:mod:`~frameserve.training.jobs.loading`), and
-held only while the job is queued or running (:mod:`~frameserve.training.jobs.live`). A job
-may not take the name of a model (it is served as a model of its name) or of another job.
+held in shared memory only while the job is queued or running
+(:mod:`~frameserve.training.jobs.live`, :mod:`~frameserve.training.jobs.shared`). A job may
+not take the name of a model (it is served as a model of its name) or of another job.
 
 **States** (:class:`~frameserve.training.jobs.store.JobState`). ``queued`` → ``running`` →
 ``done`` | ``failed`` | ``cancelled``; ``resume`` queues a cancelled, failed or done job again
 (``steps`` may extend it).
 
-**Devices.** A job's device (its ``device`` setting) is resolved when it is queued —
-``"auto"`` becomes ``"cuda:0"`` or ``"cpu"``, ``"cuda"`` the current GPU — and kept in the
-job's record; each resolved device has one queue and one worker thread, so two jobs never
-train on one device at once, whatever names they gave it.
+**Running** is :mod:`frameserve.training.jobs.runs`'s: one job at a time per device, each
+run in a training process of its own (:mod:`frameserve.training.jobs.process`), so a crash or
+``kill -9`` of a job ends that run only (the job is ``failed``, saying what happened, and
+``resume`` goes on from its last checkpoint) and never the server.
 
-**Yielding to inference.** Training shares the machine with interactive requests. After each
-step, while ``busy()`` says interactive work is waiting, the worker sleeps in short naps (at
-most :data:`MAX_YIELD_SECONDS` a step), so an artist's request never queues behind a step
-for long; training still progresses under a constant load.
+**Yielding to inference.** Training shares the machine with interactive requests. The worker
+passes ``busy()`` on to the job's process every few milliseconds; after each step, while it
+says interactive work is waiting, the process sleeps in short naps (at most
+:data:`MAX_YIELD_SECONDS` a step), so an artist's request never queues behind a step for
+long; training still progresses under a constant load.
 
 **Cancelling** takes effect before the next step: within a second whenever a step (with its
 validation, contact sheet and checkpoint) takes less, as it does by far with the default
 settings on a CPU (tens of milliseconds a step). The step under way is finished, and a
-checkpoint of the steps done is written.
+checkpoint of the steps done is written. A process that has not built its trainer yet is
+killed at once (it has nothing to save); one that has not stopped
+:data:`~frameserve.training.jobs.process.STOP_GRACE_SECONDS` after it was asked is killed.
+:meth:`TrainingJobs.close` kills the processes that have not stopped within its timeout:
+no process outlives the server's close.
 """
 
 from __future__ import annotations
@@ -52,10 +58,8 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from queue import Queue
 
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.devices import resolve_device
@@ -63,7 +67,6 @@ from frameserve.errors import ConfigError, JobConflictError, JobNotFoundError
 from frameserve.training import (
     ImagePairs,
     LabelledImages,
-    TrainingProgress,
     TrainingSettings,
     list_checkpoints,
 )
@@ -72,13 +75,14 @@ from frameserve.training.inference import model_id_for
 from frameserve.training.jobs.data import (
     JobData,
     PathPairs,
-    ReadingStopped,
     check_frame_count,
     count_named_frames,
 )
 from frameserve.training.jobs.limits import JobLimits
 from frameserve.training.jobs.live import LiveJob, NewJob, prepare_job
 from frameserve.training.jobs.loading import JobLoader
+from frameserve.training.jobs.process import MAX_YIELD_SECONDS
+from frameserve.training.jobs.runs import JobRuns
 from frameserve.training.jobs.scratch import SCRATCH_FOLDER, remove_old_scratch, scratch_folder
 from frameserve.training.jobs.serving import JobModels
 from frameserve.training.jobs.status import JobStatus, job_status
@@ -95,11 +99,8 @@ __all__ = ["MAX_YIELD_SECONDS", "SCRATCH_FOLDER", "UPLOADS_FOLDER", "TrainingJob
 
 logger = logging.getLogger(__name__)
 
-#: The longest a training step waits for interactive work to drain.
-MAX_YIELD_SECONDS = 1.0
 #: Where uploads wait in the jobs folder (a name no job can have).
 UPLOADS_FOLDER = ".uploads"
-_NAP = 0.02
 _READERS = 2  # submissions whose frames are read at once
 
 
@@ -139,9 +140,13 @@ class TrainingJobs:
         self._lock = threading.Lock()
         self._jobs: dict[str, LiveJob] = {}
         self._reserved: set[str] = set()  # names being submitted
-        self._queues: dict[str, Queue[str | None]] = {}
-        self._workers: dict[str, threading.Thread] = {}
-        self._closed = False
+        self._runs = JobRuns(
+            self._lock,
+            self._jobs,
+            models=self._models,
+            limits=self.limits,
+            busy=lambda: self.busy(),  # what self.busy is when asked
+        )
         for record in load_records(self.folder):
             self._load(record)
         self.uploads.prune()
@@ -216,9 +221,7 @@ class TrainingJobs:
                 cleanup()
                 raise
 
-        files, loaded, trainer = self._loader.run(
-            read, timeout=self.limits.decode_timeout, cleanup=cleanup
-        )
+        files, frames = self._loader.run(read, timeout=self.limits.decode_timeout, cleanup=cleanup)
         record = JobRecord(
             folder=folder,
             name=name,
@@ -229,13 +232,13 @@ class TrainingJobs:
             owner=owner,
         )
         job = LiveJob(record)
-        job.data, job.trainer = loaded, trainer
+        job.hold(frames)
         with self._lock:
             record.save()
             self._jobs[name] = job
             self._reserved.discard(name)
         self._models.add(record)  # listed from now on
-        self._enqueue(job)
+        self._runs.enqueue(job)
         logger.info(
             "training job %r queued on %s (%d steps) by %s", name, device, settings.steps, owner
         )
@@ -309,7 +312,7 @@ class TrainingJobs:
             job.progress = None
             job.set_state(JobState.QUEUED)
         self._models.refresh(name)
-        self._enqueue(job)
+        self._runs.enqueue(job)
         return self.status(name)
 
     def job_folder(self, name: str) -> Path:
@@ -342,7 +345,7 @@ class TrainingJobs:
                     f"training job {name!r} is {job.state}; cancel it before deleting it"
                 )
             del self._jobs[name]
-            job.data = job.trainer = None  # no frames held past this point
+            job.frames = job.data = None  # no frames held past this point
             hidden = hide_job_folder(job.folder)
         self._models.remove(name)
         shutil.rmtree(hidden, ignore_errors=True)
@@ -354,9 +357,16 @@ class TrainingJobs:
         return self.status(name)
 
     def held_data(self, name: str) -> ImagePairs | LabelledImages | None:
-        """Return the decoded frames job ``name`` holds now (``None``: none, as when it is
-        stopped and its frames come from files); JobNotFoundError: no such job."""
+        """Return the decoded frames job ``name`` holds now, views of its shared memory
+        (``None``: none, as when it is stopped and its frames come from files);
+        JobNotFoundError: no such job."""
         return self._job(name).data
+
+    def process_id(self, name: str) -> int | None:
+        """Return the id of job ``name``'s training process (``None``: it runs in none now);
+        JobNotFoundError: no such job."""
+        process = self._job(name).process
+        return None if process is None else process.pid
 
     def owner(self, name: str) -> str:
         """Return who submitted job ``name``; JobNotFoundError: no such job."""
@@ -368,108 +378,17 @@ class TrainingJobs:
         return scratch_folder(self.folder / SCRATCH_FOLDER)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop every job (they stay queued or running on disk, to go on at the next start)."""
+        """Stop every job (they stay queued or running on disk, to go on at the next start).
+
+        Running jobs stop before their next step and write a checkpoint; a training process
+        still running after ``timeout`` seconds is killed: none outlives this call.
+        """
         self._loader.close()
+        self._runs.close(timeout)
         with self._lock:
-            self._closed = True
-            jobs = list(self._jobs.values())
-            for queue in self._queues.values():
-                queue.put(None)
-            workers = list(self._workers.values())
-        for job in jobs:
-            job.cancel.set()
-        for worker in workers:
-            worker.join(timeout)
-        for job in jobs:
-            self._models.remove(job.name)
-
-    # -- running -------------------------------------------------------------------------------
-
-    def _enqueue(self, job: LiveJob) -> None:
-        job.finished.clear()
-        try:
-            device = str(resolve_device(job.record.settings.get("device", "cpu")))
-        except ConfigError as exc:  # a GPU gone since the job was submitted
-            with self._lock:
-                job.record.error = str(exc)
-                job.set_state(JobState.FAILED)
-            self._models.refresh(job.name)
-            job.finished.set()
-            return
-        with self._lock:
-            if job.record.device != device:
-                job.record.device = device
-                job.record.save()
-            if device not in self._queues:
-                self._queues[device] = Queue()
-                worker = threading.Thread(
-                    target=self._work,
-                    args=(self._queues[device],),
-                    name=f"frameserve-training-{device}",
-                    daemon=True,
-                )
-                self._workers[device] = worker
-                worker.start()
-            self._queues[device].put(job.name)
-
-    def _work(self, queue: Queue[str | None]) -> None:
-        while (name := queue.get()) is not None:
-            self._run(name)  # holds the job only while it runs
-
-    def _run(self, name: str) -> None:
-        with self._lock:
-            job = self._jobs.get(name)
-            if job is None:  # deleted while it waited
-                return
-            if job.state is not JobState.QUEUED or self._closed:
-                job.finished.set()
-                return
-            job.set_state(JobState.RUNNING)
-        self._models.refresh(name)
-        try:
-            self._train(job)
-        except ReadingStopped:
-            self._stopped(job)  # cancelled (or closing) while its frames were read again
-        except Exception as exc:  # a failing job is reported, the worker lives on
-            logger.exception("training job %r failed", name)
-            with self._lock:
-                job.remember()
-                job.record.error = str(exc) or type(exc).__name__
-                job.set_state(JobState.FAILED)
-        else:
-            self._stopped(job)
-        with self._lock:
-            job.release_frames()  # read again from its files if it is resumed
-        self._models.refresh(name)
-        job.finished.set()
-
-    def _stopped(self, job: LiveJob) -> None:
-        """Record that job's run ended without failing: done, cancelled, or paused to close."""
-        with self._lock:
-            job.remember()  # the last checkpoint is of the last step run
-            if self._closed:
-                pass  # stays "running" on disk: queued again at the next start
-            elif job.cancel.is_set():
-                job.set_state(JobState.CANCELLED)
-            else:
-                job.set_state(JobState.DONE)
-
-    def _train(self, job: LiveJob) -> None:
-        """Build (or take) the job's trainer and run it; the trainer goes when this returns."""
-
-        def report(progress: TrainingProgress) -> None:
-            with self._lock:
-                job.progress = progress
-                if progress.checkpoint is not None:
-                    job.remember()
-            if progress.checkpoint is not None:
-                self._models.refresh(job.name)
-            waited = 0.0
-            while waited < MAX_YIELD_SECONDS and not job.cancel.is_set() and self.busy():
-                time.sleep(_NAP)
-                waited += _NAP
-
-        job.build_trainer(self.limits, on_progress=report).run(should_stop=job.cancel.is_set)
+            jobs = list(self._jobs)
+        for name in jobs:
+            self._models.remove(name)
 
     def _check_model_free(self, name: str) -> None:
         """Raise :class:`JobConflictError` if a model (not a job) is served as ``name``."""
@@ -495,6 +414,6 @@ class TrainingJobs:
         self._models.add(record)
         if record.state.active:
             record.state = JobState.QUEUED
-            self._enqueue(job)
+            self._runs.enqueue(job)
         else:
             job.finished.set()
