@@ -26,7 +26,10 @@ front door maps the tree onto its protocol in one place (the MLClient door answe
     ├── ModelError               the model failed (the server's or the plug-in's fault)
     │   ├── ModelLoadError       a plug-in could not be imported or declares itself wrongly
     │   ├── ModelSetupError      its setup step (loading weights) raised
-    │   └── ModelRunError        predict raised or returned something other than declared
+    │   ├── ModelRunError        predict raised or returned something other than declared
+    │   ├── ModelTimeoutError    it ran past its timeout or the request's deadline (its worker
+    │   │                        was stopped)
+    │   └── ModelCrashedError    its worker process died (a signal, an exit, its memory cap)
     ├── ImageIOError             an image file could not be read or written
     ├── UserExistsError          token add: the token file has a user of that name already
     ├── UnknownUserError         token remove: the token file has no user of that name
@@ -47,11 +50,13 @@ __all__ = [
     "JobConflictError",
     "JobNotFoundError",
     "KnobError",
+    "ModelCrashedError",
     "ModelError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelRunError",
     "ModelSetupError",
+    "ModelTimeoutError",
     "PermissionDeniedError",
     "ProtocolError",
     "RequestCancelledError",
@@ -67,7 +72,13 @@ __all__ = [
 
 
 class FrameServeError(Exception):
-    """Root of every error frameserve raises on purpose."""
+    """Root of every error frameserve raises on purpose.
+
+    ``worker`` is the process id of the model worker process the error came from (set by the
+    engine for errors of models run in worker processes, for the request logs), else ``None``.
+    """
+
+    worker: int | None = None
 
 
 class ConfigError(FrameServeError):
@@ -116,6 +127,14 @@ class ModelSetupError(ModelError):
 
 class ModelRunError(ModelError):
     """A model's predict raised, or returned something other than it declares."""
+
+
+class ModelTimeoutError(ModelError):
+    """A request ran past its model's timeout or its own deadline; the worker was stopped."""
+
+
+class ModelCrashedError(ModelError):
+    """The worker process running the model died: a signal, an exit, or its memory cap."""
 
 
 class ImageIOError(FrameServeError):

@@ -256,7 +256,7 @@ def test_serve_answers_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in text, text
     line = re.search(
         r"^.* INFO frameserve\.serve\.mlclient\.server: 127\.0\.0\.1:\d+ infer "
-        r"model=identity size=40x24 \d+\.\d ms ok$",
+        r"model=identity size=40x24 \d+\.\d ms worker=\d+ ok$",
         text,
         re.MULTILINE,
     )

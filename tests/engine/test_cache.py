@@ -117,6 +117,19 @@ def test_storing_a_key_again_replaces_its_result_and_bytes() -> None:
     assert (len(cache), cache.bytes_used) == (1, 200)
 
 
+def test_replace_swaps_a_copy_in_place_only_for_the_result_still_stored() -> None:
+    cache = ResultCache(1000)
+    first, copy = result_of(100, 1.0), result_of(100, 1.0)
+    cache.put(b"a", first)
+    cache.put(b"b", result_of(100))
+    assert cache.replace(b"a", first, copy)
+    assert cache.get(b"a") is copy and cache.bytes_used == 200
+    assert not cache.replace(b"a", first, result_of(100))  # it holds the copy now
+    assert not cache.replace(b"gone", first, copy)
+    cache.put(b"c", result_of(900))  # "b" is the least recently used now: "a" stays
+    assert cache.get(b"a") is copy and cache.get(b"b") is None
+
+
 def test_clear_drops_everything() -> None:
     cache = ResultCache(1000)
     cache.put(b"a", result_of(100))
@@ -288,7 +301,10 @@ def test_a_failed_request_is_not_cached(rig: SchedulerRig) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[FrameServer, object]]:
-    server = start_server(model_folders=(write_plugin(tmp_path / "models"),), builtin_models=False)
+    # In-process: the test reads what the recording models ran from their state in this process.
+    server = start_server(
+        model_folders=(write_plugin(tmp_path / "models"),), builtin_models=False, isolation=False
+    )
     yield server, server.registry.get("gate").model_class.state  # type: ignore[union-attr]
     server.close()
 
@@ -357,7 +373,10 @@ def test_http_repeat_is_answered_from_the_cache(served: tuple[FrameServer, objec
 
 def test_a_cache_of_size_zero_caches_nothing(tmp_path: Path) -> None:
     server = start_server(
-        model_folders=(write_plugin(tmp_path / "models"),), builtin_models=False, cache_bytes=0
+        model_folders=(write_plugin(tmp_path / "models"),),
+        builtin_models=False,
+        cache_bytes=0,
+        isolation=False,  # the recording models' state is read in this process
     )
     try:
         state = server.registry.get("recorder").model_class.state  # type: ignore[union-attr]

@@ -74,6 +74,9 @@ def test_a_fresh_registry_declares_every_family_and_has_no_samples() -> None:
         "frameserve_request_duration_seconds": "histogram",
         "frameserve_queue_wait_seconds": "histogram",
         "frameserve_batch_size": "histogram",
+        "frameserve_worker_restarts_total": "counter",
+        "frameserve_worker_crashes_total": "counter",
+        "frameserve_model_timeouts_total": "counter",
     }
     assert samples.values == {}
 
@@ -216,6 +219,7 @@ def served(tmp_path: Path) -> Iterator[tuple[FrameServer, object]]:
         builtin_models=False,
         workers=1,
         batch_workers=1,
+        isolation=False,  # the recording models' state is read in this process
     )
     state = server.registry.get("gate").model_class.state  # type: ignore[union-attr]
     yield server, state

@@ -304,9 +304,17 @@ def test_an_idle_worker_takes_work_while_another_waits_out_a_batch_window(
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[FrameServer, object]]:
-    """A server with one worker on the recording plug-in, and the plug-in's state."""
+    """A server with one worker on the recording plug-in, and the plug-in's state.
+
+    In-process: these tests read the recording models' state in this process, and hold the
+    one shared interactive worker with ``gate`` (tests/engine/workers checks the same rules
+    with worker processes, where each model has turns of its own).
+    """
     server = start_server(
-        model_folders=(write_plugin(tmp_path / "models"),), builtin_models=False, workers=1
+        model_folders=(write_plugin(tmp_path / "models"),),
+        builtin_models=False,
+        workers=1,
+        isolation=False,
     )
     state = server.registry.get("gate").model_class.state  # type: ignore[union-attr]
     yield server, state

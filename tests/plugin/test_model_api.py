@@ -267,6 +267,8 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "cacheable": True,
         "temporal_window": [0, 0],
         "output_scale": 1,
+        "timeout_s": None,
+        "memory_limit_mb": None,
     }
 
 

@@ -166,6 +166,47 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         help="connections one client address may hold per door "
         f"(default {default('max_connections_per_address')})",
     )
+    workers = serve.add_argument_group("model worker processes")
+    workers.add_argument(
+        "--isolation",
+        choices=("on", "off"),
+        default="on" if default("isolation") else "off",
+        help="on: models from model folders (built-ins too) run in worker processes, one per "
+        "model version, so a model that hangs, crashes or leaks takes only its own requests "
+        "down; off: every model runs in the server process (default %(default)s)",
+    )
+    workers.add_argument(
+        "--model-timeout",
+        type=float,
+        default=default("model_timeout"),
+        metavar="S",
+        help="longest one request may run in a model that declares no timeout_s; its worker "
+        f"is then stopped and started again (default {default('model_timeout'):g})",
+    )
+    workers.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="most private memory one worker process may hold before it is stopped and "
+        "started again; also caps a model's own memory_limit_mb (default: half the RAM for "
+        "models that declare none)",
+    )
+    workers.add_argument(
+        "--max-crashes",
+        type=int,
+        default=default("max_crashes"),
+        metavar="N",
+        help="a model whose worker dies N times within --crash-window seconds is marked failed "
+        f"until it is reloaded or its files change (default {default('max_crashes')})",
+    )
+    workers.add_argument(
+        "--crash-window",
+        type=float,
+        default=default("crash_window"),
+        metavar="S",
+        help=f"see --max-crashes (default {default('crash_window'):g})",
+    )
     training = serve.add_argument_group("training jobs")
     training.add_argument(
         "--data-root",
@@ -283,6 +324,13 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         mlclient_allow=tuple(args.mlclient_allow),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        isolation=args.isolation == "on",
+        model_timeout=args.model_timeout,
+        worker_memory_bytes=(
+            None if args.worker_memory_mb is None else args.worker_memory_mb << 20
+        ),
+        max_crashes=args.max_crashes,
+        crash_window=args.crash_window,
     )
 
 

@@ -119,6 +119,20 @@ class ResultCache:
                 _, (_, evicted) = self._entries.popitem(last=False)
                 self._bytes -= evicted
 
+    def replace(self, key: bytes, old: InferenceResult, new: InferenceResult) -> bool:
+        """Store ``new`` in place of ``old`` under ``key`` (same place in the eviction order),
+        if ``old`` is still what ``key`` holds; return whether it was.
+
+        The scheduler stores a result the moment it has it, then swaps in a copy that does not
+        hold the model host's buffers (:meth:`~frameserve.engine.workers.host.ModelHost.keep`).
+        """
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not old:
+                return False
+            self._entries[key] = (new, entry[1])
+            return True
+
     def clear(self) -> None:
         """Drop every result."""
         with self._lock:

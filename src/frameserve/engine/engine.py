@@ -3,13 +3,19 @@
 A front door (MLClient, HTTP) translates its wire format and calls :class:`Engine`; it never
 holds the registry, runner or scheduler itself. The engine describes the models (every loaded
 version, the failed ones, one by id and version), takes checked requests and answers them
-through the scheduler, looks results up in the cache, and records what the doors served::
+through the scheduler, looks results up in the cache, hands out frame buffers the model host
+can run without a copy, says which models can serve now, and records what the doors served::
 
     engine = Engine(registry=registry, scheduler=scheduler)
     entry = engine.model("blur")                         # the newest version
     request = build_request(entry, frames, {"size": 2.0})
     result = engine.submit(request).result()
     engine.record_request(model="blur", protocol="http", outcome="ok", seconds=0.01)
+
+A model whose worker process died too often (:mod:`frameserve.engine.workers`) is *failed*:
+it is left out of :meth:`Engine.models`, listed by :meth:`Engine.catalogue` with its error,
+and :meth:`Engine.model` answers :class:`~frameserve.errors.ModelLoadError` for it until it is
+reloaded (:meth:`Engine.reload_models` with its id) or its files change.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 
-from frameserve.catalogue.entries import CatalogueEntry, ModelEntry
+import numpy as np
+
+from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.cache import request_key
 from frameserve.engine.request import CheckedKnobs, InferenceRequest, InferenceResult, Priority
 from frameserve.engine.scheduler import Scheduler
+from frameserve.engine.workers.host import ModelState, ModelStatus
 from frameserve.errors import ModelLoadError, ModelNotFoundError
 from frameserve.plugin.model import SCENE_LINEAR
 
@@ -45,12 +54,39 @@ class Engine:
     # -- models --------------------------------------------------------------------------------
 
     def models(self) -> list[ModelEntry]:
-        """Every model version that loaded, in discovery order, oldest version first."""
-        return self._registry.available()
+        """Every model version that loaded and is not failed, in discovery order, oldest
+        version first."""
+        host = self._scheduler.host
+        return [
+            entry
+            for entry in self._registry.available()
+            if host.status(entry).state is not ModelState.FAILED
+        ]
 
     def catalogue(self) -> list[CatalogueEntry]:
-        """Every model version found, those that failed to load last (with their error)."""
-        return self._registry.entries()
+        """Every model version found, those that failed (to load, or by crashing) last."""
+        host = self._scheduler.host
+        serving: list[CatalogueEntry] = []
+        failed: list[CatalogueEntry] = []
+        for entry in self._registry.entries():
+            status = host.status(entry) if isinstance(entry, ModelEntry) else None
+            if status is not None and status.state is ModelState.FAILED:
+                failed.append(
+                    FailedModel(
+                        id=entry.id,
+                        source=entry.source,
+                        error=status.error or "failed",
+                        version=entry.version,
+                        builtin=entry.builtin,
+                    )
+                )
+            else:
+                (failed if isinstance(entry, FailedModel) else serving).append(entry)
+        return serving + failed
+
+    def status(self, entry: ModelEntry) -> ModelStatus:
+        """Whether ``entry``'s model can serve now: loading, ready, restarting or failed."""
+        return self._scheduler.host.status(entry)
 
     def model(self, model_id: str, version: str | None = None) -> ModelEntry:
         """Return model ``model_id`` in ``version`` (default: its newest).
@@ -61,19 +97,35 @@ class Engine:
                 there is.
         """
         try:
-            return self._registry.get(model_id, version)
+            entry = self._registry.get(model_id, version)
         except ModelNotFoundError as exc:
             if self._registry.failure(model_id, version) is not None:
                 raise ModelLoadError(str(exc)) from None
             raise
+        status = self._scheduler.host.status(entry)
+        if status.state is ModelState.FAILED:
+            raise ModelLoadError(status.error or f"model {model_id!r} failed")
+        return entry
 
-    def reload_models(self) -> list[str]:
+    def reload_models(self, model_id: str | None = None) -> list[str]:
         """Load the model folders added or changed since the last look, drop those gone.
 
         What the hot reload does on its timer, on demand (an admin's ``load`` request); requests
-        in flight finish with the models they hold. Returns one line per change.
+        in flight finish with the models they hold. With ``model_id``, a model marked failed
+        after repeated crashes is also cleared, to start afresh. Returns one line per change.
         """
-        return self._registry.reload_changed()
+        lines = self._registry.reload_changed()
+        if model_id is not None:
+            lines += self._scheduler.host.reset(model_id)
+        return lines
+
+    def allocate_frame(self, channels: int, height: int, width: int) -> np.ndarray:
+        """A float32 ``(C, H, W)`` buffer for a request frame, to decode pixels into.
+
+        Frames in it reach the model without a copy (shared memory when models run in worker
+        processes); its contents are undefined until written.
+        """
+        return self._scheduler.host.allocate_frame((channels, height, width))
 
     def largest_input_count(self) -> int:
         """The most image inputs any loaded model takes (at least 1), for request size caps."""
@@ -145,6 +197,16 @@ class Engine:
         """Whether the server is started and not shutting down."""
         return self._ready.is_set()
 
+    def can_serve(self) -> bool:
+        """Whether some model can serve now: not every model is failed or restarting.
+
+        A server without models has nothing to refuse: it counts as able.
+        """
+        host = self._scheduler.host
+        entries = self._registry.available()
+        blocked = (ModelState.FAILED, ModelState.RESTARTING)
+        return not entries or any(host.status(e).state not in blocked for e in entries)
+
     def set_ready(self, ready: bool) -> None:
         """Say whether the server is ready (started) or not (starting, shutting down)."""
         if ready:
@@ -153,13 +215,15 @@ class Engine:
             self._ready.clear()
 
     def close(self) -> None:
-        """Stop running requests: queued ones fail, running ones finish (see the scheduler)."""
+        """Stop running requests: queued ones fail, running ones finish (see the scheduler);
+        then the model host stops (worker processes end)."""
         self._ready.clear()
         self._scheduler.close()
+        self._scheduler.host.close()
 
     def _register_gauges(self) -> None:
         scheduler = self._scheduler
-        runner, cache, metrics = scheduler.runner, scheduler.cache, scheduler.metrics
+        runner, cache, metrics = scheduler.host, scheduler.cache, scheduler.metrics
         metrics.gauge(
             "frameserve_queue_depth",
             "Requests waiting to run, by priority.",

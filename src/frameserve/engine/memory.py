@@ -3,8 +3,9 @@
 Every request allocates frame-sized buffers (25 MB for 1080p RGB float, 100 MB for 4K). With
 glibc's defaults, such blocks are returned to the kernel when freed, and the next request pays
 for page faults on fresh memory again — as much time as copying the frame. The server calls
-:func:`tune_allocator` once at start-up to keep freed blocks for reuse. It is a no-op where the
-C library is not glibc.
+:func:`tune_allocator` once at start-up to keep freed blocks for reuse, and its model worker
+processes do the same when it did (:func:`allocator_tuned`). It is a no-op where the C library
+is not glibc.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 
-__all__ = ["tune_allocator"]
+__all__ = ["allocator_tuned", "tune_allocator"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,13 @@ KEEP_FREED_BYTES = 1 << 30
 #: Blocks up to this size come from the reusable heap (glibc's ceiling on 64-bit systems).
 HEAP_BLOCK_BYTES = 32 << 20
 ARENAS = 2
+
+_tuned = False
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` has tuned this process's allocator."""
+    return _tuned
 
 
 def tune_allocator() -> bool:
@@ -48,4 +56,6 @@ def tune_allocator() -> bool:
         )
     )
     log.debug("allocator tuned for frame buffers: %s", ok)
+    global _tuned
+    _tuned = _tuned or ok
     return ok

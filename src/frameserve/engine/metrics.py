@@ -90,6 +90,9 @@ class Metrics:
         self._latency = _Histogram(LATENCY_BUCKETS)
         self._queue_wait = _Histogram(LATENCY_BUCKETS)
         self._batches = _Histogram(BATCH_BUCKETS)
+        self._restarts: dict[Labels, int] = defaultdict(int)
+        self._crashes: dict[Labels, int] = defaultdict(int)
+        self._timeouts: dict[Labels, int] = defaultdict(int)
         self._gauges: dict[str, tuple[str, Callable[[], Iterable[tuple[Labels, float]]]]] = {}
         self._users: set[str] = set()
 
@@ -136,6 +139,21 @@ class Metrics:
         with self._lock:
             self._batches.observe((("model", model),), size)
 
+    def worker_restart(self, model: str, reason: str) -> None:
+        """Count a model's worker started again after it ended (``reason``: why it ended)."""
+        with self._lock:
+            self._restarts[(("model", model), ("reason", reason))] += 1
+
+    def worker_crash(self, model: str, reason: str) -> None:
+        """Count a model's worker dying (``exit``, ``signal`` or ``memory``)."""
+        with self._lock:
+            self._crashes[(("model", model), ("reason", reason))] += 1
+
+    def model_timeout(self, model: str) -> None:
+        """Count a call of a model that ran past its timeout or its requests' deadline."""
+        with self._lock:
+            self._timeouts[(("model", model),)] += 1
+
     def gauge(
         self, name: str, help_text: str, read: Callable[[], Iterable[tuple[Labels, float]]]
     ) -> None:
@@ -173,6 +191,22 @@ class Metrics:
                 ),
                 _histogram(
                     "frameserve_batch_size", "Requests run together in one batch.", self._batches
+                ),
+                _counter(
+                    "frameserve_worker_restarts_total",
+                    "Model worker processes started again after one ended, by model and why it "
+                    "ended (exit, signal, memory, timeout).",
+                    self._restarts,
+                ),
+                _counter(
+                    "frameserve_worker_crashes_total",
+                    "Model worker processes that died, by model and cause (exit, signal, memory).",
+                    self._crashes,
+                ),
+                _counter(
+                    "frameserve_model_timeouts_total",
+                    "Calls that ran past their model's timeout or their deadline, by model.",
+                    self._timeouts,
                 ),
             ]
         for name, (help_text, read) in sorted(self._gauges.items()):

@@ -102,10 +102,15 @@ class InferenceRequest:
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceResult:
-    """What a model produced: output frames by name (declared order) and result objects."""
+    """What a model produced: output frames by name (declared order) and result objects.
+
+    ``worker`` is the process id of the worker process that ran it, ``None`` when it ran in
+    the server process or came from the result cache (request logs show it as ``worker=``).
+    """
 
     frames: Mapping[str, torch.Tensor]
     objects: tuple[ResultObject, ...] = ()
+    worker: int | None = None
 
 
 #: A request's frames: a sequence in input order, a mapping of input name to frame, or a

@@ -150,6 +150,15 @@ class Runner:
         """Return the bytes the loaded models hold (see :mod:`frameserve.engine.pool`)."""
         return self._pool.bytes_in_use()
 
+    def set_up(self, entry: ModelEntry) -> int:
+        """Set ``entry``'s model up now, unless it is loaded; return its size in bytes.
+
+        Raises:
+            ModelSetupError: its setup raised.
+        """
+        with self._pool.use(entry) as loaded:
+            return loaded.size_bytes
+
     def unload(self, model_id: str, version: str | None = None) -> bool:
         """Unload ``model_id`` (every version, or ``version``) now where it is not running.
 

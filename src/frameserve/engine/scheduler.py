@@ -1,13 +1,15 @@
 """Deciding when requests run: priorities, fairness, batching, cancellation and the cache.
 
 Front doors ``submit`` a checked :class:`InferenceRequest` and wait on the returned future;
-they never call the runner themselves. The rules, in order:
+they never call the model host themselves. The rules, in order:
 
 1. **Cache**: a request identical to one answered before (model, version and token, knob
    values, colourspace, frame bytes) is answered at once from the :class:`ResultCache`. A
    request that names no exact model version is given the registry's newest when it arrives
    (:attr:`InferenceRequest.entry`), so it runs on the version its cache key names even if the
-   model is reloaded while it waits.
+   model is reloaded while it waits. A result is cached the moment it is answered; where it
+   lies in a model host's reusable buffers (worker processes' shared memory), a thread at a
+   lower CPU priority then swaps in a copy of its own, so the buffers are reused.
 2. **Priority**: interactive requests (an artist in the viewer) and batch requests (farm and
    sequence jobs) have workers of their own, so interactive work never queues behind batch
    work. Batch workers run at a lower operating-system priority (``nice``), so while both
@@ -20,8 +22,15 @@ they never call the runner themselves. The rules, in order:
 5. **Cancellation**: a cancelled future (its client went away) and a request past its deadline
    are dropped before they reach a model.
 
-Requests run on ``workers`` interactive and ``batch_workers`` batch threads (inference releases
-the GIL, so the front doors keep answering while models compute).
+Requests run on ``workers`` interactive and ``batch_workers`` batch threads per *lane*. The
+model host (:mod:`frameserve.engine.workers.host`) says which requests share a lane
+(:meth:`~frameserve.engine.workers.host.ModelHost.concurrency_key`): in-process, every model
+shares one lane per priority, whose threads run from the start (inference releases the GIL,
+so the front doors keep answering while models compute); with worker processes, each model
+version has lanes of its own, whose threads start with its first request and end after
+:data:`LANE_IDLE_SECONDS` without work — so a model that hangs holds its own turns only, and
+every other model keeps its full share. A plug-in that raises ``SystemExit`` (or any other
+``BaseException``) in-process fails its request, never the thread.
 """
 
 from __future__ import annotations
@@ -29,33 +38,47 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from frameserve.engine.cache import ResultCache, internal_key
+from frameserve.engine.cache import ResultCache, internal_key, result_bytes
 from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
-from frameserve.errors import DeadlineExceededError, FrameServeError, RequestCancelledError
+from frameserve.engine.workers.host import InProcessHost, ModelHost
+from frameserve.errors import (
+    DeadlineExceededError,
+    FrameServeError,
+    ModelRunError,
+    RequestCancelledError,
+)
 
-__all__ = ["Scheduler"]
+__all__ = ["LANE_IDLE_SECONDS", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
 #: How much lower (in ``nice`` steps) batch workers run than interactive ones.
 BATCH_NICENESS = 10
+#: How fast a result held in a worker's shared memory is copied out for the cache (measured:
+#: about 5 ms for a 1080p RGB float frame on the 2-core development machine).
+KEEP_BYTES_PER_SECOND = 5e9
+#: Seconds the threads of a model's own lane wait for work before they end.
+LANE_IDLE_SECONDS = 60.0
 
 
 @dataclass(eq=False)  # tickets are compared by identity, never by their frames
 class _Ticket:
-    """A queued request, its future and when it arrived."""
+    """A queued request, its future, its lane and when it arrived."""
 
     request: InferenceRequest
     future: Future[InferenceResult]
     cache_key: bytes | None
+    lane: Hashable = None
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -71,17 +94,19 @@ class _PriorityQueue:
     def push(self, ticket: _Ticket) -> None:
         self.groups.setdefault(ticket.request.group, deque()).append(ticket)
 
-    def pop(self) -> _Ticket | None:
-        """Take the oldest ticket of the next group in turn; that group goes to the back."""
-        while self.groups:
-            group, tickets = next(iter(self.groups.items()))
-            self.groups.move_to_end(group)
-            if tickets:
-                ticket = tickets.popleft()
-                if not tickets:
-                    del self.groups[group]
-                return ticket
-            del self.groups[group]
+    def pop(self, lane: Hashable) -> _Ticket | None:
+        """Take the oldest ticket of ``lane`` from the next group in turn that has one; that
+        group goes to the back."""
+        for group in list(self.groups):
+            tickets = self.groups[group]
+            for ticket in tickets:
+                if ticket.lane == lane:
+                    tickets.remove(ticket)
+                    if tickets:
+                        self.groups.move_to_end(group)
+                    else:
+                        del self.groups[group]
+                    return ticket
         return None
 
     def take_matching(self, batch_key: tuple[object, ...], limit: int) -> list[_Ticket]:
@@ -100,37 +125,50 @@ class _PriorityQueue:
         return taken
 
 
+class _Lane:
+    """The threads that run one priority's requests of one concurrency key."""
+
+    def __init__(self, priority: Priority, key: Hashable, limit: int, lock: threading.Lock):
+        self.priority = priority
+        self.key = key
+        self.limit = limit
+        self.threads = 0
+        self.idle = 0
+        self.condition = threading.Condition(lock)
+        self.lasting = key is None  # the shared lane keeps its threads
+
+
 class Scheduler:
-    """Queues requests by priority and group, batches them, and runs them on worker threads."""
+    """Queues requests by priority and group, batches them, and runs them on lane threads.
+
+    ``host`` is where models run (:class:`~frameserve.engine.workers.host.ModelHost`); a
+    :class:`~frameserve.engine.runner.Runner` is taken as the in-process host over it.
+    """
 
     def __init__(
         self,
-        runner: Runner,
+        host: ModelHost | Runner,
         *,
         workers: int = 2,
         batch_workers: int = 1,
         cache: ResultCache | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.runner = runner
+        self.host: ModelHost = InProcessHost(host) if isinstance(host, Runner) else host
         self.cache = cache
         self.metrics = metrics or Metrics()
         self._queues = {priority: _PriorityQueue() for priority in Priority}
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
+        self._limits = {Priority.INTERACTIVE: workers, Priority.BATCH: batch_workers}
+        self._lanes: dict[tuple[Priority, Hashable], _Lane] = {}
+        self._threads: list[threading.Thread] = []
         self._closing = False
-        pools = [(Priority.INTERACTIVE, workers), (Priority.BATCH, batch_workers)]
-        self._threads = [
-            threading.Thread(
-                target=self._work,
-                args=(priority,),
-                name=f"frameserve-{priority.name.lower()}-{index}",
-                daemon=True,
-            )
-            for priority, count in pools
-            for index in range(count)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._keeper = _Keeper(self.host, self.cache)
+        with self._lock:
+            for priority in Priority:
+                lane = self._lane(priority, None)
+                while lane.threads < lane.limit:
+                    self._start_thread(lane)
 
     @property
     def caching(self) -> bool:
@@ -143,11 +181,13 @@ class Scheduler:
             return None
         result = self.cache.get(key)
         self.metrics.cache_lookup(hit=result is not None)
+        if result is not None and result.worker is not None:
+            result = dataclasses.replace(result, worker=None)  # no worker served this one
         return result
 
     def queue_depth(self, priority: Priority) -> int:
         """How many requests of ``priority`` wait to run."""
-        with self._condition:
+        with self._lock:
             return len(self._queues[priority])
 
     def submit(self, request: InferenceRequest) -> Future[InferenceResult]:
@@ -168,13 +208,20 @@ class Scheduler:
                 future.set_running_or_notify_cancel()
                 future.set_result(cached)
                 return future
-        with self._condition:
+        try:
+            lane_key = self.host.concurrency_key(request)
+        except Exception:  # it fails with the host's error when it runs
+            lane_key = None
+        with self._lock:
             if self._closing:
                 raise RequestCancelledError("the server is shutting down")
-            self._queues[request.priority].push(_Ticket(request, future, key))
-            # Every worker waits on this condition: wake all, so the right pool sees the work
-            # and a worker waiting out a batch window gets its match.
-            self._condition.notify_all()
+            self._queues[request.priority].push(_Ticket(request, future, key, lane_key))
+            lane = self._lane(request.priority, lane_key)
+            if lane.idle == 0 and lane.threads < lane.limit:
+                self._start_thread(lane)
+            # Wake the lane's threads: the right one sees the work, and one waiting out a
+            # batch window gets its match.
+            lane.condition.notify_all()
         return future
 
     def close(self, timeout: float = 10.0) -> None:
@@ -184,42 +231,81 @@ class Scheduler:
         still inside a model while the interpreter shuts down (a daemon thread stopped inside
         native code can abort the whole process).
         """
-        with self._condition:
+        with self._lock:
             self._closing = True
             dropped: list[_Ticket] = []
             for queue in self._queues.values():
-                while (ticket := queue.pop()) is not None:
-                    dropped.append(ticket)
-            self._condition.notify_all()
+                for tickets in queue.groups.values():
+                    dropped.extend(tickets)
+                queue.groups.clear()
+            for lane in self._lanes.values():
+                lane.condition.notify_all()
+            threads = list(self._threads)
         for ticket in dropped:
             _fail(ticket, RequestCancelledError("the server is shutting down"))
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self._keeper.close()
+
+    # -- lanes ---------------------------------------------------------------------------------
+
+    def _lane(self, priority: Priority, key: Hashable) -> _Lane:
+        """The lane of ``priority`` and ``key``, made if new (lock held)."""
+        lane = self._lanes.get((priority, key))
+        if lane is None:
+            lane = _Lane(priority, key, self._limits[priority], self._lock)
+            self._lanes[(priority, key)] = lane
+        return lane
+
+    def _start_thread(self, lane: _Lane) -> None:
+        """Start one more thread for ``lane`` (lock held)."""
+        lane.threads += 1
+        name = f"frameserve-{lane.priority.name.lower()}-{lane.threads}"
+        if lane.key is not None:
+            name += f"-{_lane_name(lane.key)}"
+        thread = threading.Thread(target=self._work, args=(lane,), name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
 
     # -- workers -------------------------------------------------------------------------------
 
-    def _work(self, priority: Priority) -> None:
-        if priority is Priority.BATCH:
+    def _work(self, lane: _Lane) -> None:
+        if lane.priority is Priority.BATCH:
             _lower_thread_priority()
         while True:
-            batch = self._next_batch(priority)
+            batch = self._next_batch(lane)
             if batch is None:
                 return
             self._run(batch)
+            del batch  # its frames and results are not kept while the thread waits for work
 
-    def _next_batch(self, priority: Priority) -> list[_Ticket] | None:
-        """Wait for work of ``priority``; return the tickets to run together (live ones)."""
-        queue = self._queues[priority]
-        with self._condition:
-            while True:
-                ticket = self._pop_live(queue)
-                if ticket is not None:
-                    break
-                if self._closing:
-                    return None
-                self._condition.wait()
+    def _next_batch(self, lane: _Lane) -> list[_Ticket] | None:
+        """Wait for work of ``lane``; return the tickets to run together (live ones).
+
+        ``None``: the thread ends (the scheduler closes, or a model's lane has been idle for
+        :data:`LANE_IDLE_SECONDS`).
+        """
+        queue = self._queues[lane.priority]
+        with lane.condition:
+            lane.idle += 1
+            idle_until = time.monotonic() + LANE_IDLE_SECONDS
+            try:
+                while True:
+                    ticket = self._pop_live(queue, lane.key)
+                    if ticket is not None:
+                        break
+                    left = idle_until - time.monotonic()
+                    if self._closing or (not lane.lasting and left <= 0):
+                        lane.threads -= 1
+                        if not lane.threads and self._lanes.get((lane.priority, lane.key)) is lane:
+                            del self._lanes[(lane.priority, lane.key)]
+                        return None
+                    lane.condition.wait(None if lane.lasting else left)
+            finally:
+                lane.idle -= 1
             batch = [ticket]
             limit, window = self._batching(ticket.request)
             if limit > 1:
@@ -230,12 +316,12 @@ class Scheduler:
                     remaining = deadline - time.monotonic()
                     if len(batch) >= limit or remaining <= 0 or self._closing:
                         break
-                    self._condition.wait(remaining)
+                    lane.condition.wait(remaining)
         return batch
 
-    def _pop_live(self, queue: _PriorityQueue) -> _Ticket | None:
-        """Take the next ticket in fairness order, dropping dead ones."""
-        while (ticket := queue.pop()) is not None:
+    def _pop_live(self, queue: _PriorityQueue, lane: Hashable) -> _Ticket | None:
+        """Take the lane's next ticket in fairness order, dropping dead ones."""
+        while (ticket := queue.pop(lane)) is not None:
             if self._claim(ticket):
                 return ticket
         return None
@@ -268,7 +354,7 @@ class Scheduler:
         if request.entry is not None:
             return request
         try:
-            entry = self.runner.registry.get(request.model_id)
+            entry = self.host.registry.get(request.model_id)
         except FrameServeError:
             return request  # it fails with the registry's error when it runs
         return dataclasses.replace(request, entry=entry)
@@ -285,25 +371,102 @@ class Scheduler:
         for ticket in batch:
             self.metrics.queue_wait(model, started - ticket.queued_at)
         self.metrics.batch(model, len(batch))
+        outcomes: list[InferenceResult | BaseException]
         try:
             if len(batch) == 1:
-                outcomes: list[InferenceResult | FrameServeError] = [
-                    self.runner.run(batch[0].request)
-                ]
+                outcomes = [self.host.run(batch[0].request)]
             else:
-                outcomes = self.runner.run_batch([t.request for t in batch])
+                outcomes = list(self.host.run_batch([t.request for t in batch]))
         except FrameServeError as exc:
             outcomes = [exc] * len(batch)
         except Exception as exc:  # a worker must survive anything a model does
             log.exception("running %s failed unexpectedly", model)
-            outcomes = [exc] * len(batch)  # type: ignore[list-item]
+            outcomes = [exc] * len(batch)
+        except BaseException as exc:  # a plug-in's sys.exit: fail its requests, keep the thread
+            log.error("model %s raised %s; its request fails", model, type(exc).__name__)
+            error = ModelRunError(f"model {model!r} failed: it raised {type(exc).__name__}({exc})")
+            outcomes = [error] * len(batch)
+        seconds_each = (time.monotonic() - started) / len(batch)
         for ticket, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 _fail(ticket, outcome)
                 continue
-            if ticket.cache_key is not None and self.cache is not None:
-                self.cache.put(ticket.cache_key, outcome)
+            key = ticket.cache_key
+            if key is not None and not self._worth_keeping(outcome, seconds_each):
+                key = None
+            if key is not None and self.cache is not None:
+                self.cache.put(key, outcome)  # before the answer: a repeat finds it at once
             ticket.future.set_result(outcome)
+            if key is not None and self.cache is not None:
+                self._keeper.keep(key, outcome)
+
+    def _worth_keeping(self, result: InferenceResult, seconds: float) -> bool:
+        """Whether caching ``result`` (computed in ``seconds``) costs less than recomputing it.
+
+        In the server process a cached result costs nothing to keep. A result in a worker's
+        shared memory is copied out for the cache; when the model computed it faster than that
+        copy takes (an identity, a gain), the copy would only slow the next requests down, and
+        a repeat is as quickly computed again.
+        """
+        if self.cache is None or isinstance(self.host, InProcessHost) or result.worker is None:
+            return True
+        return seconds >= result_bytes(result) / KEEP_BYTES_PER_SECOND
+
+
+class _Keeper:
+    """Swaps cached results for copies that hold none of the model host's buffers.
+
+    The scheduler stores a result in the cache the moment it has it (so a repeat finds it at
+    once), answers, and hands it here: while the door sends the answer from the host's
+    buffers, this thread — at a lower CPU priority, so that it does not slow the sending —
+    replaces the cached result with :meth:`ModelHost.keep`'s copy, and the buffers go back to
+    the host for the next frames. In-process, ``keep`` copies nothing and this does nothing.
+    """
+
+    def __init__(self, host: ModelHost, cache: ResultCache | None) -> None:
+        self._host = host
+        self._cache = cache
+        self._queue: queue.SimpleQueue[tuple[bytes, InferenceResult] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def keep(self, key: bytes, result: InferenceResult) -> None:
+        """Replace ``result`` under ``key`` with a copy of its own, soon."""
+        if self._cache is None or isinstance(self._host, InProcessHost):
+            return  # in-process results hold no host buffers
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="frameserve-cache-keeper", daemon=True
+                )
+                self._thread.start()
+        self._queue.put((key, result))
+
+    def _run(self) -> None:
+        _lower_thread_priority()
+        while (item := self._queue.get()) is not None:
+            key, result = item
+            try:
+                kept = self._host.keep(result)
+                if kept is not result and self._cache is not None:
+                    self._cache.replace(key, result, kept)
+            except Exception:  # a failed copy leaves the original cached: still correct
+                log.exception("copying a cached result failed")
+            del item, result
+
+    def close(self) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(5.0)
+
+
+def _lane_name(key: Hashable) -> str:
+    """A short name for a lane's threads: the model id of an ``(id, version, token)`` key."""
+    if isinstance(key, tuple) and key and isinstance(key[0], str):
+        return key[0] if len(key) < 2 or key[1] == "1" else f"{key[0]}-v{key[1]}"
+    return str(key)[:24]
 
 
 def _lower_thread_priority() -> None:

@@ -210,6 +210,8 @@ class ModelSpec:
     cacheable: bool = True
     temporal_window: tuple[int, int] = (0, 0)
     output_scale: int = 1
+    timeout_s: float | None = None
+    memory_limit_mb: int | None = None
 
     @property
     def required_inputs(self) -> tuple[ImageSpec, ...]:
@@ -253,6 +255,8 @@ class ModelSpec:
             "cacheable": self.cacheable,
             "temporal_window": list(self.temporal_window),
             "output_scale": self.output_scale,
+            "timeout_s": self.timeout_s,
+            "memory_limit_mb": self.memory_limit_mb,
         }
 
 
@@ -293,6 +297,15 @@ class Model:
             from the sequence, HTTP clients send them, MLClient artists connect them.
         output_scale: outputs are this many times the inputs' width and height (an upscaler);
             the engine pads and tiles on the input grid and scales tiles up to match.
+        timeout_s: the longest one request (or batch) may run in the model, in seconds; past
+            it the request fails with :class:`~frameserve.errors.ModelTimeoutError` and the
+            model's worker process is stopped and started again. ``None``: the server's
+            ``--model-timeout`` (10 minutes unless the TD says otherwise).
+        memory_limit_mb: the most private memory (MiB) the model's worker process may hold,
+            the Python interpreter and torch included (about 150-250 MiB before any model);
+            past it the worker is stopped and its requests fail with
+            :class:`~frameserve.errors.ModelCrashedError`. ``None``: the server's
+            ``--worker-memory-mb``; a TD's explicit ``--worker-memory-mb`` also caps it.
     """
 
     id: ClassVar[str] = ""
@@ -311,6 +324,8 @@ class Model:
     cacheable: ClassVar[bool] = True
     temporal_window: ClassVar[tuple[int, int]] = (0, 0)
     output_scale: ClassVar[int] = 1
+    timeout_s: ClassVar[float | None] = None
+    memory_limit_mb: ClassVar[int | None] = None
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -390,6 +405,16 @@ class Model:
         scale = cls.output_scale
         if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16:
             raise ConfigError(f"{owner}: output_scale must be a whole number in 1..16")
+        timeout = cls.timeout_s
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ConfigError(f"{owner}: timeout_s must be a number of seconds above 0 (or None)")
+        memory = cls.memory_limit_mb
+        if memory is not None and (
+            isinstance(memory, bool) or not isinstance(memory, int) or memory < 1
+        ):
+            raise ConfigError(f"{owner}: memory_limit_mb must be a whole number of MiB (or None)")
         return ModelSpec(
             id=cls.id,
             label=str(cls.label or cls.id),
@@ -406,6 +431,8 @@ class Model:
             cacheable=bool(cls.cacheable),
             temporal_window=window,
             output_scale=scale,
+            timeout_s=None if timeout is None else float(timeout),
+            memory_limit_mb=memory,
         )
 
 

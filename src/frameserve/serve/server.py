@@ -6,9 +6,11 @@
         host, port = server.mlclient_address
         ...
 
-The data path reads top to bottom: front door (protocol) → request → scheduler → runner →
-model, and back. This module builds the parts from :class:`ServerSettings`: the registry,
-runner, result cache, metrics and scheduler, and over them the one
+The data path reads top to bottom: front door (protocol) → request → scheduler → model host →
+model, and back. This module builds the parts from :class:`ServerSettings`: the registry, the
+model host (with ``isolation`` on, a :class:`~frameserve.engine.workers.processes.ProcessHost`
+that runs each model in a worker process; else an in-process runner), result cache, metrics
+and scheduler, and over them the one
 :class:`~frameserve.engine.engine.Engine` that the front doors (MLClient, HTTP) are given,
 each with its own :class:`~frameserve.serve.settings.DoorSettings`. The doors only translate
 their wire formats; they never hold the registry or scheduler. The HTTP door is built with its
@@ -32,6 +34,8 @@ from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.scheduler import Scheduler
+from frameserve.engine.workers.host import InProcessHost, ModelHost
+from frameserve.engine.workers.processes import ProcessHost
 from frameserve.serve.auth.tokens import TokenStore
 from frameserve.serve.http.api import InferenceApi
 from frameserve.serve.http.server import HttpServer
@@ -53,17 +57,22 @@ class FrameServer:
         folders = [*self.settings.model_folders, *model_folders_from_env()]
         self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
         colour = ColourManager(self.settings.ocio) if self.settings.ocio else None
-        self.runner = Runner(
+        runner = Runner(
             self.registry,
             device=self.settings.device,
             colour=colour,
             memory_budget_bytes=self.settings.model_memory_budget_bytes,
         )
         self.metrics = Metrics()
+        self.host: ModelHost = (
+            ProcessHost(runner, settings=self.settings.worker_settings(), metrics=self.metrics)
+            if self.settings.isolation
+            else InProcessHost(runner)
+        )
         cache_bytes = self.settings.cache_bytes
         self.cache = ResultCache(cache_bytes) if cache_bytes else None
         self.scheduler = Scheduler(
-            self.runner,
+            self.host,
             workers=self.settings.workers,
             batch_workers=self.settings.batch_workers,
             cache=self.cache,
@@ -99,6 +108,11 @@ class FrameServer:
         self._stopped = threading.Event()
 
     @property
+    def runner(self) -> ModelHost:
+        """Where models run (the model host; its name from before models had processes)."""
+        return self.host
+
+    @property
     def mlclient_address(self) -> tuple[str, int]:
         """Host and port of the MLClient door."""
         return self.mlclient.address
@@ -126,6 +140,12 @@ class FrameServer:
         ready = [_named(e.id, e.version) for e in self.engine.models()]
         failed = [_named(e.id, e.version) for e in self.engine.catalogue() if not e.ok]
         log.info("models: %s", ", ".join(ready) or "none")
+        log.info(
+            "%s",
+            "models run in worker processes, one per model version (--isolation on)"
+            if self.settings.isolation
+            else "models run in the server process (--isolation off)",
+        )
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
         self.mlclient.start()

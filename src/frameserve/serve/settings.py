@@ -30,6 +30,7 @@ from frameserve.engine.limits import (
     DEFAULT_MAX_REQUEST_IMAGES,
     request_bytes_limit,
 )
+from frameserve.engine.workers.supervisor import WorkerSettings
 from frameserve.errors import ConfigError
 from frameserve.training.jobs.limits import JobLimits
 
@@ -204,6 +205,19 @@ class ServerSettings:
         mlclient_allow: networks the MLClient door serves (CIDR text, ``"10.1.0.0/16"``);
             empty: loopback only.
         tls_cert, tls_key: PEM certificate and key: the HTTP door speaks HTTPS.
+        isolation: run models from model folders (the built-ins included) in worker
+            processes, one per model version, so that a model that hangs, crashes or leaks
+            memory takes only its own requests down (:mod:`frameserve.engine.workers`);
+            ``False``: every model runs in the server process, as before.
+        model_timeout: the longest one request (or batch) may run in a model, in seconds,
+            unless the model declares its own ``timeout_s``; past it the request fails and
+            the model's worker is stopped and started again (with isolation only).
+        worker_memory_bytes: the most private memory one worker process may hold; past it the
+            worker is stopped and started again. ``None``: half the machine's memory for a
+            model that declares no ``memory_limit_mb`` (which then applies alone).
+        max_crashes, crash_window: a model whose worker dies ``max_crashes`` times within
+            ``crash_window`` seconds is marked failed until it is reloaded (the admin ``load``
+            request) or its files change.
     """
 
     host: str = "127.0.0.1"
@@ -240,6 +254,11 @@ class ServerSettings:
     mlclient_allow: tuple[str, ...] = field(default_factory=tuple)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    isolation: bool = True
+    model_timeout: float = 600.0
+    worker_memory_bytes: int | None = None
+    max_crashes: int = 3
+    crash_window: float = 300.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
@@ -273,6 +292,7 @@ class ServerSettings:
             "max_table_rows",
             "max_table_bytes",
             "max_job_bytes",
+            "max_crashes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -282,9 +302,14 @@ class ServerSettings:
             "header_timeout",
             "min_transfer_rate",
             "decode_timeout",
+            "model_timeout",
+            "crash_window",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be above 0, got {getattr(self, name)}")
+        memory = self.worker_memory_bytes
+        if memory is not None and memory < 1:
+            raise ConfigError(f"worker_memory_bytes must be at least 1 (or None), got {memory}")
         if self.reload_interval is not None and not self.reload_interval > 0:
             raise ConfigError(
                 f"reload_interval must be above 0 seconds (or None: off), "
@@ -376,6 +401,20 @@ class ServerSettings:
             max_table_bytes=self.max_table_bytes,
             max_job_bytes=self.max_job_bytes,
             decode_timeout=self.decode_timeout,
+        )
+
+    def worker_settings(self) -> WorkerSettings:
+        """Return how model worker processes run (with ``isolation`` on)."""
+        return WorkerSettings(
+            device=self.device,
+            ocio=self.ocio,
+            model_timeout=self.model_timeout,
+            memory_cap=self.worker_memory_bytes,
+            max_crashes=self.max_crashes,
+            crash_window=self.crash_window,
+            interactive_threads=self.workers,
+            batch_threads=self.batch_workers,
+            memory_budget_bytes=self.model_memory_budget_bytes,
         )
 
     def _door(self, port: int) -> dict[str, Any]:

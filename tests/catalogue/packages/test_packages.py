@@ -111,6 +111,16 @@ MANIFEST_ERRORS = [
         "max_batch_size = true\n" + BASE,
         ["max_batch_size = true", "a whole number from 1 to 1024"],
     ),
+    (
+        "a timeout of zero",
+        "timeout_s = 0\n" + BASE,
+        ["timeout_s = 0 is not allowed", "a number of seconds above 0"],
+    ),
+    (
+        "a memory limit as text",
+        'memory_limit_mb = "2G"\n' + BASE,
+        ['memory_limit_mb = "2G" is not allowed', "a whole number of at least 1"],
+    ),
     ("a bad id", BASE.replace('id = "net"', 'id = "my net"'), ['id = "my net"', "model id"]),
     ("a newer schema", "schema = 2\n" + BASE, ["schema = 2", "manifest schema 1"]),
     (
@@ -335,6 +345,8 @@ def test_every_key_of_a_full_manifest_reaches_the_class(tmp_path: Path) -> None:
         cacheable = false
         max_batch_size = 8
         batch_window_ms = 5
+        timeout_s = 30
+        memory_limit_mb = 2048
         output_scale = 2
         temporal_window = [1, 2]
 
@@ -383,6 +395,7 @@ def test_every_key_of_a_full_manifest_reaches_the_class(tmp_path: Path) -> None:
     assert (spec.colourspace_in, spec.colourspace_out) == ("srgb", "acescg")
     assert spec.half_precision and not spec.cacheable
     assert (spec.max_batch_size, spec.batch_window_ms) == (8, 5.0)
+    assert (spec.timeout_s, spec.memory_limit_mb) == (30.0, 2048)
     assert spec.temporal_window == (1, 2)
     assert [i.name for i in spec.inputs] == ["plate", "plate@-1", "plate@+1", "plate@+2"]
     assert [(o.name, o.channels) for o in spec.outputs] == [("image", 3), ("matte", 1)]

@@ -160,9 +160,16 @@ def test_the_413_is_read_even_while_the_client_is_still_sending(quick):
 
 
 def test_each_request_logs_one_line_naming_its_user(quick, caplog):
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "frameserve.serve.http.server"]
+
     with caplog.at_level(logging.INFO, logger="frameserve.serve.http.server"):
         assert request(quick, "GET", "/v2/health/live").status == 200
-    lines = [r.getMessage() for r in caplog.records if r.name == "frameserve.serve.http.server"]
+        until = time.monotonic() + 5.0  # the line is logged just after the answer is sent
+        while not logged() and time.monotonic() < until:
+            time.sleep(0.01)
+        time.sleep(0.05)  # a second line, if there were one, would follow as fast
+    lines = logged()
     assert len(lines) == 1, lines
     assert "GET /v2/health/live model=- 200 " in lines[0]
     assert " user=- ok" in lines[0]

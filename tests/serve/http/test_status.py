@@ -28,6 +28,8 @@ STATUSES = [
     (errors.ModelSetupError, 503),
     (errors.ModelError, 500),
     (errors.ModelRunError, 500),
+    (errors.ModelTimeoutError, 504),
+    (errors.ModelCrashedError, 500),
     (errors.ConfigError, 500),
     (errors.ImageIOError, 500),
     (errors.UserExistsError, 500),  # the token command's own errors: never raised by a route

@@ -81,6 +81,8 @@ _TOP_KEYS = (
     "cacheable",
     "max_batch_size",
     "batch_window_ms",
+    "timeout_s",
+    "memory_limit_mb",
     "output_scale",
     "temporal_window",
     "spatial",
@@ -183,6 +185,8 @@ def _read(path: Path, data: dict[str, Any]) -> Manifest:
         cacheable=top.flag("cacheable", True),
         max_batch_size=top.whole("max_batch_size", 1, low=1, high=1024),
         batch_window_ms=top.number("batch_window_ms", 2.0, low=0.0),
+        timeout_s=_timeout(top),
+        memory_limit_mb=top.whole("memory_limit_mb", low=1) if top.has("memory_limit_mb") else None,
         output_scale=output_scale,
         temporal_window=_temporal_window(top),
         spatial=spatial,
@@ -190,6 +194,17 @@ def _read(path: Path, data: dict[str, Any]) -> Manifest:
         outputs=outputs,
         knobs=knobs,
     )
+
+
+def _timeout(top: Table) -> float | None:
+    if not top.has("timeout_s"):
+        return None
+
+    def convert(value: object) -> float | None:
+        number = as_number(value)
+        return number if number is not None and number > 0 else None
+
+    return top.get("timeout_s", convert, "a number of seconds above 0")
 
 
 def _network(top: Table) -> tuple[Path, str]:

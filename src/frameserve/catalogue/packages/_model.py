@@ -100,6 +100,8 @@ def model_class(manifest: Manifest) -> type[PackageModel]:
         "spatial": manifest.spatial,
         "max_batch_size": manifest.max_batch_size,
         "batch_window_ms": manifest.batch_window_ms,
+        "timeout_s": manifest.timeout_s,
+        "memory_limit_mb": manifest.memory_limit_mb,
         "half_precision": manifest.half_precision,
         "cacheable": manifest.cacheable,
         "temporal_window": manifest.temporal_window,

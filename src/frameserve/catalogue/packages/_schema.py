@@ -118,6 +118,8 @@ class Manifest:
     cacheable: bool
     max_batch_size: int
     batch_window_ms: float
+    timeout_s: float | None
+    memory_limit_mb: int | None
     output_scale: int
     temporal_window: tuple[int, int]
     spatial: SpatialNeeds
@@ -149,6 +151,8 @@ class Manifest:
             "colourspace_in": self.colourspace_in,
             "colourspace_out": self.colourspace_out,
             "output_scale": self.output_scale,
+            "timeout_s": self.timeout_s,
+            "memory_limit_mb": self.memory_limit_mb,
             "temporal_window": list(self.temporal_window),
             "inputs": [
                 {

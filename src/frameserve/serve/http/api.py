@@ -16,7 +16,8 @@ tokens): an ``artist`` may ask everything about models and run them; ``GET /metr
 ``td`` (it shows who uses what and how much, which is a TD's business, and changes nothing);
 ``POST /v2/repository/models/{name}/load`` needs ``admin`` (it changes what every user is
 served): it loads the model folders that were added or changed since the last look, as the hot
-reload does on its timer, and answers the model's state.
+reload does on its timer, clears the model's failed state if its worker died too often, and
+answers the model's state.
 """
 
 from __future__ import annotations
@@ -123,7 +124,10 @@ class InferenceApi(Route):
         try:
             return self._route(request, client)
         except FrameServeError as exc:
-            return error_response(status_for(exc), str(exc))
+            response = error_response(status_for(exc), str(exc))
+            if exc.worker is not None:
+                response.worker = str(exc.worker)
+            return response
 
     def _route(self, request: HttpRequest, client: str) -> HttpResponse:
         path = request.path.rstrip("/") or "/"
@@ -156,7 +160,8 @@ class InferenceApi(Route):
     # -- server --------------------------------------------------------------------------------
 
     def _server_ready(self) -> HttpResponse:
-        ready = self.engine.is_ready()
+        """Ready: started, not shutting down, and some model can serve (not all failed)."""
+        ready = self.engine.is_ready() and self.engine.can_serve()
         return json_response(200 if ready else 503, {"ready": ready})
 
     def _server_metadata(self) -> HttpResponse:
@@ -180,7 +185,7 @@ class InferenceApi(Route):
 
     def _load_model(self, name: str) -> HttpResponse:
         """Load the changed model folders; answer model ``name``'s state (404, 503 if failed)."""
-        changes = self.engine.reload_models()
+        changes = self.engine.reload_models(name)
         entry = self.engine.model(name)
         return json_response(
             200, {"name": entry.id, "version": entry.version, "ready": True, "changes": changes}
@@ -193,8 +198,14 @@ class InferenceApi(Route):
     # -- models: a failed model is a 503, a missing one a 404 (Engine.model) -------------------
 
     def _model_ready(self, name: str, version: str | None) -> HttpResponse:
+        """200 when the model can serve now; 503 while its worker is loading or restarting
+        (and, through ``Engine.model``, when it failed)."""
         entry = self.engine.model(name, version)
-        return json_response(200, {"name": name, "version": entry.version, "ready": True})
+        status = self.engine.status(entry)
+        answer: dict[str, Any] = {"name": name, "version": entry.version, "ready": status.ready}
+        if not status.ready:
+            answer["state"] = status.state.value
+        return json_response(200 if status.ready else 503, answer)
 
     def _model_metadata(self, name: str, version: str | None) -> HttpResponse:
         entry = self.engine.model(name, version)
@@ -237,7 +248,11 @@ class InferenceApi(Route):
         # The declared channels tell a [C, H, W] tensor from an [H, W, C] one; a tensor of an
         # input the model lacks is converted as it is and refused by build_request.
         channels = {declared.name: declared.channels for declared in entry.spec.inputs}
-        per_input = [frames_from_tensor(tensor, channels.get(tensor.name, 0)) for tensor in inputs]
+        allocate = self.engine.allocate_frame
+        per_input = [
+            frames_from_tensor(tensor, channels.get(tensor.name, 0), allocate=allocate)
+            for tensor in inputs
+        ]
         if len({len(frames) for frames in per_input}) > 1:
             raise FrameError("every input must hold the same number of frames")
         batched = any(tensor.array.ndim == 4 for tensor in inputs)
@@ -267,7 +282,10 @@ class InferenceApi(Route):
             for future in futures:  # the client left, or one frame failed: drop the rest
                 future.cancel()
         outputs = _outputs(entry.spec, results, body, batched=batched)
-        return _infer_response(entry, body, outputs)
+        response = _infer_response(entry, body, outputs)
+        workers = dict.fromkeys(str(r.worker) for r in results if r.worker is not None)
+        response.worker = ",".join(workers) or "-"
+        return response
 
 
 def _wait(request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:

@@ -186,12 +186,13 @@ class HttpServer(FrontDoor):
                 user=user,
             )
         log.info(
-            "%s %s model=%s %d %.1f ms user=%s %s",
+            "%s %s model=%s %d %.1f ms worker=%s user=%s %s",
             client,
             target,
             model or "-",
             response.status,
             elapsed * 1000,
+            response.worker,
             user,
             "ok" if response.status < 400 else f"error: {_message(response)}",
         )

@@ -24,6 +24,7 @@ from frameserve.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelSetupError,
+    ModelTimeoutError,
     PermissionDeniedError,
     RequestError,
     RequestTooLargeError,
@@ -43,6 +44,7 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (JobConflictError, 409),  # the job's state forbids the action
     (RequestTooLargeError, 413),  # a body above the size cap
     (DeadlineExceededError, 504),  # dropped unrun: its deadline passed in the queue
+    (ModelTimeoutError, 504),  # ran past its model's timeout or its deadline: stopped
     (RequestError, 400),  # any other request the client got wrong
     (StorageFullError, 507),  # the uploads kept for jobs are full
     (ServerBusyError, 503),  # no room right now: try again

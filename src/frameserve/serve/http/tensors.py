@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,8 +226,16 @@ def check_frame_shape(
         )
 
 
-def frames_from_tensor(tensor: InputTensor, channels: int) -> list[torch.Tensor]:
+def frames_from_tensor(
+    tensor: InputTensor,
+    channels: int,
+    *,
+    allocate: Callable[[int, int, int], np.ndarray] | None = None,
+) -> list[torch.Tensor]:
     """Return the ``(C, H, W)`` float32 frames of an ``[H, W, C]`` or ``[N, H, W, C]`` tensor.
+
+    Each frame is written into a buffer from ``allocate(channels, height, width)`` (the
+    engine's, so that it reaches a worker process without another copy), or a plain numpy one.
 
     Raises:
         FrameError: a layout other than ``[H, W, C]`` (a ``[C, H, W]`` tensor is named as such),
@@ -259,7 +267,10 @@ def frames_from_tensor(tensor: InputTensor, channels: int) -> list[torch.Tensor]
         raise FrameError(f"{what} needs {channels} channel(s) last; the tensor has {depth}")
     frames = []
     for item in array:
-        target = np.empty((depth, height, width), dtype=np.float32)
+        if allocate is None:
+            target = np.empty((depth, height, width), dtype=np.float32)
+        else:
+            target = allocate(depth, height, width)
         _interleaved_into_planes(item, target)
         if tensor.datatype == "UINT8":
             target *= np.float32(1 / 255)

@@ -92,6 +92,8 @@ class HttpResponse:
     parts: Sequence[Any] = ()
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    #: The worker process(es) that ran the request, for the log line (not sent).
+    worker: str = "-"
 
     @property
     def length(self) -> int:

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -128,10 +128,18 @@ def check_wire_image(image: WireImage, *, what: str, max_pixels: int | None = No
         )
 
 
-def frame_from_wire(body: np.ndarray, image: WireImage, *, what: str) -> torch.Tensor:
+def frame_from_wire(
+    body: np.ndarray,
+    image: WireImage,
+    *,
+    what: str,
+    allocate: Callable[[int, int, int], np.ndarray] | None = None,
+) -> torch.Tensor:
     """Return the internal frame for ``image``, whose pixels are a slice of ``body``.
 
-    Copies once: the bottom-to-top rows are flipped into a new top-row-first tensor.
+    Copies once: the bottom-to-top rows are flipped into a new top-row-first tensor, in a
+    buffer from ``allocate(channels, height, width)`` (the engine's, so that the frame reaches
+    a worker process without another copy), or a plain numpy one.
 
     Raises:
         FrameError: sizes that are zero, negative or too large, or a byte count that is not
@@ -143,7 +151,10 @@ def frame_from_wire(body: np.ndarray, image: WireImage, *, what: str) -> torch.T
         body, dtype=_WIRE_FLOAT, count=width * height * channels, offset=image.start
     ).reshape(channels, height, width)
     # numpy's allocator reuses large blocks; torch.empty page-faults a fresh block each time.
-    pixels = np.empty((channels, height, width), dtype=np.float32)
+    if allocate is None:
+        pixels = np.empty((channels, height, width), dtype=np.float32)
+    else:
+        pixels = allocate(channels, height, width)
     _copy_flipped(pixels, planes)
     return torch.from_numpy(pixels)
 

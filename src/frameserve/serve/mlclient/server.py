@@ -105,6 +105,7 @@ class _Exchange:
     kind: RequestKind | None = None  #: ``None`` until a request was decoded
     model: str = "-"
     size: str = "-"
+    worker: str = "-"  #: the worker process that ran it (``-``: in-process or cached)
     outcome: str = "ok"
     started: float = field(default_factory=time.perf_counter)
 
@@ -150,6 +151,7 @@ class MLClientServer(FrontDoor):
                 del body, decoded  # the frames hold their own copies: free the request bytes
                 if isinstance(work, InferenceRequest):
                     work = wait_while_connected(conn, self.engine.submit(work))
+                    exchange.worker = "-" if work.worker is None else str(work.worker)
                 else:
                     exchange.outcome = "ok (cached)"
                 self._send_result(conn, work, size)
@@ -160,6 +162,7 @@ class MLClientServer(FrontDoor):
                 replied = self._send_error(conn, f"request incomplete: {exc}")
         except (RequestError, ModelError) as exc:
             exchange.outcome = f"error: {exc}"
+            exchange.worker = "-" if exc.worker is None else str(exc.worker)
             replied = self._send_error(conn, str(exc))
         except OSError as exc:
             exchange.outcome = f"connection failed: {exc}"
@@ -275,7 +278,7 @@ class MLClientServer(FrontDoor):
         if cached is not None:
             return cached, size
         frames = [
-            frame_from_wire(body, image, what=f"image {index}")
+            frame_from_wire(body, image, what=f"image {index}", allocate=self.engine.allocate_frame)
             for index, image in enumerate(decoded.images)
         ]
         request = build_request(
@@ -357,12 +360,13 @@ class MLClientServer(FrontDoor):
         seen = exchange.kind is not None or exchange.outcome != "ok"
         log.log(
             logging.INFO if seen else logging.DEBUG,
-            "%s %s model=%s size=%s %.1f ms %s",
+            "%s %s model=%s size=%s %.1f ms worker=%s %s",
             exchange.client,
             exchange.kind.value if exchange.kind is not None else "-",
             exchange.model,
             exchange.size,
             elapsed,
+            exchange.worker,
             exchange.outcome,
         )
 
