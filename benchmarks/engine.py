@@ -1,6 +1,14 @@
-"""Benchmark the execution engine: concurrency, priorities and the result cache, in one run.
+"""Benchmark the execution engine: isolation, concurrency, priorities and the cache, in one run.
 
-Against one server started for the run (``blur`` at 1920x1080 RGB float unless said otherwise):
+First, **isolation on and off** (``--isolation on|off``, models in worker processes or in the
+server process), one server after the other in the same run:
+
+- ``blur`` throughput with 1 and 4 concurrent MLClient clients (frames/s; target: isolation on
+  within 10% of off);
+- the MLClient round trip of ``identity`` at 1080p with a frame the cache has never seen, next
+  to a raw loopback echo of the same bytes (target: at most 1.3x the echo with isolation on).
+
+Then, against one server with the defaults (``blur`` at 1920x1080 RGB float):
 
 1. **Throughput** with 1, 4 and 8 concurrent MLClient clients, each sending its own frames
    (every request differs, so nothing comes from the cache): frames per second.
@@ -20,16 +28,29 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mlclient_roundtrip import echo_round_trip, echo_server, free_port, started_server
+from mlclient_roundtrip import (
+    REPO_ROOT,
+    _stop,
+    echo_round_trip,
+    echo_server,
+    free_port,
+    started_server,
+    wait_for_info,
+)
 from tests.support.node_client import (
     NodeClient,
     frame_request,
@@ -40,6 +61,9 @@ WIDTH, HEIGHT = 1920, 1080
 BLUR_SIZE = 3.0
 LATENCY_TARGET = 1.5
 CACHE_TARGET = 1.2
+#: Isolation on: frames/s at least this share of isolation off; identity at most this x echo.
+ISOLATION_THROUGHPUT_TARGET = 0.9
+ISOLATION_ECHO_TARGET = 1.3
 
 
 class FrameMaker:
@@ -50,15 +74,89 @@ class FrameMaker:
         self._count = 0
         self._lock = threading.Lock()
 
-    def request(self, node: NodeClient) -> bytes:
-        """A framed blur request whose frame no earlier request had."""
+    def request(self, node: NodeClient, model: str = "blur") -> bytes:
+        """A framed request (blur, or ``model`` without knobs) whose frame no earlier one had."""
         with self._lock:
             self._count += 1
             count = self._count
         frame = self.base.copy()
         frame[0, 0, 0] = count
-        model = node.model("blur")
-        return frame_request(inference_request(model, [frame], knobs={"size": BLUR_SIZE}))
+        knobs = {"size": BLUR_SIZE} if model == "blur" else {}
+        return frame_request(inference_request(node.model(model), [frame], knobs=knobs))
+
+
+@contextmanager
+def server_with(port: int, flags: Sequence[str]) -> Iterator[None]:
+    """Run ``python -m frameserve serve`` on 127.0.0.1:port with extra ``flags`` (no HTTP)."""
+    command = [sys.executable, "-m", "frameserve", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--http-port", "0", *flags]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")])
+    )
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            wait_for_info(NodeClient("127.0.0.1", port, timeout=5.0), process, log)
+            yield
+        finally:
+            _stop(process)
+
+
+def uncached_round_trip(
+    port: int, echo_port: int, repeats: int, maker: FrameMaker
+) -> tuple[float, float]:
+    """Median ms of 1080p identity round trips of frames never sent before, and of the echo."""
+    node = NodeClient("127.0.0.1", port, timeout=300.0, read_chunk=1 << 20)
+    protocol, echoes = [], []
+    for index in range(repeats + 2):
+        request = maker.request(node, "identity")
+        echo = echo_round_trip(echo_port, request)
+        start = time.perf_counter()
+        node.exchange(request)
+        if index >= 2:
+            protocol.append(time.perf_counter() - start)
+            echoes.append(echo)
+    return statistics.median(protocol) * 1000, statistics.median(echoes) * 1000
+
+
+def isolation(args: argparse.Namespace, maker: FrameMaker, echo_port: int) -> None:
+    """Measure throughput and the uncached round trip with isolation off, then on."""
+    figures: dict[str, dict[str, float]] = {}
+    for mode in ("off", "on"):
+        port = free_port()
+        with server_with(port, ["--isolation", mode]):
+            node = NodeClient("127.0.0.1", port, timeout=300.0, read_chunk=1 << 20)
+            for model in ("blur", "identity"):  # start the workers, set the models up
+                node.send_inference(maker.request(node, model))
+            found = figures[mode] = {}
+            for clients in (1, 4):
+                found[f"blur x{clients}"] = throughput(port, clients, args.seconds, maker)
+            found["identity"], found["echo"] = uncached_round_trip(
+                port, echo_port, args.repeats, maker
+            )
+        print(
+            f"isolation {mode}: blur {found['blur x1']:.2f} frames/s (1 client), "
+            f"{found['blur x4']:.2f} frames/s (4 clients); identity 1080p uncached "
+            f"{found['identity']:.1f} ms, echo {found['echo']:.1f} ms "
+            f"({found['identity'] / found['echo']:.2f}x)"
+        )
+    on, off = figures["on"], figures["off"]
+    for clients in (1, 4):
+        share = on[f"blur x{clients}"] / off[f"blur x{clients}"]
+        verdict = "ok" if share >= ISOLATION_THROUGHPUT_TARGET else "MISSED"
+        print(
+            f"isolation on / off, blur with {clients} client(s): {share:.2f} "
+            f"(target >= {ISOLATION_THROUGHPUT_TARGET}: {verdict})"
+        )
+    ratio = on["identity"] / on["echo"]
+    verdict = "ok" if ratio <= ISOLATION_ECHO_TARGET else "MISSED"
+    print(
+        f"isolation on, identity 1080p uncached / echo: {ratio:.2f}x "
+        f"(target <= {ISOLATION_ECHO_TARGET}x: {verdict})"
+    )
 
 
 def throughput(port: int, clients: int, seconds: float, maker: FrameMaker) -> float:
@@ -173,11 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput measurement")
+    parser.add_argument(
+        "--skip-isolation", action="store_true", help="leave out the isolation on/off part"
+    )
     args = parser.parse_args(argv)
     maker = FrameMaker()
+    print(f"blur size={BLUR_SIZE} at {WIDTH}x{HEIGHT} RGB float32; {os.cpu_count()} CPUs")
+    if not args.skip_isolation:
+        with echo_server() as echo_port:
+            isolation(args, maker, echo_port)
     port, http_port = free_port(), free_port()
     with started_server(port, http_port=http_port), echo_server() as echo_port:
-        print(f"blur size={BLUR_SIZE} at {WIDTH}x{HEIGHT} RGB float32")
         for clients in (1, 4, 8):
             rate = throughput(port, clients, args.seconds, maker)
             print(f"throughput, {clients} concurrent MLClient clients: {rate:.2f} frames/s")
