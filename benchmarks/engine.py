@@ -90,6 +90,7 @@ def server_with(port: int, flags: Sequence[str]) -> Iterator[None]:
     """Run ``python -m frameserve serve`` on 127.0.0.1:port with extra ``flags`` (no HTTP)."""
     command = [sys.executable, "-m", "frameserve", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--http-port", "0", *flags]
+    command += ["--mlclient-models", "identity", "blur", "*"]  # one segment: these first
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO_ROOT / "src"), env.get("PYTHONPATH")])

@@ -225,6 +225,8 @@ def started_server(port: int, *, http_port: int = 0, src: Path | None = None) ->
     127.0.0.1:port until the block exits; ``http_port`` 0 leaves the HTTP API off."""
     command = [sys.executable, "-m", "frameserve", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--http-port", str(http_port)]
+    if src is None:  # the node's menu holds one segment: list what the benchmarks use first
+        command += ["--mlclient-models", "identity", "blur", "*"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(src or REPO_ROOT / "src"), env.get("PYTHONPATH")])

@@ -310,7 +310,7 @@ def paint(
     *boxes: tuple[int, int, int, int, int], size: tuple[int, int] = (512, 512)
 ) -> torch.Tensor:
     """Hints ``(2, *size)``: each box ``(channel, top, bottom, left, right)`` painted 1."""
-    hints = torch.zeros(2, *size)
+    hints = torch.zeros(3, *size)
     for channel, top, bottom, left, right in boxes:
         hints[channel, top:bottom, left:right] = 1.0
     return hints
@@ -359,19 +359,19 @@ def test_hints_of_the_wrong_size_or_channels_are_refused(runner: Runner) -> None
     with pytest.raises(
         FrameError, match=r"'hints' .* is 48x64; it must be the size of 'image', 96x64"
     ):
-        run_matte(runner, image, torch.zeros(2, 64, 48))
+        run_matte(runner, image, torch.zeros(3, 64, 48))
     with pytest.raises(
-        FrameError, match=r"input 'hints' .* needs 2 channel\(s\); the request sent 1"
+        FrameError, match=r"input 'hints' .* needs 3 channel\(s\); the request sent 2"
     ):
-        run_matte(runner, image, torch.zeros(1, 64, 96))
+        run_matte(runner, image, torch.zeros(2, 64, 96))
 
 
 def test_hints_are_optional_and_declared(runner: Runner) -> None:
     spec = PersonMatte.spec()
     assert [i.name for i in spec.required_inputs] == ["image"]
     hints = next(i for i in spec.inputs if i.name == "hints")
-    assert hints.optional and hints.channels == 2
-    assert hints.channel_names == ("include", "exclude")
+    assert hints.optional and hints.channels == 3  # what the MLClient node sends: RGB
+    assert hints.channel_names == ("include", "exclude", "unused")
     assert spec.colourspace_in == spec.colourspace_out == "srgb"
     assert not spec.spatial.fully_convolutional
 

@@ -229,7 +229,16 @@ def test_serve_answers_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            command("serve", "--port", str(port), "--models", TEST_MODELS),
+            command(
+                "serve",
+                "--port",
+                str(port),
+                "--models",
+                TEST_MODELS,
+                "--mlclient-models",
+                "identity",
+                "*",
+            ),
             cwd=tmp_path,
             env=cli_env(),
             stdout=subprocess.DEVNULL,
@@ -261,4 +270,8 @@ def test_serve_answers_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
         re.MULTILINE,
     )
     assert line, text
+    menu = re.search(
+        r"MLClient protocol door \(port \d+\) lists \d+ model\(s\) in (\d+) bytes", text
+    )
+    assert menu and int(menu.group(1)) <= 1448, text
     assert "signal 15: shutting down" in text

@@ -10,6 +10,7 @@ from frameserve.cli import main as cli_main
 from frameserve.cli import run as cli_run
 from frameserve.cli import serve as cli_serve
 from frameserve.cli.flags import setting_default
+from frameserve.errors import ConfigError
 from frameserve.serve.settings import ServerSettings
 from frameserve.shots.backends import DEFAULT_SERVER_TIMEOUT, ServerBackend
 from frameserve.shots.run import RunOptions
@@ -51,3 +52,35 @@ def test_setting_default_names_what_is_missing() -> None:
         setting_default(ServerSettings, "colour")
     with pytest.raises(LookupError, match=r"RunOptions\.model has no default"):
         setting_default(RunOptions, "model")
+
+
+def test_mlclient_menu_flags_reach_the_settings() -> None:
+    args = cli_main._parser().parse_args(
+        [
+            "serve",
+            "--mlclient-models",
+            "segment,person_*",
+            "blur",
+            "--mlclient-door",
+            "55556=denoise,deblur",
+            "--mlclient-door",
+            "55557=studio_*",
+            "--mlclient-info-bytes",
+            "8948",
+        ]
+    )
+    settings = cli_serve.server_settings(args)
+    assert settings.mlclient_models == ("segment", "person_*", "blur")
+    assert settings.mlclient_doors == ((55556, ("denoise", "deblur")), (55557, ("studio_*",)))
+    assert settings.mlclient_info_bytes == 8948
+    assert [d.models for d in settings.extra_mlclient_doors()] == [
+        ("denoise", "deblur"),
+        ("studio_*",),
+    ]
+
+
+@pytest.mark.parametrize("door", ["55556", "x=blur", "55556=", "=blur"])
+def test_a_malformed_mlclient_door_names_the_expected_form(door: str) -> None:
+    args = cli_main._parser().parse_args(["serve", "--mlclient-door", door])
+    with pytest.raises(ConfigError, match=r"expected PORT=PATTERN,\.\.\. such as 55556="):
+        cli_serve.server_settings(args)

@@ -15,6 +15,9 @@ def start_server(**overrides: object) -> FrameServer:
         "http_port": 0,
         "model_folders": (TEST_MODELS,),
         "read_timeout": 2.0,
+        # Tests reach every model through the node's menu; the one-segment budget of a real
+        # network has tests of its own (tests/serve/mlclient/test_menu.py).
+        "mlclient_info_bytes": 1 << 16,
     }
     options.update(overrides)
     return FrameServer(ServerSettings(**options)).start()  # type: ignore[arg-type]

@@ -278,6 +278,31 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "needed when --host is not loopback)",
     )
     security.add_argument(
+        "--mlclient-models",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="model ids or globs the MLClient door lists to the node and runs, in menu order "
+        "(commas or spaces; default: every model the node can run)",
+    )
+    security.add_argument(
+        "--mlclient-door",
+        action="append",
+        default=[],
+        metavar="PORT=PATTERN,...",
+        help="one more MLClient door on PORT listing its own models, e.g. 55556=segment,"
+        "person_matte (repeatable; all doors share one engine)",
+    )
+    security.add_argument(
+        "--mlclient-info-bytes",
+        type=int,
+        default=default("mlclient_info_bytes"),
+        metavar="N",
+        help="the most bytes a door's model menu may take; models past it are left out with a "
+        "warning (default %(default)s: one TCP segment, which the node reads in one recv; "
+        "raise only on a network with jumbo frames)",
+    )
+    security.add_argument(
         "--tls-cert", type=Path, default=None, metavar="FILE", help="PEM certificate: HTTPS"
     )
     security.add_argument(
@@ -322,6 +347,13 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         tokens_file=args.tokens_file,
         no_auth=args.no_auth,
         mlclient_allow=tuple(args.mlclient_allow),
+        mlclient_models=(
+            setting_default(ServerSettings, "mlclient_models")
+            if args.mlclient_models is None
+            else _split_patterns(args.mlclient_models)
+        ),
+        mlclient_doors=tuple(_mlclient_door(text) for text in args.mlclient_door),
+        mlclient_info_bytes=args.mlclient_info_bytes,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         isolation=args.isolation == "on",
@@ -332,6 +364,21 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         max_crashes=args.max_crashes,
         crash_window=args.crash_window,
     )
+
+
+def _split_patterns(parts: list[str]) -> tuple[str, ...]:
+    return tuple(p.strip() for part in parts for p in part.split(",") if p.strip())
+
+
+def _mlclient_door(text: str) -> tuple[int, tuple[str, ...]]:
+    """Parse ``PORT=PATTERN,...`` of ``--mlclient-door``."""
+    port, sep, patterns = text.partition("=")
+    if not sep or not port.strip().isdigit() or not _split_patterns([patterns]):
+        raise ConfigError(
+            f"--mlclient-door {text!r}: expected PORT=PATTERN,... such as "
+            "55556=segment,person_matte"
+        )
+    return int(port), _split_patterns([patterns])
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -349,10 +396,7 @@ def serve_command(args: argparse.Namespace) -> int:
             "needs tokens" if settings.tokens_file else "is open to anyone (--no-auth)",
         )
     server = FrameServer(settings)
-    try:
-        server.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    server.start()  # a port that cannot be listened on is a ConfigError naming it
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: shutting down", signum)

@@ -36,11 +36,13 @@ from frameserve.engine.runner import Runner
 from frameserve.engine.scheduler import Scheduler
 from frameserve.engine.workers.host import InProcessHost, ModelHost
 from frameserve.engine.workers.processes import ProcessHost
+from frameserve.errors import ConfigError
 from frameserve.serve.auth.tokens import TokenStore
 from frameserve.serve.http.api import InferenceApi
 from frameserve.serve.http.server import HttpServer
 from frameserve.serve.http.training_api import TrainingApi
 from frameserve.serve.mlclient.server import MLClientServer
+from frameserve.serve.net.listener import FrontDoor
 from frameserve.serve.settings import ServerSettings
 from frameserve.training.jobs import TrainingJobs
 
@@ -87,6 +89,11 @@ class FrameServer:
             limits=self.settings.job_limits(),
         )
         self.mlclient = MLClientServer(engine=self.engine, settings=self.settings.mlclient_door())
+        #: Every MLClient door, the default one (``port``) first, then ``--mlclient-door``'s.
+        self.mlclient_doors = [self.mlclient] + [
+            MLClientServer(engine=self.engine, settings=door)
+            for door in self.settings.extra_mlclient_doors()
+        ]
         self.http: HttpServer | None = None
         http_door = self.settings.http_door()
         if http_door is not None:
@@ -148,9 +155,18 @@ class FrameServer:
         )
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
-        self.mlclient.start()
+        doors: list[FrontDoor] = [*self.mlclient_doors]
         if self.http is not None:
-            self.http.start()
+            doors.append(self.http)
+        started: list[FrontDoor] = []
+        for door in doors:
+            try:
+                door.start()  # a ConfigError naming the door and its port if it cannot listen
+            except ConfigError:
+                for other in started:
+                    other.close()
+                raise
+            started.append(door)
         if self.watcher is not None:
             self.watcher.start()
         self.engine.set_ready(True)
@@ -168,7 +184,8 @@ class FrameServer:
         self.jobs.close()
         if self.http is not None:
             self.http.close()
-        self.mlclient.close()
+        for door in self.mlclient_doors:
+            door.close()
         self.engine.close()
         self._stopped.set()
 

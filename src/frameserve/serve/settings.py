@@ -32,6 +32,16 @@ from frameserve.engine.limits import (
 )
 from frameserve.engine.workers.supervisor import WorkerSettings
 from frameserve.errors import ConfigError
+from frameserve.serve.door_settings import (
+    LOOPBACK_NETWORKS,
+    DoorSettings,
+    HttpDoorSettings,
+    MLClientDoorSettings,
+    Network,
+    check_patterns,
+    is_loopback,
+)
+from frameserve.serve.mlclient.menu import SEGMENT_BYTES
 from frameserve.training.jobs.limits import JobLimits
 
 __all__ = [
@@ -45,14 +55,6 @@ __all__ = [
     "is_loopback",
 ]
 
-#: An address range a door admits (``--mlclient-allow 10.1.0.0/16``).
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: Who the MLClient door admits unless told otherwise: this machine only.
-LOOPBACK_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
-
 #: Environment variable naming the training jobs folder (a deployment switch).
 JOBS_FOLDER_ENV = "FRAMESERVE_JOBS_FOLDER"
 #: Where training jobs live unless told otherwise (made at the first job): $FRAMESERVE_JOBS_FOLDER,
@@ -61,94 +63,6 @@ DEFAULT_JOBS_FOLDER = Path(os.environ.get(JOBS_FOLDER_ENV) or "~/.frameserve/job
 
 #: Default result cache: about 40 1080p RGB float results.
 DEFAULT_CACHE_BYTES = 1 << 30
-
-
-@dataclass(frozen=True, kw_only=True)
-class DoorSettings:
-    """What one front door is told: where it listens, how long it waits, how much it accepts.
-
-    ::
-
-        door = DoorSettings(host="127.0.0.1", port=0, max_connections=16, read_timeout=5.0,
-                            request_timeout=60.0, max_frame_bytes=1 << 26)
-
-    Attributes:
-        host, port: the address it listens on (port 0 picks a free one).
-        max_connections: connections served at once; more are answered with a busy error.
-        max_connections_per_address: connections one client address may hold at once, so one
-            host cannot take every connection.
-        read_timeout: seconds a client may stay silent while sending a request.
-        request_timeout: seconds a client has at most to send a whole request.
-        header_timeout: seconds a client has to send the start of a request (the MLClient
-            header, the HTTP request head) after connecting or after its previous request.
-        min_transfer_rate: bytes per second a request body must arrive at, at least: a body
-            of N bytes must be complete within ``header_timeout + N / min_transfer_rate``
-            seconds (and ``request_timeout``), so a trickling client cannot hold a connection.
-        max_frame_bytes: largest frame accepted per model input (see
-            :func:`~frameserve.engine.limits.request_bytes_limit`).
-        max_frame_pixels: largest frame accepted, in pixels (width x height), checked from
-            the sizes a request announces before anything is allocated.
-    """
-
-    host: str
-    port: int
-    max_connections: int = 256
-    max_connections_per_address: int = 32
-    read_timeout: float = 30.0
-    request_timeout: float = 600.0
-    header_timeout: float = 5.0
-    min_transfer_rate: float = 1 << 20
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS
-
-    def max_request_bytes(self, inputs: int) -> int:
-        """Return the largest request body accepted when a model takes ``inputs`` images."""
-        return request_bytes_limit(self.max_frame_bytes, inputs)
-
-    def body_deadline(self, length: int) -> float:
-        """Seconds a body of ``length`` bytes may take to arrive, at most."""
-        return min(self.request_timeout, self.header_timeout + length / self.min_transfer_rate)
-
-
-@dataclass(frozen=True, kw_only=True)
-class MLClientDoorSettings(DoorSettings):
-    """The MLClient door's settings: :class:`DoorSettings` and who it admits.
-
-    Attributes:
-        allow: the networks whose clients it serves; others are refused at accept (the
-            protocol carries no credentials). Default: loopback only.
-        max_request_images: images one inference request may carry.
-    """
-
-    allow: tuple[Network, ...] = LOOPBACK_NETWORKS
-    max_request_images: int = DEFAULT_MAX_REQUEST_IMAGES
-
-
-@dataclass(frozen=True, kw_only=True)
-class HttpDoorSettings(DoorSettings):
-    """The HTTP door's settings: :class:`DoorSettings`, authentication, TLS and batches.
-
-    Attributes:
-        tokens_file: the token store (:mod:`frameserve.serve.auth`); every request but
-            ``/v2/health/*`` then needs a valid bearer token. ``None``: no authentication.
-        tls_cert, tls_key: PEM files; when given, the door speaks HTTPS only.
-        max_batch_frames: frames one inference request may carry (a ``[N, H, W, C]`` batch).
-    """
-
-    tokens_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    max_batch_frames: int = DEFAULT_MAX_BATCH_FRAMES
-
-
-def is_loopback(host: str) -> bool:
-    """Whether listening on ``host`` keeps a door to this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +119,12 @@ class ServerSettings:
         mlclient_allow: networks the MLClient door serves (CIDR text, ``"10.1.0.0/16"``);
             empty: loopback only.
         tls_cert, tls_key: PEM certificate and key: the HTTP door speaks HTTPS.
+        mlclient_models: model ids or globs the MLClient door (``port``) lists to the node and
+            runs, in menu order; ``("*",)``: every model the node can run.
+        mlclient_doors: more MLClient doors sharing the engine, each ``(port, patterns)``.
+        mlclient_info_bytes: the most bytes a door's info reply (the node's model menu) may
+            take; models past it are left out, with a warning. 1,448: one TCP segment on
+            Ethernet; raise it only on a network with jumbo frames.
         isolation: run models from model folders (the built-ins included) in worker
             processes, one per model version, so that a model that hangs, crashes or leaks
             memory takes only its own requests down (:mod:`frameserve.engine.workers`);
@@ -254,6 +174,9 @@ class ServerSettings:
     mlclient_allow: tuple[str, ...] = field(default_factory=tuple)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    mlclient_models: tuple[str, ...] = ("*",)
+    mlclient_doors: tuple[tuple[int, tuple[str, ...]], ...] = field(default_factory=tuple)
+    mlclient_info_bytes: int = SEGMENT_BYTES
     isolation: bool = True
     model_timeout: float = 600.0
     worker_memory_bytes: int | None = None
@@ -265,6 +188,18 @@ class ServerSettings:
         object.__setattr__(self, "jobs_folder", Path(self.jobs_folder).expanduser())
         object.__setattr__(self, "data_roots", tuple(_data_root(p) for p in self.data_roots))
         object.__setattr__(self, "mlclient_allow", tuple(self.mlclient_allow))
+        object.__setattr__(
+            self, "mlclient_models", check_patterns(self.mlclient_models, "--mlclient-models")
+        )
+        object.__setattr__(
+            self,
+            "mlclient_doors",
+            tuple(
+                (port, check_patterns(patterns, f"--mlclient-door {port}="))
+                for port, patterns in self.mlclient_doors
+            ),
+        )
+        self._check_door_ports()
         for name in ("tokens_file", "tls_cert", "tls_key"):
             value = getattr(self, name)
             if value is not None:
@@ -293,6 +228,7 @@ class ServerSettings:
             "max_table_bytes",
             "max_job_bytes",
             "max_crashes",
+            "mlclient_info_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -377,7 +313,38 @@ class ServerSettings:
             **self._door(self.port),
             allow=self.mlclient_networks(),
             max_request_images=self.max_request_images,
+            models=self.mlclient_models,
+            info_bytes=self.mlclient_info_bytes,
         )
+
+    def extra_mlclient_doors(self) -> list[MLClientDoorSettings]:
+        """Return the settings of the extra MLClient doors (``--mlclient-door``), in order."""
+        return [
+            MLClientDoorSettings(
+                **self._door(port),
+                allow=self.mlclient_networks(),
+                max_request_images=self.max_request_images,
+                models=patterns,
+                info_bytes=self.mlclient_info_bytes,
+                name=",".join(patterns),
+            )
+            for port, patterns in self.mlclient_doors
+        ]
+
+    def _check_door_ports(self) -> None:
+        ports = [self.port, *(port for port, _ in self.mlclient_doors)]
+        if self.http_port is not None:
+            ports.append(self.http_port)
+        for port in ports:
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"port {port} is outside 0..65535")
+        taken = [port for port in ports if port != 0]
+        for port in sorted(set(taken)):
+            if taken.count(port) > 1:
+                raise ConfigError(
+                    f"port {port} is given to two doors (--port, --http-port, --mlclient-door); "
+                    "each door needs a port of its own"
+                )
 
     def http_door(self) -> HttpDoorSettings | None:
         """Return the settings of the HTTP door (``host:http_port``); ``None``: no HTTP."""

@@ -96,7 +96,9 @@ class PersonMatte(Model):
     )
     inputs = (
         ImageSpec("image", channels=3),
-        ImageSpec("hints", channels=2, channel_names=("include", "exclude"), optional=True),
+        ImageSpec(
+            "hints", channels=3, channel_names=("include", "exclude", "unused"), optional=True
+        ),
     )
     outputs = (ImageSpec("image", channels=4),)
     colourspace_in = "srgb"

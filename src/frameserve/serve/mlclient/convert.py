@@ -1,7 +1,5 @@
 """Translation between MLClient messages and frameserve's own types.
 
-- model declarations → ``Model`` messages for the info reply (every option carries exactly one
-  value, its default; a choice knob is a string option, plus an ``mc_options`` entry);
 - the ``Model`` of an inference request → the knob values it sent;
 - wire images (float32 little-endian, planar, rows bottom to top) ↔ internal frames
   (float32 ``(C, H, W)`` tensors, top row first);
@@ -19,8 +17,8 @@ import torch
 
 from frameserve.errors import FrameError, KnobError
 from frameserve.plugin.frames import MAX_DIMENSION
-from frameserve.plugin.knobs import KNOB_KINDS, ChoiceKnob, KnobSpec
-from frameserve.plugin.model import MAX_CHANNELS, ModelSpec
+from frameserve.plugin.knobs import KNOB_KINDS
+from frameserve.plugin.model import MAX_CHANNELS
 from frameserve.plugin.results import ResultObject
 from frameserve.serve.mlclient import messages as pb
 from frameserve.serve.mlclient.wirecodec import WireImage, WirePixels
@@ -29,7 +27,6 @@ __all__ = [
     "check_wire_image",
     "frame_from_wire",
     "frame_to_wire",
-    "model_message",
     "object_message",
     "sent_knobs",
 ]
@@ -41,29 +38,6 @@ _COPY_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlclient-copy
 _OPTION_LISTS = tuple(
     dict.fromkeys((f"{cls.wire_kind}_options", cls.wire_kind) for cls in KNOB_KINDS.values())
 )
-
-
-def model_message(spec: ModelSpec, *, label: str | None = None) -> Any:
-    """Return the ``Model`` message that describes ``spec`` in an info reply.
-
-    ``label`` replaces the model's own (the server adds the version to it).
-    """
-    message = pb.Model(name=spec.id, label=spec.label if label is None else label)
-    for image in spec.inputs:
-        message.inputs.add(name=image.name, channels=image.channels)
-    for image in spec.outputs:
-        message.outputs.add(name=image.name, channels=image.channels)
-    for knob in spec.knobs:
-        _add_option(message, knob)
-    return message
-
-
-def _add_option(message: Any, knob: KnobSpec) -> None:
-    """Add ``knob`` to ``message`` as the option its kind travels as (``knob.wire_kind``)."""
-    getattr(message, f"{knob.wire_kind}_options").add(name=knob.name, values=[knob.default])
-    if isinstance(knob, ChoiceKnob):
-        # The node ignores mc_options: the string option is what artists edit.
-        message.mc_options.add(name=knob.name, value=knob.default, choices=knob.choices)
 
 
 def sent_knobs(model: Any) -> dict[str, object]:

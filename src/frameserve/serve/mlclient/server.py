@@ -17,6 +17,11 @@ the cache without converting a frame.
 the newest version of each model. Where that is not the only version ``"1"`` — the model has
 several versions, or declares another — the menu label says which: ``Gaussian Blur (v2)``.
 
+**The menu.** Each door lists the models its ``settings.models`` patterns choose, that the
+node can run, within one TCP segment (:mod:`frameserve.serve.mlclient.menu`); it runs only
+models its patterns match. At start the door logs its menu's size, and it warns whenever
+models are left out because the menu would not fit.
+
 **Who gets in, and for how long.** The protocol carries no credentials, so the door serves
 only the networks in ``settings.allow`` (loopback unless the TD lists others): a connection
 from elsewhere is reset at accept, without a reply (:mod:`frameserve.serve.net.listener`).
@@ -63,7 +68,6 @@ from frameserve.serve.mlclient.convert import (
     check_wire_image,
     frame_from_wire,
     frame_to_wire,
-    model_message,
     object_message,
     sent_knobs,
 )
@@ -72,6 +76,7 @@ from frameserve.serve.mlclient.framing import (
     parse_request_header,
     reply_header,
 )
+from frameserve.serve.mlclient.menu import Menu, build_menu, node_can_run, patterns_match
 from frameserve.serve.mlclient.wirecodec import (
     DecodedRequest,
     RequestKind,
@@ -116,8 +121,9 @@ class MLClientServer(FrontDoor):
     def __init__(self, *, engine: Engine, settings: MLClientDoorSettings) -> None:
         self.engine = engine
         self.settings = settings
+        self._warned_left_out: tuple[str, ...] = ()
         super().__init__(
-            name="MLClient protocol",
+            name="MLClient protocol" if settings.name is None else f"MLClient {settings.name!r}",
             host=settings.host,
             port=settings.port,
             max_connections=settings.max_connections,
@@ -228,15 +234,54 @@ class MLClientServer(FrontDoor):
             ) from None
         return body
 
+    def start(self) -> None:
+        """Listen, then log what the node's menu lists here and in how many bytes."""
+        super().start()
+        menu = self.menu()
+        log.info(
+            "%s door (port %d) lists %d model(s) in %d bytes (at most %d): %s",
+            self.name,
+            self.address[1],
+            len(menu.listed),
+            len(menu.reply),
+            self.settings.info_bytes,
+            ", ".join(menu.listed) or "none",
+        )
+        if menu.unfit:
+            log.info(
+                "%s door: not listed, their outputs are not the size of their inputs (the node "
+                "cannot take them; they serve on HTTP and 'frameserve run'): %s",
+                self.name,
+                ", ".join(menu.unfit),
+            )
+        unmatched = [p for p in self.settings.models if not _matches_any(p, menu)]
+        if unmatched:
+            log.warning(
+                "%s door: pattern(s) %s match no model (yet)", self.name, ", ".join(unmatched)
+            )
+
+    def menu(self) -> Menu:
+        """Return the node's menu as this door offers it now; warn when models are left out."""
+        menu = build_menu(
+            self.engine.models(), patterns=self.settings.models, budget=self.settings.info_bytes
+        )
+        if menu.left_out and menu.left_out != self._warned_left_out:
+            log.warning(
+                "%s door: %d model(s) left out of the node's menu (%s): the menu would take %d "
+                "bytes, more than the %d the node reads in its single recv (one TCP segment); "
+                "choose what this port lists with --mlclient-models PATTERN..., or give other "
+                "models ports of their own with --mlclient-door PORT=PATTERN,...",
+                self.name,
+                len(menu.left_out),
+                ", ".join(menu.left_out),
+                menu.wanted_bytes,
+                self.settings.info_bytes,
+            )
+        self._warned_left_out = menu.left_out
+        return menu
+
     def _answer_info(self, conn: socket.socket) -> None:
-        models = [
-            model_message(entry.spec, label=label)
-            for entry, label in _menu_entries(self.engine.models())
-        ]
-        reply = pb.RespondWrapper(info=True, r1=pb.RespondInfo(num_models=len(models)))
-        reply.r1.models.extend(models)
-        body = reply.SerializeToString()
-        conn.sendall(reply_header(len(body)) + body)  # one write: the node reads it in one recv
+        conn.sendall(self.menu().reply)  # one write: the node reads it in one recv
 
     def _inference_request(
         self, body: np.ndarray, decoded: DecodedRequest, exchange: _Exchange
@@ -257,7 +302,18 @@ class MLClientServer(FrontDoor):
         except Exception as exc:  # the protobuf runtime's DecodeError
             raise ProtocolError(f"the request's model message is not valid: {exc}") from None
         exchange.model = model.name or "-"
+        if not patterns_match(model.name, self.settings.models):
+            raise RequestError(
+                f"model {model.name!r} is not served on this port; its models: "
+                f"{', '.join(self.settings.models)}"
+            )
         entry = self.engine.model(model.name)
+        if not node_can_run(entry.spec):
+            raise RequestError(
+                f"model {entry.id!r} makes outputs {entry.spec.output_scale}x the size of its "
+                "inputs, which the MLClient node cannot take; run it over HTTP or with "
+                "'frameserve run'"
+            )
         limit = self.settings.max_frame_bytes
         for index, image in enumerate(decoded.images):
             if image.nbytes > limit:
@@ -371,23 +427,9 @@ class MLClientServer(FrontDoor):
         )
 
 
-def _menu_entries(available: list[ModelEntry]) -> list[tuple[ModelEntry, str]]:
-    """Return the newest version of each model, with the label the node's menu shows.
-
-    The label names the version (``"Gaussian Blur (v2)"``) unless the model has one version,
-    ``"1"``. ``available`` is every loaded version, oldest first (one registry snapshot).
-    """
-    versions: dict[str, list[ModelEntry]] = {}
-    for entry in available:
-        versions.setdefault(entry.id, []).append(entry)
-    menu = []
-    for entries in versions.values():
-        newest = entries[-1]
-        label = newest.spec.label
-        if len(entries) > 1 or newest.version != "1":
-            label = f"{label} (v{newest.version})"
-        menu.append((newest, label))
-    return menu
+def _matches_any(pattern: str, menu: Menu) -> bool:
+    ids = (*menu.listed, *menu.left_out, *menu.unfit)
+    return any(patterns_match(model_id, (pattern,)) for model_id in ids)
 
 
 def _drain(conn: socket.socket) -> None:

@@ -28,7 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from frameserve.serve.settings import Network
+from frameserve.errors import ConfigError
+from frameserve.serve.door_settings import Network
 
 __all__ = ["ConnectionListener", "FrontDoor", "address_allowed"]
 
@@ -170,16 +171,24 @@ class ConnectionListener:
         return self._per_address.total()
 
     def start(self) -> None:
-        """Bind, listen and accept on a background thread."""
+        """Bind, listen and accept on a background thread.
+
+        Raises:
+            ConfigError: the address cannot be listened on (in use, not this machine's, a
+                port below 1024 without the right); the message names the door and port.
+        """
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((self._host, self._port))
             listener.listen(128)
-        except OSError:
+        except OSError as exc:
             listener.close()
-            raise
+            raise ConfigError(
+                f"cannot listen on {self._host}:{self._port} for the {self.name}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         listener.settimeout(0.2)
         self._listener = listener
         self._thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept")
@@ -313,6 +322,11 @@ class FrontDoor:
             max_connections_per_address=max_connections_per_address,
             allow=allow,
         )
+
+    @property
+    def name(self) -> str:
+        """What log lines and errors call this door ("MLClient protocol", "HTTP API")."""
+        return self._listener.name
 
     @property
     def address(self) -> tuple[str, int]:
