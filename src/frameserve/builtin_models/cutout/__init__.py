@@ -1,0 +1,1 @@
+"""Built-in model folder: salient-object cut-out matte (U²-Netp)."""
