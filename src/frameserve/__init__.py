@@ -18,6 +18,7 @@ from frameserve.plugin.knobs import (
     KnobValues,
     StringKnob,
 )
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, ModelSpec, Prediction, SpatialNeeds
 from frameserve.plugin.results import ResultObject, python_script
 
@@ -39,6 +40,7 @@ __all__ = [
     "ResultObject",
     "SpatialNeeds",
     "StringKnob",
+    "WeightsLicence",
     "__version__",
     "python_script",
 ]

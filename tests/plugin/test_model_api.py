@@ -269,6 +269,8 @@ def test_a_good_declaration_gives_its_spec() -> None:
         "output_scale": 1,
         "timeout_s": None,
         "memory_limit_mb": None,
+        "weights": None,  # undeclared
+        "commercial_use": False,
     }
 
 

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from frameserve.networks.vdsr import RECEPTIVE_RADIUS, VDSR, load_vdsr
 from frameserve.plugin.knobs import FloatKnob, KnobValues
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, SpatialNeeds
 from frameserve.weights import shipped_weights_path
 
@@ -198,6 +199,14 @@ class VDSRUpscale(Model):
     """
 
     output_scale: ClassVar[int] = 2
+    weights = (
+        WeightsLicence(
+            name="VDSR",
+            licence="MIT",
+            source="github.com/twtygqyy/pytorch-vdsr (model_epoch_50.pth)",
+            commercial=True,
+        ),
+    )
     inputs = (ImageSpec("image", channels=3),)
     outputs = (ImageSpec("image", channels=3),)
     colourspace_in = "srgb"

@@ -15,10 +15,12 @@ code that lists them takes :data:`CatalogueEntry` and tells the two apart with `
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeAlias
 
 from frameserve.errors import ConfigError
+from frameserve.plugin.licences import commercial_refusal
 from frameserve.plugin.model import Model, ModelSpec
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "FailedModel",
     "ModelEntry",
     "declared_version",
+    "refuse_uncleared",
     "version_order",
 ]
 
@@ -159,3 +162,24 @@ def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(
         (0, int(part)) if part.isdigit() else (1, part) for part in _VERSION_PARTS.findall(version)
     )
+
+
+def refuse_uncleared(entries: Sequence[CatalogueEntry]) -> list[CatalogueEntry]:
+    """``entries``, each model whose weights are not cleared for commercial use turned into a
+    :class:`FailedModel` saying why (``--commercial-only``)."""
+    cleared: list[CatalogueEntry] = []
+    for entry in entries:
+        reason = None if isinstance(entry, FailedModel) else commercial_refusal(entry.spec.weights)
+        if reason is None:
+            cleared.append(entry)
+        else:
+            cleared.append(
+                FailedModel(
+                    id=entry.id,
+                    source=entry.source,
+                    version=entry.version,
+                    error=reason,
+                    builtin=entry.builtin,
+                )
+            )
+    return cleared

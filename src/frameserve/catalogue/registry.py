@@ -57,6 +57,7 @@ from frameserve.catalogue.entries import (
     FailedModel,
     ModelEntry,
     declared_version,
+    refuse_uncleared,
     version_order,
 )
 from frameserve.catalogue.folders import (
@@ -119,12 +120,20 @@ class ModelRegistry:
     Reading is thread-safe and never waits for a reload; changes are made one at a time.
     """
 
-    def __init__(self, folders: Iterable[str | os.PathLike[str]] = (), *, builtins: bool = True):
+    def __init__(
+        self,
+        folders: Iterable[str | os.PathLike[str]] = (),
+        *,
+        builtins: bool = True,
+        commercial_only: bool = False,
+    ):
         unique: dict[Path, Path] = {}
         for folder in map(Path, folders):  # the same folder named twice is scanned once
             unique.setdefault(folder.resolve(), folder)
         roots = [(BUILTIN_FOLDER, True)] if builtins else []
         self._roots = roots + [(folder, False) for folder in unique.values()]
+        #: Models whose weights are not cleared for commercial use are listed as failed.
+        self.commercial_only = commercial_only
         self._change_lock = threading.RLock()
         self._loaded: dict[Path, LoadedFolder] = {}
         self._providers: dict[str, _Provider] = {}
@@ -328,6 +337,8 @@ class ModelRegistry:
             (str(loaded.source.group), loaded.entries) for loaded in self._loaded.values()
         ]
         groups += [(f"provider {name}", p.current) for name, p in self._providers.items()]
+        if self.commercial_only:
+            groups = [(owner, refuse_uncleared(items)) for owner, items in groups]
         snapshot, clashes = _merge(groups)
         known = self._clashes
         self._clashes = {(e.id, e.version, e.source, e.error) for e in clashes}

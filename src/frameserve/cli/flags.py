@@ -18,7 +18,8 @@ __all__ = ["add_model_flags", "setting_default"]
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, where: str = "") -> None:
-    """Add ``--models DIR`` (repeatable), ``--no-builtins`` and ``-v/--verbose``.
+    """Add ``--models DIR`` (repeatable), ``--no-builtins``, ``--commercial-only`` and
+    ``-v/--verbose``.
 
     ``where`` qualifies the model flags in the help, e.g. ``"local runs"``.
     """
@@ -31,6 +32,12 @@ def add_model_flags(parser: argparse.ArgumentParser, *, where: str = "") -> None
         help=f"a folder of models (repeatable; ${MODELS_ENV} adds more{note})",
     )
     parser.add_argument("--no-builtins", action="store_true", help="leave out the built-in models")
+    parser.add_argument(
+        "--commercial-only",
+        action="store_true",
+        help="refuse every model whose weights are not declared cleared for commercial use "
+        "(listed as failed, with the reason)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 

@@ -23,6 +23,7 @@ from frameserve.cli.token import add_token_parser
 from frameserve.cli.train import add_train_parsers
 from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError, FrameServeError
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec
 
 __all__ = ["main"]
@@ -104,7 +105,9 @@ def _configure_logging(*, verbose: bool, default: int) -> None:
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
     folders = [*args.models, *model_folders_from_env()]
-    return ModelRegistry(folders, builtins=not args.no_builtins)
+    return ModelRegistry(
+        folders, builtins=not args.no_builtins, commercial_only=args.commercial_only
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -144,6 +147,7 @@ def _entry_text(entry: CatalogueEntry) -> str:
     lines.append("    outputs: " + ", ".join(_image_text(o) for o in spec.outputs))
     if spec.output_scale > 1:
         lines.append(f"    output scale: x{spec.output_scale}")
+    lines += _weights_lines(spec.weights)
     for knob in spec.knobs:
         info = knob.describe()
         bounds = ""
@@ -156,6 +160,21 @@ def _entry_text(entry: CatalogueEntry) -> str:
             f"    knob {knob.name}: {knob.kind} = {knob.default!r}{bounds}  {knob.help}".rstrip()
         )
     return "\n".join(lines) + "\n"
+
+
+def _weights_lines(weights: tuple[WeightsLicence, ...] | None) -> list[str]:
+    if weights is None:
+        return ["    weights: licence not declared (not cleared for commercial use)"]
+    if not weights:
+        return ["    weights: none (no learned weights); commercial use: yes"]
+    lines = []
+    for item in weights:
+        use = "yes" if item.commercial else "NO"
+        lines.append(f"    weights: {item.name}; {item.licence}; commercial use: {use}")
+        lines.append(f"      from: {item.source}")
+        if item.note:
+            lines.append(f"      {item.note}")
+    return lines
 
 
 def _infer(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ from frameserve.media.sequences import FramePattern, format_frames, parse_frames
 from frameserve.plugin.model import ModelSpec
 from frameserve.shots.backends import (
     DEFAULT_SERVER_TIMEOUT,
+    DEFAULT_SERVER_WAIT,
     Backend,
     LocalBackend,
     ServerBackend,
@@ -206,6 +207,14 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         f"(default {DEFAULT_SERVER_TIMEOUT:g})",
     )
     run.add_argument(
+        "--wait",
+        type=float,
+        default=DEFAULT_SERVER_WAIT,
+        metavar="SECONDS",
+        help="with --server: how long to wait for a server that went away (a restart) to come "
+        f"back before a frame fails (default {DEFAULT_SERVER_WAIT:g})",
+    )
+    run.add_argument(
         "--device", help=f"torch device to run the model on (local runs; default {AUTO})"
     )
     add_token_flag(run)
@@ -260,7 +269,9 @@ def _stop_on_sigterm() -> Iterator[None]:
 def _backend(args: argparse.Namespace) -> Backend:
     if args.server is None:
         registry = ModelRegistry(
-            [*args.models, *model_folders_from_env()], builtins=not args.no_builtins
+            [*args.models, *model_folders_from_env()],
+            builtins=not args.no_builtins,
+            commercial_only=args.commercial_only,
         )
         return LocalBackend(registry, device=args.device or AUTO)
     ignored = [
@@ -269,12 +280,13 @@ def _backend(args: argparse.Namespace) -> Backend:
             ("--device", args.device is not None),
             ("--models", bool(args.models)),
             ("--no-builtins", args.no_builtins),
+            ("--commercial-only", args.commercial_only),
         )
         if given
     ]
     if ignored:
         log.warning("%s: ignored with --server (the server has its own)", ", ".join(ignored))
-    return ServerBackend(args.server, timeout=args.timeout, token=args.token)
+    return ServerBackend(args.server, timeout=args.timeout, token=args.token, wait=args.wait)
 
 
 def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:

@@ -318,6 +318,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         http_port=args.http_port or None,
         model_folders=tuple(Path(p) for p in args.models),
         builtin_models=not args.no_builtins,
+        commercial_only=args.commercial_only,
         device=args.device,
         model_memory_budget_bytes=(
             None if args.memory_budget_mb is None else args.memory_budget_mb << 20

@@ -67,6 +67,12 @@ import torch
 
 from frameserve.errors import ConfigError
 from frameserve.plugin.knobs import KnobSpec, KnobValues, check_knob_specs
+from frameserve.plugin.licences import (
+    WeightsLicence,
+    check_weights,
+    cleared_for_commercial_use,
+    describe_weights,
+)
 from frameserve.plugin.results import ResultObject
 
 __all__ = ["SCENE_LINEAR", "ImageSpec", "Model", "ModelSpec", "Prediction", "SpatialNeeds"]
@@ -212,6 +218,7 @@ class ModelSpec:
     output_scale: int = 1
     timeout_s: float | None = None
     memory_limit_mb: int | None = None
+    weights: tuple[WeightsLicence, ...] | None = None
 
     @property
     def required_inputs(self) -> tuple[ImageSpec, ...]:
@@ -257,6 +264,8 @@ class ModelSpec:
             "output_scale": self.output_scale,
             "timeout_s": self.timeout_s,
             "memory_limit_mb": self.memory_limit_mb,
+            "weights": describe_weights(self.weights),
+            "commercial_use": cleared_for_commercial_use(self.weights),
         }
 
 
@@ -306,6 +315,8 @@ class Model:
             past it the worker is stopped and its requests fail with
             :class:`~frameserve.errors.ModelCrashedError`. ``None``: the server's
             ``--worker-memory-mb``; a TD's explicit ``--worker-memory-mb`` also caps it.
+        weights: the learned weights the model runs and their licences
+            (:mod:`frameserve.plugin.licences`); ``()`` for none, ``None``: undeclared.
     """
 
     id: ClassVar[str] = ""
@@ -326,6 +337,7 @@ class Model:
     output_scale: ClassVar[int] = 1
     timeout_s: ClassVar[float | None] = None
     memory_limit_mb: ClassVar[int | None] = None
+    weights: ClassVar[Sequence[WeightsLicence] | None] = None
 
     def setup(self, device: torch.device) -> None:
         """Load weights and build networks on ``device``; runs once, on first use."""
@@ -433,6 +445,7 @@ class Model:
             output_scale=scale,
             timeout_s=None if timeout is None else float(timeout),
             memory_limit_mb=memory,
+            weights=check_weights(cls.weights, owner=owner),
         )
 
 

@@ -14,7 +14,7 @@ and scheduler, and over them the one
 :class:`~frameserve.engine.engine.Engine` that the front doors (MLClient, HTTP) are given,
 each with its own :class:`~frameserve.serve.settings.DoorSettings`. The doors only translate
 their wire formats; they never hold the registry or scheduler. The HTTP door is built with its
-routes: the inference API and the training API over :class:`TrainingJobs`. Unless
+routes: the inference API, the training API over :class:`TrainingJobs` and the dashboard. Unless
 ``settings.reload_interval`` is ``None``, a :class:`~frameserve.catalogue.watcher.ModelWatcher`
 reloads model folders that are added, changed or removed while the server runs.
 """
@@ -38,6 +38,7 @@ from frameserve.engine.workers.host import InProcessHost, ModelHost
 from frameserve.engine.workers.processes import ProcessHost
 from frameserve.errors import ConfigError
 from frameserve.serve.auth.tokens import TokenStore
+from frameserve.serve.dashboard import Dashboard
 from frameserve.serve.http.api import InferenceApi
 from frameserve.serve.http.server import HttpServer
 from frameserve.serve.http.training_api import TrainingApi
@@ -57,7 +58,11 @@ class FrameServer:
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings()
         folders = [*self.settings.model_folders, *model_folders_from_env()]
-        self.registry = ModelRegistry(folders, builtins=self.settings.builtin_models)
+        self.registry = ModelRegistry(
+            folders,
+            builtins=self.settings.builtin_models,
+            commercial_only=self.settings.commercial_only,
+        )
         colour = ColourManager(self.settings.ocio) if self.settings.ocio else None
         runner = Runner(
             self.registry,
@@ -95,6 +100,8 @@ class FrameServer:
             for door in self.settings.extra_mlclient_doors()
         ]
         self.http: HttpServer | None = None
+        #: The web dashboard at ``/`` of the HTTP door (issue 17).
+        self.dashboard = Dashboard(self.engine, self.jobs, device=self.settings.device)
         http_door = self.settings.http_door()
         if http_door is not None:
             routes = [
@@ -105,6 +112,7 @@ class FrameServer:
                     max_frame_pixels=http_door.max_frame_pixels,
                 ),
                 TrainingApi(self.jobs),
+                self.dashboard,
             ]
             tokens = TokenStore(http_door.tokens_file) if http_door.tokens_file else None
             self.http = HttpServer(http_door, engine=self.engine, routes=routes)
@@ -182,6 +190,7 @@ class FrameServer:
         if self.watcher is not None:
             self.watcher.close()
         self.jobs.close()
+        self.dashboard.close()  # its event streams end within a tick
         if self.http is not None:
             self.http.close()
         for door in self.mlclient_doors:

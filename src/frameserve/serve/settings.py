@@ -78,6 +78,8 @@ class ServerSettings:
             serves no HTTP.
         model_folders: model folders besides the built-ins (and ``$FRAMESERVE_MODELS``).
         builtin_models: whether to serve the built-in models.
+        commercial_only: refuse (list as failed, with the reason) every model whose weights
+            are not declared cleared for commercial use (:mod:`frameserve.plugin.licences`).
         device: torch device models run on: ``"auto"`` (a CUDA GPU when there is one, else
             the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         model_memory_budget_bytes: memory loaded models may hold before the least recently
@@ -145,6 +147,7 @@ class ServerSettings:
     http_port: int | None = 8000
     model_folders: tuple[Path, ...] = field(default_factory=tuple)
     builtin_models: bool = True
+    commercial_only: bool = False
     device: str = "auto"
     model_memory_budget_bytes: int | None = None
     ocio: str | None = None

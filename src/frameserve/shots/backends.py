@@ -30,8 +30,11 @@ Only :class:`ServerBackend` imports the HTTP client, and only when one is made.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, cast
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +49,7 @@ from frameserve.plugin.model import ImageSpec, ModelSpec
 
 __all__ = [
     "DEFAULT_SERVER_TIMEOUT",
+    "DEFAULT_SERVER_WAIT",
     "Backend",
     "Frame",
     "LocalBackend",
@@ -53,9 +57,15 @@ __all__ = [
     "knob_spec_from_config",
 ]
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a :class:`ServerBackend` waits for one frame's answer unless told otherwise.
 DEFAULT_SERVER_TIMEOUT = 600.0
+#: Seconds a :class:`ServerBackend` waits for a server that went away (a restart) to come back.
+DEFAULT_SERVER_WAIT = 120.0
+#: First pause between two tries while the server is away; it doubles up to the last.
+_WAIT_PAUSES = (0.5, 1.0, 2.0, 4.0, 5.0)
 
 Frame = npt.NDArray[np.float32]
 """A frame as a backend takes and gives it: float32 ``(H, W, C)``, top row first (interleaved,
@@ -144,6 +154,13 @@ class ServerBackend:
         backend = ServerBackend("http://render7:8000", timeout=600.0, token="fs_...")
 
     ``token``: the server's bearer token (``None``: ``$FRAMESERVE_TOKEN``, if set).
+
+    **Riding out a restart.** When the server cannot be reached (connection refused or
+    dropped), drops a request before answering it, or answers 503 (shutting down, a model's
+    worker restarting), a frame is tried again, with pauses from 0.5 s up to 5 s, for up to
+    ``wait`` seconds from the first failure; the backend logs once that it is waiting and once
+    that the server is back. Inference is repeatable, so trying a frame again is safe. A
+    frame that times out (``timeout``: the server is there but slow) is not tried again.
     """
 
     def __init__(
@@ -153,11 +170,15 @@ class ServerBackend:
         timeout: float = DEFAULT_SERVER_TIMEOUT,
         retries: int = 2,
         token: str | None = None,
+        wait: float = DEFAULT_SERVER_WAIT,
     ) -> None:
         from frameserve.client import Client  # only a server run needs the HTTP client
 
         self.url = url
+        self.wait = wait
         self._client = Client(url, timeout=timeout, retries=retries, token=token)
+        self._away_since: float | None = None  # when the server went away, while it is away
+        self._lock = threading.Lock()
 
     def describe(self, model: str) -> ModelSpec:
         """Ask the server for the declaration of ``model``."""
@@ -186,10 +207,60 @@ class ServerBackend:
         A C-contiguous float32 frame is sent from its own memory; the output frames are views
         of the answer's body.
         """
+        from frameserve.client import InferResult
+
         values = cast("Mapping[str, KnobValue]", knobs)  # checked by the knob specs
-        result = self._client.infer(model, dict(frames), knobs=values, colourspace=colourspace)
+
+        def call() -> InferResult:
+            return self._client.infer(model, dict(frames), knobs=values, colourspace=colourspace)
+
+        result = self._riding_out(call)
         outputs = {name: _float32(frame) for name, frame in result.frames.items()}
         return outputs, [dict(obj) for obj in result.objects]
+
+    def _riding_out(self, call: Callable[[], T]) -> T:
+        """Return ``call()``, trying again while the server is away, up to ``wait`` seconds."""
+        from frameserve.client import RequestTimeout, ServiceUnavailableError, TransportError
+
+        pauses = iter(_WAIT_PAUSES)
+        pause = next(pauses)
+        while True:
+            try:
+                answer = call()
+            except (TransportError, ServiceUnavailableError) as exc:
+                if isinstance(exc, RequestTimeout):
+                    raise
+                away = self._went_away(exc)
+                left = away + self.wait - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(pause, left))
+                pause = next(pauses, pause)
+                continue
+            self._came_back()
+            return answer
+
+    def _went_away(self, exc: Exception) -> float:
+        with self._lock:
+            if self._away_since is None:
+                self._away_since = time.monotonic()
+                log.warning(
+                    "server %s is away (%s); waiting up to %g s for it to come back (--wait)",
+                    self.url,
+                    exc,
+                    self.wait,
+                )
+            return self._away_since
+
+    def _came_back(self) -> None:
+        with self._lock:
+            if self._away_since is not None:
+                log.warning(
+                    "server %s is back after %.1f s; carrying on",
+                    self.url,
+                    time.monotonic() - self._away_since,
+                )
+                self._away_since = None
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -44,6 +44,7 @@ from torch import nn
 from frameserve.errors import ConfigError, KnobError
 from frameserve.media.atomic import write_bytes_atomically
 from frameserve.plugin.knobs import ButtonKnob, ChoiceKnob, KnobSpec, KnobValues, StringKnob
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, Prediction, SpatialNeeds
 from frameserve.plugin.results import ResultObject, python_script
 from frameserve.training import checkpoints
@@ -267,6 +268,16 @@ class _TrainedModel(Model):
     """Loads the chosen checkpoint's network on first use and keeps the last few loaded."""
 
     job_dir: ClassVar[Path]
+    weights = (
+        WeightsLicence(
+            name="trained by this job",
+            licence="the studio's own",
+            source="frameserve training from the job's example frames",
+            commercial=True,
+            note="the weights learnt only from the frames the job was given; their owner "
+            "decides how they are used",
+        ),
+    )
 
     def setup(self, device: torch.device) -> None:
         self._device = device

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds
+from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds, WeightsLicence
 from frameserve.errors import ModelSetupError
 from frameserve.networks.motion_blur import PATH_CODE_CHANNELS, path_code
 from frameserve.networks.restoration import load_restoration_unet, restore_in_range
@@ -52,6 +52,14 @@ class Deblur(Model):
     """Removes the motion blur of a path the artist describes (see the module docstring)."""
 
     id = "deblur"
+    weights = (
+        WeightsLicence(
+            name="frameserve deblur U-Net",
+            licence="Apache-2.0",
+            source="trained by frameserve (scripts/train_deblur.py) on scikit-image sample photos",
+            commercial=True,
+        ),
+    )
     label = "Deblur"
     description = (
         "Removes motion blur (camera shake) along a path you describe: its length (up to 16 "

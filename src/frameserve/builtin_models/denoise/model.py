@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds
+from frameserve import FloatKnob, ImageSpec, KnobValues, Model, SpatialNeeds, WeightsLicence
 from frameserve.errors import ModelSetupError
 from frameserve.networks.dncnn import load_dncnn
 from frameserve.networks.restoration import load_restoration_unet, restore_in_range
@@ -48,6 +48,14 @@ class Denoise(Model):
     """Removes grain and sensor noise (frameserve's network; see the module docstring)."""
 
     id = "denoise"
+    weights = (
+        WeightsLicence(
+            name="frameserve denoise U-Net",
+            licence="Apache-2.0",
+            source="trained by frameserve (scripts/train_denoise.py) on scikit-image sample photos",
+            commercial=True,
+        ),
+    )
     label = "Denoise"
     description = (
         "Removes grain and sensor noise with a compact U-Net frameserve trained on "
@@ -86,6 +94,16 @@ class DenoiseDnCNN(Model):
     """Removes Gaussian noise with the authors' DnCNN weights (see the module docstring)."""
 
     id = "denoise-dncnn"
+    weights = (
+        WeightsLicence(
+            name="DnCNN (your file)",
+            licence="whatever the file's own licence says",
+            source=f"a file the TD names in ${DNCNN_WEIGHTS_ENV}",
+            commercial=False,
+            note="the authors' published DnCNN weights are for non-commercial use only; "
+            "frameserve cannot tell what a TD's file allows, so it is not cleared",
+        ),
+    )
     label = "Denoise (DnCNN, your weights)"
     description = (
         "DnCNN (Zhang et al. 2017) with the authors' published weights, which frameserve does "

@@ -14,6 +14,7 @@ class Difference(Model):
     """Returns (A - B) x gain, or its absolute value: where two plates differ, and by how much."""
 
     id = "difference"
+    weights = ()  # no learned weights
     label = "Difference"
     inputs = (ImageSpec("a", channels=3), ImageSpec("b", channels=3))
     outputs = (ImageSpec("image", channels=3),)

@@ -52,6 +52,7 @@ from torch import nn
 from frameserve.networks.blazeface import KEYPOINT_NAMES, VARIANTS, BlazeFaceDetector
 from frameserve.networks.detection import Detections, plan_scan, scan
 from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, KnobValues
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, Prediction, SpatialNeeds
 from frameserve.plugin.results import FieldValue, Record, ResultObject
 
@@ -95,6 +96,14 @@ class FaceDetect(Model):
     """
 
     id = "face_detect"
+    weights = (
+        WeightsLicence(
+            name="BlazeFace (MediaPipe), front and back models",
+            licence="Apache-2.0",
+            source="github.com/hollance/BlazeFace-PyTorch (converted from MediaPipe)",
+            commercial=True,
+        ),
+    )
     label = "Face Detect (BlazeFace)"
     description = (
         "Face detection: MediaPipe's BlazeFace (Google, Apache-2.0), run over the whole frame "

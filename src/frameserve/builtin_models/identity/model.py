@@ -13,6 +13,7 @@ class Identity(Model):
     """Returns the frame it is given, bit for bit (NaN and Inf included)."""
 
     id = "identity"
+    weights = ()  # no learned weights
     label = "Identity"
     inputs = (ImageSpec("image", channels=3),)
     outputs = (ImageSpec("image", channels=3),)

@@ -31,6 +31,7 @@ class MotionVectors(Model):
     """
 
     id = "motion_vectors"
+    weights = ()  # DIS optical flow (OpenCV): no learned weights
     label = "Motion Vectors"
     description = (
         "Forward and backward motion vectors (Nuke's motion layer: forward.u/v, backward.u/v, "

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from frameserve import ChoiceKnob, FloatKnob, ImageSpec, KnobValues, Model
+from frameserve import ChoiceKnob, FloatKnob, ImageSpec, KnobValues, Model, WeightsLicence
 from frameserve.networks.optical_flow import (
     MOTION_CHANNELS,
     check_same_size,
@@ -47,6 +47,16 @@ class SPyNetMotionVectors(Model):
     """
 
     id = "motion_vectors_spynet"
+    weights = (
+        WeightsLicence(
+            name="SPyNet (your file)",
+            licence="whatever the file's own licence says",
+            source=f"a file the TD names in ${WEIGHTS_VARIABLE}",
+            commercial=False,
+            note="the published SPyNet weights are for non-commercial use only; frameserve "
+            "cannot tell what a TD's file allows, so it is not cleared for commercial use",
+        ),
+    )
     label = "Motion Vectors (SPyNet)"
     description = (
         "Forward and backward motion vectors (Nuke's motion layer: forward.u/v, backward.u/v, "

@@ -49,6 +49,7 @@ from frameserve.networks.extremec3 import load_extremec3
 from frameserve.networks.guided_filter import apply_guided_filter, solve_guided_filter
 from frameserve.networks.sinet import SIZE_MULTIPLE, load_sinet
 from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, IntKnob, KnobValues
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, SpatialNeeds
 from frameserve.weights import shipped_weights_path
 
@@ -87,6 +88,14 @@ class PersonMatte(Model):
     """
 
     id = "person_matte"
+    weights = (
+        WeightsLicence(
+            name="SINet and ExtremeC3Net portrait segmentation",
+            licence="MIT",
+            source="github.com/clovaai/ext_portrait_segmentation (NAVER Corp.)",
+            commercial=True,
+        ),
+    )
     label = "Person Matte"
     description = (
         "Roto of people: SINet or ExtremeC3Net (Park et al., NAVER, MIT) at low resolution, "

@@ -74,6 +74,7 @@ _TOP_KEYS = (
     "description",
     "author",
     "licence",
+    "commercial_use",
     "network",
     "colourspace_in",
     "colourspace_out",
@@ -173,6 +174,7 @@ def _read(path: Path, data: dict[str, Any]) -> Manifest:
         description=top.text("description", ""),
         author=top.text("author", ""),
         licence=top.text("licence", ""),
+        commercial_use=top.flag("commercial_use", None),
         network=network,
         network_format=network_format,
         colourspace_in=top.text(

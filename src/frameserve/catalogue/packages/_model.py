@@ -43,6 +43,7 @@ from frameserve.catalogue.packages._networks import Network, TorchScriptNetwork,
 from frameserve.catalogue.packages._schema import MANIFEST_FILE, InputDecl, KnobDecl, Manifest
 from frameserve.errors import ConfigError, ModelLoadError, ModelRunError
 from frameserve.plugin.knobs import KnobValue, KnobValues
+from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, Prediction
 
 __all__ = ["PackageModel", "load_package_classes", "model_class"]
@@ -102,6 +103,7 @@ def model_class(manifest: Manifest) -> type[PackageModel]:
         "batch_window_ms": manifest.batch_window_ms,
         "timeout_s": manifest.timeout_s,
         "memory_limit_mb": manifest.memory_limit_mb,
+        "weights": _weights(manifest),
         "half_precision": manifest.half_precision,
         "cacheable": manifest.cacheable,
         "temporal_window": manifest.temporal_window,
@@ -110,6 +112,20 @@ def model_class(manifest: Manifest) -> type[PackageModel]:
         "output_scale": manifest.output_scale,
     }
     return cast("type[PackageModel]", type(name, (PackageModel,), attributes))
+
+
+def _weights(manifest: Manifest) -> tuple[WeightsLicence, ...] | None:
+    """The package's weights declaration: undeclared unless it says ``commercial_use``."""
+    if manifest.commercial_use is None:
+        return None
+    return (
+        WeightsLicence(
+            name=f"{manifest.label} ({manifest.network.name})",
+            licence=manifest.licence or "not stated",
+            source=manifest.author or str(manifest.path),
+            commercial=manifest.commercial_use,
+        ),
+    )
 
 
 class PackageModel(Model):

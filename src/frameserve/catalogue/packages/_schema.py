@@ -110,6 +110,7 @@ class Manifest:
     description: str
     author: str
     licence: str
+    commercial_use: bool | None
     network: Path
     network_format: str
     colourspace_in: str
@@ -145,6 +146,7 @@ class Manifest:
             "description": self.description,
             "author": self.author,
             "licence": self.licence,
+            "commercial_use": self.commercial_use,
             "manifest": str(self.path),
             "network": str(self.network),
             "network_format": self.network_format,

@@ -141,15 +141,15 @@ class Table:
 
         return self.get(name, convert, f"a number of at least {low:g}", default)
 
-    def flag(self, name: str, default: bool) -> bool:
-        """Return a boolean (``true`` or ``false``)."""
+    def flag(self, name: str, default: T) -> bool | T:
+        """Return a boolean (``true`` or ``false``); ``default`` when the key is absent."""
 
         def convert(value: object) -> bool | None:
             return value if isinstance(value, bool) else None
 
         if name not in self.data:
             return default
-        return self.get(name, convert, "true or false", default)
+        return self.get(name, convert, "true or false", required=True)
 
 
 def is_int(value: object) -> bool:

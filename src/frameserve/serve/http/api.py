@@ -39,6 +39,7 @@ from frameserve.engine.limits import (
 )
 from frameserve.engine.request import InferenceResult, Priority, build_request
 from frameserve.errors import FrameError, FrameServeError, ProtocolError
+from frameserve.plugin.licences import cleared_for_commercial_use, describe_weights
 from frameserve.plugin.model import ModelSpec
 from frameserve.serve.auth.users import Role
 from frameserve.serve.http.routes import SMALL_BODY, Route, error_response, json_response, only
@@ -219,6 +220,8 @@ class InferenceApi(Route):
                 "platform": "frameserve",
                 "inputs": [_tensor_metadata(i.name, i.channels) for i in spec.inputs],
                 "outputs": [_tensor_metadata(o.name, o.channels) for o in spec.outputs],
+                "weights": describe_weights(spec.weights),
+                "commercial_use": cleared_for_commercial_use(spec.weights),
             },
         )
 
