@@ -34,7 +34,7 @@ STATUSES = [
     (errors.ImageIOError, 500),
     (errors.UserExistsError, 500),  # the token command's own errors: never raised by a route
     (errors.UnknownUserError, 500),
-    (errors.RequestCancelledError, 500),
+    (errors.RequestCancelledError, 503),
     (errors.FrameServeError, 500),
     (ValueError, 500),
 ]

@@ -170,7 +170,9 @@ class HttpServer(FrontDoor):
         except (ClientGone, OSError) as exc:
             log.info("%s %s dropped: %s", client, target, exc)
             return "close"
-        keep_alive = keep_alive and connection.body_done
+        # a door that is closing ends each kept-alive connection after its answer, so a client
+        # reconnects (to the server that replaces this one) instead of asking a closed engine
+        keep_alive = keep_alive and connection.body_done and not self.closing
         try:
             connection.write(response, keep_alive=keep_alive, head_only=head_only)
         except OSError as exc:

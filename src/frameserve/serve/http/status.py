@@ -26,6 +26,7 @@ from frameserve.errors import (
     ModelSetupError,
     ModelTimeoutError,
     PermissionDeniedError,
+    RequestCancelledError,
     RequestError,
     RequestTooLargeError,
     ServerBusyError,
@@ -48,6 +49,8 @@ ERROR_STATUSES: tuple[tuple[type[BaseException], int], ...] = (
     (RequestError, 400),  # any other request the client got wrong
     (StorageFullError, 507),  # the uploads kept for jobs are full
     (ServerBusyError, 503),  # no room right now: try again
+    (RequestCancelledError, 503),  # dropped unrun: the server is shutting down (or the
+    # client went away, and reads no answer)
     (ModelLoadError, 503),  # the model exists but failed to load
     (ModelSetupError, 503),  # it loaded, but cannot set up here (weights missing)
 )

@@ -166,6 +166,11 @@ class ConnectionListener:
         return str(host), int(port)
 
     @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closing.is_set()
+
+    @property
     def open_connections(self) -> int:
         """Connections being served right now (refused ones not counted)."""
         return self._per_address.total()
@@ -327,6 +332,11 @@ class FrontDoor:
     def name(self) -> str:
         """What log lines and errors call this door ("MLClient protocol", "HTTP API")."""
         return self._listener.name
+
+    @property
+    def closing(self) -> bool:
+        """Whether the door is closing: connections kept alive end after their answer."""
+        return self._listener.closing
 
     @property
     def address(self) -> tuple[str, int]:
