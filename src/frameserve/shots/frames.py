@@ -79,6 +79,11 @@ def objects_pattern(pattern: FramePattern) -> FramePattern:
     )
 
 
+#: A model that declares a knob of this name gets each frame's number in it (unless
+#: the run sets the knob itself): how a model follows a shot (``pose`` smooths over it).
+FRAME_KNOB = "frame"
+
+
 class FrameProcessor:
     """Reads, runs and writes one frame; called on a worker thread.
 
@@ -123,8 +128,11 @@ class FrameProcessor:
         }
         if self.stop.is_set():
             return
+        knobs = self.knobs
+        if self.spec.knob(FRAME_KNOB) is not None and FRAME_KNOB not in knobs:
+            knobs = {**knobs, FRAME_KNOB: task.frame}  # a model that follows the shot
         outputs, objects = self.backend.infer(
-            self.model, frames, self.knobs, colourspace=self.colourspace
+            self.model, frames, knobs, colourspace=self.colourspace
         )
         if self.stop.is_set():  # Ctrl-C: write nothing more
             return
