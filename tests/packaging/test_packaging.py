@@ -239,3 +239,40 @@ def test_a_fixed_size_onnx_graph_is_checked_at_its_size_with_a_warning(tmp_path:
     )
     with pytest.raises(ModelLoadError, match=r"'image' has a fixed batch size \(\[1, 3, 16, 24"):
         check_package(folder)
+
+
+# -- binding the obvious -----------------------------------------------------------------------
+
+
+class _Brighten(torch.nn.Module):
+    """One image input called ``x``, one image output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+class _TwoImages(torch.nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x + y
+
+
+def test_a_network_with_one_input_is_bound_whatever_its_name(tmp_path: Path) -> None:
+    for network in (
+        save_script(_Brighten(), tmp_path / "brighten.pt"),
+        save_onnx(_Brighten(), tmp_path / "brighten.onnx", torch.rand(1, 3, 8, 8)),
+    ):
+        out = tmp_path / f"pkg_{network.suffix[1:]}"
+        report = write_package(network, out, tomllib.loads(IMAGE_ONLY))
+        assert report.manifest.inputs[0].tensor == "x"
+        assert report.fed == {"x": (1, 3, 64, 64)}
+        assert tomllib.loads((out / MANIFEST_FILE).read_text())["inputs"][0]["tensor"] == "x"
+        assert "network gets [0, 1, 2] as 'x'" in report.summary()
+
+
+def test_a_network_with_two_inputs_must_still_be_told_which_is_the_image(tmp_path: Path) -> None:
+    network = save_script(_TwoImages(), tmp_path / "two.pt")
+    document = tomllib.loads(IMAGE_ONLY)
+    # two network inputs and nothing says which is the image: the check explains
+    with pytest.raises(ModelLoadError, match=r"feeds network input 'image'.*inputs are: 'x', 'y'"):
+        write_package(network, tmp_path / "unbound", document)
+    assert not (tmp_path / "unbound").exists()

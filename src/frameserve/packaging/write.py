@@ -21,6 +21,7 @@ from frameserve.catalogue.packages import (
     MANIFEST_FILE,
     NETWORK_FORMATS,
     dump_toml,
+    load_network,
     onnx_external_files,
     read_manifest,
 )
@@ -78,6 +79,8 @@ def write_package(
         shutil.copy2(network_file, staging / network_file.name)
         if NETWORK_FORMATS[suffix] == "onnx":
             _copy_external_data(network_file, staging)
+        network = staging / network_file.name
+        document = bind_the_only_input(document, network, NETWORK_FORMATS[suffix], device)
         staged = staging / _STAGED_MANIFEST
         text = dump_toml(_with_network(document, network_file.name))
         staged.write_text(text, encoding="utf-8")
@@ -92,6 +95,42 @@ def write_package(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dataclasses.replace(report, manifest=read_manifest(out / MANIFEST_FILE))
+
+
+def bind_the_only_input(
+    document: Mapping[str, object],
+    network: Path,
+    network_format: str,
+    device: str | torch.device = "cpu",
+) -> Mapping[str, object]:
+    """Bind a package's one image input to the network's one unfed input, whatever its name.
+
+    A network with a single image input (``x``, ``input_1``...) needs no ``tensor`` key: when
+    the document declares one image input without a ``tensor``, no network input carries its
+    name, and exactly one network input is left that no knob feeds, that input is the one.
+    Otherwise ``document`` is returned as it is, and the package check explains what to bind.
+    """
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        return document
+    image = inputs[0]
+    if "tensor" in image:
+        return document
+    knobs = document.get("knobs")
+    knobs = knobs if isinstance(knobs, list) else []
+    fed = {
+        str(knob.get("target") or knob.get("name"))
+        for knob in knobs
+        if isinstance(knob, dict) and knob.get("feed", "input") == "input"
+    }
+    try:
+        names = load_network(network, network_format, torch.device(device)).input_names
+    except (ModelLoadError, ConfigError):
+        return document  # the check says what is wrong with the file
+    unfed = [name for name in names if name not in fed]
+    if image.get("name") in names or len(unfed) != 1:
+        return document
+    return {**document, "inputs": [{**image, "tensor": unfed[0]}]}
 
 
 def _with_network(document: Mapping[str, object], name: str) -> dict[str, object]:
