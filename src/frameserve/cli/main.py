@@ -14,8 +14,8 @@ from typing import Any
 
 from frameserve import __version__
 from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
-from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
-from frameserve.cli.flags import add_model_flags
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.cli.flags import add_model_flags, registry_from_flags
 from frameserve.cli.package import add_package_parsers
 from frameserve.cli.run import add_run_parser
 from frameserve.cli.serve import add_serve_flags, serve_command
@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     add_train_parsers(commands)  # train, jobs, cancel, resume, export; their own --server, -v
     add_token_parser(commands)  # token add/list/remove; their own --tokens and -v
 
-    for sub in (serve, models, infer):
+    add_model_flags(serve, jobs_folder=False)  # serve has its own --jobs-folder
+    for sub in (models, infer):
         add_model_flags(sub)
     return parser
 
@@ -104,10 +105,7 @@ def _configure_logging(*, verbose: bool, default: int) -> None:
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
-    folders = [*args.models, *model_folders_from_env()]
-    return ModelRegistry(
-        folders, builtins=not args.no_builtins, commercial_only=args.commercial_only
-    )
+    return registry_from_flags(args)
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -41,8 +41,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 
-from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
-from frameserve.cli.flags import add_model_flags, setting_default
+from frameserve.cli.flags import add_model_flags, registry_from_flags, setting_default
 from frameserve.cli.infer import parse_knob_texts
 from frameserve.cli.progress import FrameProgress
 from frameserve.cli.token import add_token_flag
@@ -268,11 +267,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def _backend(args: argparse.Namespace) -> Backend:
     if args.server is None:
-        registry = ModelRegistry(
-            [*args.models, *model_folders_from_env()],
-            builtins=not args.no_builtins,
-            commercial_only=args.commercial_only,
-        )
+        registry = registry_from_flags(args)
         return LocalBackend(registry, device=args.device or AUTO)
     ignored = [
         flag

@@ -249,8 +249,27 @@ def _train_local(args: argparse.Namespace, kind: str) -> int:
         trainer.run()
     finally:
         line.end()
+        _record_local_job(folder, args.name, settings, done=trainer.step_count >= settings.steps)
     print(f"job {args.name!r}: {trainer.step_count} steps, checkpoints in {folder}")
     return 0
+
+
+def _record_local_job(folder: Path, name: str, settings: TrainingSettings, *, done: bool) -> None:
+    """Leave the job's record beside its checkpoints, as a server's job has: a server started
+    on the jobs folder lists and serves it too (its frames are not kept: it cannot be resumed
+    there)."""
+    from frameserve.training.jobs.store import JobRecord, JobState
+
+    if not (folder / "job.json").is_file():
+        return  # stopped before the trainer was built: nothing to serve
+    JobRecord(
+        folder=folder,
+        name=name,
+        state=JobState.DONE if done else JobState.CANCELLED,
+        files=None,
+        settings=settings.to_dict(),
+        device=settings.device,
+    ).save()
 
 
 # -- following, listing, cancelling, resuming --------------------------------------------------

@@ -15,14 +15,26 @@ network are never served::
 
 from __future__ import annotations
 
-from frameserve.catalogue.entries import ModelEntry
+from pathlib import Path
+
+from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
-from frameserve.errors import ModelNotFoundError
+from frameserve.errors import FrameServeError, ModelNotFoundError
 from frameserve.training.checkpoints import JOB_FILE, list_checkpoints
 from frameserve.training.inference import model_id_for, trained_model_class
-from frameserve.training.jobs.store import JobRecord
+from frameserve.training.jobs.store import QUEUE_FILE, JobRecord
 
-__all__ = ["JobModels", "job_entries", "provider_name"]
+__all__ = [
+    "FOLDER_PROVIDER",
+    "JobModels",
+    "job_entries",
+    "jobs_folder_entries",
+    "provider_name",
+    "serve_jobs_folder",
+]
+
+#: The registry provider of :func:`serve_jobs_folder`.
+FOLDER_PROVIDER = "training jobs folder"
 
 _JOB_SOURCE = "training job "  # the source of a job's model entry, before its name
 
@@ -79,6 +91,37 @@ def job_entries(record: JobRecord) -> list[ModelEntry]:
     newest = saved[-1].step if saved else -1
     token = f"{record.state}:{newest}:{len(saved)}"
     return [ModelEntry.from_class(model, source=f"{_JOB_SOURCE}{record.name}", token=token)]
+
+
+def jobs_folder_entries(folder: Path) -> list[CatalogueEntry]:
+    """Return a model entry for each job in the jobs ``folder``, exactly as a server serves it.
+
+    Reads only: a job folder holds ``job.json`` once its trainer is built (on a server or with
+    ``frameserve train --local``); its ``queue.json``, when there, says whether it may still
+    add checkpoints. A job that cannot be read is listed as failed, with why. Changes nothing
+    on disk, so a server may be using the folder meanwhile.
+    """
+    entries: list[CatalogueEntry] = []
+    for job_file in sorted(Path(folder).expanduser().glob(f"*/{JOB_FILE}")):
+        job = job_file.parent
+        if job.name.startswith("."):
+            continue
+        source = f"{_JOB_SOURCE}{job.name}"
+        try:
+            record = JobRecord.read(job / QUEUE_FILE) if (job / QUEUE_FILE).is_file() else None
+            training = None if record is None else record.state.active
+            model = trained_model_class(job, model_id=model_id_for(job.name), training=training)
+            saved = list_checkpoints(job)
+            token = f"{record.state if record else '-'}:{saved[-1].step if saved else -1}"
+            entries.append(ModelEntry.from_class(model, source=source, token=token))
+        except (FrameServeError, OSError, ValueError, KeyError, TypeError) as exc:
+            entries.append(FailedModel(id=model_id_for(job.name), source=source, error=str(exc)))
+    return entries
+
+
+def serve_jobs_folder(registry: ModelRegistry, folder: Path) -> None:
+    """List the jobs of ``folder`` among ``registry``'s models (commands without a server)."""
+    registry.add_provider(FOLDER_PROVIDER, lambda: jobs_folder_entries(folder))
 
 
 def provider_name(name: str) -> str:
