@@ -22,6 +22,7 @@ import skimage.data
 import torch
 
 from frameserve.builtin_models.blur.model import REC709_LUMA, gaussian_blur
+from frameserve.engine.colour import default_manager
 from frameserve.media.imageio import read_image, write_image
 from tests.support.commands import cli_env, command
 from tests.support.commands import frameserve as run_commands
@@ -127,7 +128,11 @@ def test_infer_blur_on_a_photo_with_the_brightest_button(photo: Path, tmp_path: 
     )
     ok(result)
     source = read_image(photo).pixels
-    expected = gaussian_blur(torch.from_numpy(source), 2.0, "extend").numpy()
+    # a PNG holds sRGB values; blur works on scene-linear ones: the command converts both ways
+    colour = default_manager()
+    linear = colour.convert(torch.from_numpy(source), "srgb", "scene_linear")
+    blurred = gaussian_blur(linear.contiguous(), 2.0, "extend")
+    expected = colour.convert(blurred, "scene_linear", "srgb").numpy()
     output = read_image(tmp_path / "blurred.png").pixels
     assert output.shape == source.shape == (3, 512, 512)
     np.testing.assert_allclose(output, expected, rtol=0, atol=1 / 255 + 1e-6)

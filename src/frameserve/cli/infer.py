@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,12 @@ from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.request import build_request
 from frameserve.engine.runner import Runner
 from frameserve.errors import ConfigError, KnobError
+from frameserve.media.colourspaces import (
+    COLOURSPACE_ATTRIBUTE,
+    Assumed,
+    file_colourspace,
+)
+from frameserve.media.colourspaces import output_colourspace as default_output_colourspace
 from frameserve.media.imageio import read_image, write_image
 from frameserve.plugin.model import ModelSpec
 
@@ -68,34 +75,61 @@ def run_infer(
     output: str,
     knob_texts: Sequence[str],
     device: str,
+    colourspace: str | None = None,
+    output_colourspace: str | None = None,
 ) -> int:
-    """Read the inputs, run the model, write the outputs and print result objects as JSON."""
+    """Read the inputs, run the model, write the outputs and print result objects as JSON.
+
+    Each file is read in its own colourspace (:mod:`frameserve.media.colourspaces`) unless
+    ``colourspace`` names one, and each output written in its file type's unless
+    ``output_colourspace`` does; outputs of a model whose outputs are data (vectors, IDs) are
+    never converted.
+    """
     spec = registry.get(model_id).spec
     knobs = parse_knob_texts(spec, knob_texts)
-    files = [read_image(path) for path in _input_paths(spec, first_input, more_inputs)]
+    paths = _input_paths(spec, first_input, more_inputs)
+    files = [read_image(path) for path in paths]
+    runner = Runner(registry, device=device)
+    working: str | None = None
     frames = []
-    for declared, image in zip(spec.inputs, files, strict=True):
+    for declared, path, image in zip(spec.inputs, paths, files, strict=True):
+        assumed = Assumed(colourspace, "--colourspace") if colourspace else file_colourspace(image)
+        log.info("input %r: %s read as %s (%s)", declared.name, path, *astuple(assumed))
         pixels = image.hwc  # (H, W, C) as read; the runner gets a (C, H, W) view
         if pixels.shape[2] == 1 and declared.channels > 1:
             log.info(
                 "input %r: repeating the single channel %d times", declared.name, declared.channels
             )
             pixels = np.repeat(pixels, declared.channels, axis=2)
-        frames.append(torch.from_numpy(pixels).permute(2, 0, 1))
-    request = build_request(spec, frames, knobs, client="command line", protocol="infer")
-    result = Runner(registry, device=device).run(request)
+        frame = torch.from_numpy(pixels).permute(2, 0, 1)
+        if working is None:
+            working = assumed.colourspace  # the request's: every input is brought to it
+        elif assumed.colourspace != working:
+            frame = runner.colour.convert(frame.contiguous(), assumed.colourspace, working)
+        frames.append(frame)
+    request = build_request(
+        spec, frames, knobs, client="command line", protocol="infer", colourspace=working
+    )
+    result = runner.run(request)
+    data = runner.colour.resolve(spec.colourspace_out) == runner.colour.resolve("data")
     first_file = files[0] if files else None
     for index, (name, frame) in enumerate(result.frames.items()):
         target = Path(output) if index == 0 else _sibling(Path(output), name)
+        wanted = output_colourspace or default_output_colourspace(target)
+        if not data and working is not None:
+            frame = runner.colour.convert(frame.contiguous(), working, wanted)
         same_size = first_file is not None and first_file.size == tuple(frame.shape[1:])
+        metadata = None
+        if same_size and first_file is not None:
+            metadata = {k: v for k, v in first_file.metadata.items() if k != COLOURSPACE_ATTRIBUTE}
         write_image(
             target,
             frame.numpy(),
-            metadata=first_file.metadata if same_size and first_file else None,
+            metadata=metadata,
             data_window=first_file.data_window if same_size and first_file else None,
             display_window=first_file.display_window if same_size and first_file else None,
         )
-        log.info("wrote output %r to %s", name, target)
+        log.info("wrote output %r to %s (%s)", name, target, "data" if data else wanted)
     if result.objects:
         print(json.dumps([obj.to_data() for obj in result.objects], indent=2))
     return 0

@@ -83,6 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--device", default=AUTO, help=f"torch device: {AUTO} (CUDA if there is one), cpu, cuda"
     )
+    infer.add_argument(
+        "--colourspace",
+        "--colorspace",
+        dest="colourspace",
+        metavar="NAME",
+        help="colourspace the input files are in (default: what each file declares, else "
+        "sRGB for 8/16-bit integer files and scene-linear for float ones, as Nuke's Read)",
+    )
+    infer.add_argument(
+        "--output-colourspace",
+        "--output-colorspace",
+        dest="output_colourspace",
+        metavar="NAME",
+        help="colourspace to write the outputs in (default: sRGB for PNG, JPEG, TIFF and DPX, "
+        "scene-linear for EXR)",
+    )
     infer.set_defaults(run=_infer)
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
@@ -186,6 +202,8 @@ def _infer(args: argparse.Namespace) -> int:
         output=args.output,
         knob_texts=args.knob,
         device=args.device,
+        colourspace=args.colourspace,
+        output_colourspace=args.output_colourspace,
     )
 
 

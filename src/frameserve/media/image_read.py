@@ -69,6 +69,9 @@ class ImageFile:
             ``height == H``.
         display_window: ``(x, y, width, height)`` of the full frame (Nuke's format). Only
             EXR files have windows here; for other formats both are ``(0, 0, W, H)``.
+        sample_type: how the file stores a sample: ``"uint8"``, ``"uint16"``, ``"half"``,
+            ``"float"``... (the values are float32 here whatever it is).
+        format_name: OpenImageIO's name of the file format (``"png"``, ``"openexr"``...).
     """
 
     hwc: npt.NDArray[np.float32]
@@ -76,6 +79,8 @@ class ImageFile:
     metadata: dict[str, object]
     data_window: Window
     display_window: Window
+    sample_type: str = "float"
+    format_name: str = ""
 
     @property
     def pixels(self) -> npt.NDArray[np.float32]:
@@ -167,6 +172,8 @@ def read_image(path: str | os.PathLike[str], *, channels: Sequence[str] | None =
         else:
             data_window = display_window = (0, 0, int(spec.width), int(spec.height))
         metadata = _metadata_from_spec(spec)
+        sample_type = str(spec.format)
+        format_name = str(image_input.format_name())
     finally:
         image_input.close()
 
@@ -183,6 +190,8 @@ def read_image(path: str | os.PathLike[str], *, channels: Sequence[str] | None =
         metadata=metadata,
         data_window=data_window,
         display_window=display_window,
+        sample_type=sample_type,
+        format_name=format_name,
     )
 
 
