@@ -3,7 +3,8 @@
 Each model runs through :meth:`frameserve.engine.runner.Runner.run`, exactly as the server runs it:
 colour conversion to and from the model's colourspace, padding, tiling of big frames, output
 checks. The frames are a real photograph (scikit-image's astronaut) resized to the frame size;
-a temporal model gets the same photo shifted by a few pixels for its neighbour frames. Knobs
+a temporal model gets the same photo shifted by a few pixels for its neighbour frames, and a
+model with several inputs (``retime``'s ``a`` and ``b``) a shifted copy for each. Knobs
 keep their defaults. The first run of each model (its setup: loading weights) is timed apart
 and not counted.
 
@@ -56,9 +57,10 @@ def plate(width: int, height: int, shift: int = 0) -> torch.Tensor:
 def frames_for(spec: ModelSpec, width: int, height: int) -> dict[str, torch.Tensor]:
     """One frame per required input: the plate, or a panned copy for a neighbour frame."""
     frames = {}
-    for image in spec.required_inputs:
+    for index, image in enumerate(spec.required_inputs):
         _, offset = spec.input_source(image.name)
-        frame = plate(width, height, PAN * offset)
+        # A neighbour frame is panned by its distance, a later input by its place (retime's b).
+        frame = plate(width, height, PAN * (offset or index))
         if image.channels != 3:
             frame = frame.mean(0, keepdim=True).expand(image.channels, -1, -1).contiguous()
         frames[image.name] = frame

@@ -17,6 +17,7 @@ from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.cli.flags import add_model_flags, registry_from_flags
 from frameserve.cli.package import add_package_parsers
+from frameserve.cli.retime import add_retime_parser
 from frameserve.cli.run import add_run_parser
 from frameserve.cli.serve import add_serve_flags, serve_command
 from frameserve.cli.token import add_token_parser
@@ -102,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     infer.set_defaults(run=_infer)
 
     add_run_parser(commands)  # adds its own --models, --no-builtins and -v
+    add_retime_parser(commands)  # the same flags as run's, and --speed / --curve
     add_package_parsers(commands)  # package and check; their own --device, --json and -v
     add_train_parsers(commands)  # train, jobs, cancel, resume, export; their own --server, -v
     add_token_parser(commands)  # token add/list/remove; their own --tokens and -v
