@@ -48,7 +48,9 @@ def parse_knob_texts(spec: ModelSpec, texts: Sequence[str]) -> dict[str, object]
     return values
 
 
-def _input_paths(spec: ModelSpec, first: str, more: Sequence[str]) -> list[Path]:
+def _input_paths(spec: ModelSpec, first: str, more: Sequence[str]) -> dict[str, Path]:
+    """The file of each input given, by input name (the first positional; optional inputs
+    may be left out)."""
     paths: dict[str, Path] = {}
     if spec.inputs:
         paths[spec.inputs[0].name] = Path(first)
@@ -58,12 +60,12 @@ def _input_paths(spec: ModelSpec, first: str, more: Sequence[str]) -> list[Path]
             names = ", ".join(i.name for i in spec.inputs)
             raise ConfigError(f"--input {text!r}: write NAME=PATH with NAME one of: {names}")
         paths[name] = Path(path)
-    missing = [i.name for i in spec.inputs if i.name not in paths]
+    missing = [i.name for i in spec.required_inputs if i.name not in paths]
     if missing:
         raise ConfigError(
             f"model {spec.id!r} also needs input(s) {', '.join(missing)}: add --input NAME=PATH"
         )
-    return [paths[i.name] for i in spec.inputs]
+    return {i.name: paths[i.name] for i in spec.inputs if i.name in paths}
 
 
 def run_infer(
@@ -88,11 +90,12 @@ def run_infer(
     spec = registry.get(model_id).spec
     knobs = parse_knob_texts(spec, knob_texts)
     paths = _input_paths(spec, first_input, more_inputs)
-    files = [read_image(path) for path in paths]
+    files = {name: read_image(path) for name, path in paths.items()}
     runner = Runner(registry, device=device)
     working: str | None = None
-    frames = []
-    for declared, path, image in zip(spec.inputs, paths, files, strict=True):
+    frames: dict[str, torch.Tensor] = {}
+    for declared in (i for i in spec.inputs if i.name in paths):
+        path, image = paths[declared.name], files[declared.name]
         assumed = Assumed(colourspace, "--colourspace") if colourspace else file_colourspace(image)
         log.info("input %r: %s read as %s (%s)", declared.name, path, *astuple(assumed))
         pixels = image.hwc  # (H, W, C) as read; the runner gets a (C, H, W) view
@@ -106,13 +109,13 @@ def run_infer(
             working = assumed.colourspace  # the request's: every input is brought to it
         elif assumed.colourspace != working:
             frame = runner.colour.convert(frame.contiguous(), assumed.colourspace, working)
-        frames.append(frame)
+        frames[declared.name] = frame
     request = build_request(
         spec, frames, knobs, client="command line", protocol="infer", colourspace=working
     )
     result = runner.run(request)
     data = runner.colour.resolve(spec.colourspace_out) == runner.colour.resolve("data")
-    first_file = files[0] if files else None
+    first_file = next(iter(files.values()), None)
     for index, (name, frame) in enumerate(result.frames.items()):
         target = Path(output) if index == 0 else _sibling(Path(output), name)
         wanted = output_colourspace or default_output_colourspace(target)
