@@ -29,6 +29,7 @@ import numpy as np
 from frameserve.catalogue.entries import CatalogueEntry, FailedModel, ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.cache import request_key
+from frameserve.engine.recent import RecentRequests
 from frameserve.engine.request import CheckedKnobs, InferenceRequest, InferenceResult, Priority
 from frameserve.engine.scheduler import Scheduler
 from frameserve.engine.workers.host import ModelState, ModelStatus
@@ -49,6 +50,8 @@ class Engine:
         self._registry = registry
         self._scheduler = scheduler
         self._ready = threading.Event()
+        #: The requests the doors answered lately (the dashboard shows them).
+        self.recent = RecentRequests()
         self._register_gauges()
 
     # -- models --------------------------------------------------------------------------------
@@ -177,8 +180,10 @@ class Engine:
         ``user`` is who sent it (``-``: no authentication); it labels the count, for a bounded
         number of users (:data:`~frameserve.engine.metrics.MAX_USER_LABELS`).
         """
+        known = model if model in self._registry else "unknown"
+        self.recent.add(model=known, protocol=protocol, outcome=outcome, seconds=seconds, user=user)
         self._scheduler.metrics.request(
-            model=model if model in self._registry else "unknown",
+            model=known,
             protocol=protocol,
             outcome=outcome,
             seconds=seconds,

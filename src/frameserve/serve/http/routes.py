@@ -13,8 +13,8 @@ body may be. A path no route matches is a 404.
 checks every request's head before its body is read: all paths but :data:`OPEN_PATHS` need
 ``Authorization: Bearer TOKEN`` (else 401, with ``WWW-Authenticate: Bearer``), and the user the
 token names needs the role the route asks for (:meth:`Route.required_role`; else 403 naming
-the role). Without a store every request is :data:`~frameserve.serve.auth.users.ANONYMOUS`, an
-admin.
+the role); a route may open paths of its own too (:meth:`Route.public`). Without a store
+every request is :data:`~frameserve.serve.auth.users.ANONYMOUS`, an admin.
 """
 
 from __future__ import annotations
@@ -98,6 +98,11 @@ class Route:
         """The least role a ``method`` request to ``path`` needs (checked before the body)."""
         return Role.ARTIST
 
+    def public(self, method: str, path: str) -> bool:
+        """Whether anyone may ask ``path`` without a token, like :data:`OPEN_PATHS` (the
+        dashboard's page and its assets, which hold no data of the server's)."""
+        return False
+
     def model_of(self, path: str) -> str | None:
         """The model a request to ``path`` concerns (for its log line and metrics), if any."""
         return None
@@ -130,13 +135,13 @@ class Router:
         scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
         token = credentials.strip() if scheme.lower() == "bearer" else ""
         user = self.tokens.user_for(token) if token else None
-        if path in OPEN_PATHS:
+        route = self.route(request.path)
+        if path in OPEN_PATHS or (route is not None and route.public(request.method, path)):
             request.user = user or UNAUTHENTICATED
             return None
         if user is None:
             return _unauthorised(bool(scheme), valid_scheme=bool(token))
         request.user = user
-        route = self.route(request.path)
         if route is None:
             return None  # a 404 once the body is read, for a user who may see that
         needed = route.required_role(request.method, request.path)
