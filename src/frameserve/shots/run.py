@@ -14,8 +14,11 @@
    memory. Outputs are written atomically (a file appears complete or not at all), with the
    first input's data window, display window and metadata when the sizes match; result
    objects go to a JSON sidecar beside the first output (``out.1001.exr`` →
-   ``out.1001.json``). ``colourspace`` names the colourspace the files are in; the runner
-   converts to what the model wants and back, so outputs are in it too.
+   ``out.1001.json``). A model that carries its answer from frame to frame (it declares the
+   knobs ``frame`` and ``prompt_frame``, as ``segment`` does) gets one frame at a time when
+   the run sets ``prompt_frame``: that frame first, then the later frames, then the earlier
+   ones backwards, written frames included. ``colourspace`` names the colourspace the files
+   are in; the runner converts to what the model wants and back, so outputs are in it too.
 3. A failed frame is logged with its number and error and the run goes on; it stops early when
    ``stop_after`` frames in a row failed, or at once on an error no frame can get past (an
    unknown model or knob, a model that cannot set up). :attr:`RunReport.exit_code`: 0 when
@@ -50,7 +53,13 @@ from frameserve.media.atomic import remove_leftovers
 from frameserve.media.sequences import FramePattern, format_frames
 from frameserve.plugin.model import ModelSpec
 from frameserve.shots.backends import Backend
-from frameserve.shots.frames import FrameProcessor, FrameTask, neighbour_path, objects_pattern
+from frameserve.shots.frames import (
+    FRAME_KNOB,
+    FrameProcessor,
+    FrameTask,
+    neighbour_path,
+    objects_pattern,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_JOBS",
@@ -216,6 +225,7 @@ def run_sequence(
         else:
             todo.append(task)
     todo = _drop_missing(todo, options, report)
+    todo, jobs = _carry_order(todo, options, spec, report)
     if report.existing:
         log.info(
             "%d frame(s) already written, skipped: %s",
@@ -236,13 +246,13 @@ def run_sequence(
         half=options.half,
         stop=stop,
     )
-    pool = ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="frameserve-run")
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="frameserve-run")
     pending: dict[Future[None], FrameTask] = {}
     queue = iter(todo)
     failures_in_a_row = 0
     try:
         while True:
-            while len(pending) < options.jobs and not report.stopped_early:
+            while len(pending) < jobs and not report.stopped_early:
                 next_task = next(queue, None)
                 if next_task is None:
                     break
@@ -320,6 +330,43 @@ def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
         outputs=outputs,
         objects=objects_pattern(first).path(frame),
     )
+
+
+#: A model that carries its answer from frame to frame (``segment``) declares this knob and
+#: :data:`~frameserve.shots.frames.FRAME_KNOB`; a run that sets it runs its frames one at a
+#: time, outward from that frame (it first, then later frames, then earlier ones backwards).
+PROMPT_FRAME_KNOB = "prompt_frame"
+
+
+def _carry_order(
+    todo: list[FrameTask], options: RunOptions, spec: ModelSpec, report: RunReport
+) -> tuple[list[FrameTask], int]:
+    """The frames in the order a carrying model needs, and how many may be in flight."""
+    start = options.knobs.get(PROMPT_FRAME_KNOB)
+    carries = spec.knob(PROMPT_FRAME_KNOB) is not None and spec.knob(FRAME_KNOB) is not None
+    if not carries or not isinstance(start, int) or start < 0 or not todo:
+        return todo, options.jobs
+    if start not in options.frames:
+        raise ConfigError(
+            f"--knob {PROMPT_FRAME_KNOB}={start} is not among the frames to process "
+            f"({format_frames(options.frames)}); the prompts must be on one of them"
+        )
+    if report.existing:  # every frame is carried from its neighbour: recompute the chain
+        log.info(
+            "%s is set: the %d frame(s) already written are computed again, each frame is "
+            "carried from its neighbour",
+            PROMPT_FRAME_KNOB,
+            len(report.existing),
+        )
+        todo = sorted(todo + [_task(options, spec, f) for f in report.existing], key=_frame)
+        report.existing.clear()
+    after = [task for task in todo if task.frame >= start]
+    before = [task for task in reversed(todo) if task.frame < start]
+    return after + before, 1
+
+
+def _frame(task: FrameTask) -> int:
+    return task.frame
 
 
 def _drop_missing(todo: list[FrameTask], options: RunOptions, report: RunReport) -> list[FrameTask]:

@@ -1,0 +1,1 @@
+"""Built-in model folder: artist-led roto with Segment Anything."""
