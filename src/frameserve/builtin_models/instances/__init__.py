@@ -1,0 +1,1 @@
+"""Built-in model folder: instance segmentation (YOLOX-Nano boxes, Segment Anything masks)."""
