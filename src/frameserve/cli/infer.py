@@ -119,7 +119,7 @@ def run_infer(
     for index, (name, frame) in enumerate(result.frames.items()):
         target = Path(output) if index == 0 else _sibling(Path(output), name)
         wanted = output_colourspace or default_output_colourspace(target)
-        if not data and working is not None:
+        if not data and working is not None and frame.shape[0] >= 3:  # mattes stay as they are
             frame = runner.colour.convert(frame.contiguous(), working, wanted)
         same_size = first_file is not None and first_file.size == tuple(frame.shape[1:])
         metadata = None

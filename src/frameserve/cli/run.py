@@ -170,8 +170,18 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "--colorspace",
         dest="colourspace",
         metavar="NAME",
-        help="colourspace the files are in, and the outputs are written in (an OpenColorIO "
-        "name or alias such as acescg or srgb; default: scene-linear)",
+        help="colourspace the input files are in, and the outputs are written in unless "
+        "--output-colourspace says otherwise (an OpenColorIO name or alias such as acescg or "
+        "srgb; default: each sequence's own, as Nuke's Read decides it: what its files declare, "
+        "else sRGB for 8/16-bit integer files and scene-linear for float ones)",
+    )
+    run.add_argument(
+        "--output-colourspace",
+        "--output-colorspace",
+        dest="output_colourspace",
+        metavar="NAME",
+        help="colourspace the outputs are written in (default: --colourspace if given, else "
+        "each output file type's: sRGB for PNG, JPEG, TIFF and DPX, scene-linear for EXR)",
     )
     run.add_argument(
         "--overwrite", action="store_true", help="recompute frames whose outputs exist"
@@ -308,6 +318,7 @@ def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
         knobs=parse_knob_texts(spec, args.knob),
         channels=None if args.channels is None else parse_channels(args.channels),
         colourspace=args.colourspace,
+        output_colourspace=args.output_colourspace or args.colourspace,
         overwrite=args.overwrite,
         skip_missing=args.skip_missing,
         jobs=_jobs(args),

@@ -34,6 +34,8 @@ class ModelInfo:
         outputs: ``(name, channels)`` of each output frame, in order.
         knobs: the knob specs as the config endpoint gives them (``name``, ``type``,
             ``default``, and ``min``, ``max``, ``choices``, ``help`` where they apply).
+        colourspace_in, colourspace_out: the colourspaces the model works in (``"data"``
+            out: its outputs are values such as vectors, never colour-converted).
     """
 
     name: str
@@ -45,6 +47,8 @@ class ModelInfo:
     inputs: tuple[tuple[str, int], ...] = ()
     outputs: tuple[tuple[str, int], ...] = ()
     knobs: tuple[dict[str, Any], ...] = ()
+    colourspace_in: str = "scene_linear"
+    colourspace_out: str = "scene_linear"
 
     @property
     def ready(self) -> bool:
@@ -127,6 +131,8 @@ def model_info_from(
         inputs=inputs,
         outputs=outputs,
         knobs=knobs,
+        colourspace_in=str(config.get("colourspace_in") or "scene_linear"),
+        colourspace_out=str(config.get("colourspace_out") or "scene_linear"),
     )
 
 

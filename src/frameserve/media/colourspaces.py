@@ -74,6 +74,6 @@ def file_colourspace(image: ImageFile) -> Assumed:
 
 def output_colourspace(path: str | Path) -> str:
     """Return the colourspace an output written to ``path`` gets (by its extension)."""
-    return (
-        FLOAT_COLOURSPACE if Path(path).suffix.lower() in _FLOAT_EXTENSIONS else INTEGER_COLOURSPACE
-    )
+    name = str(path).lower()  # not Path.suffix: a pattern's tail ".exr" has none
+    floats = any(name.endswith(extension) for extension in _FLOAT_EXTENSIONS)
+    return FLOAT_COLOURSPACE if floats else INTEGER_COLOURSPACE

@@ -192,6 +192,8 @@ class ServerBackend:
             inputs=tuple(ImageSpec(name, channels) for name, channels in info.inputs),
             outputs=tuple(ImageSpec(name, channels) for name, channels in info.outputs),
             knobs=tuple(knob_spec_from_config(config) for config in info.knobs),
+            colourspace_in=info.colourspace_in,
+            colourspace_out=info.colourspace_out,
         )
 
     def infer(

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from frameserve.engine.colour import ColourManager, default_manager
 from frameserve.errors import ModelRunError
 from frameserve.media.atomic import write_bytes_atomically
+from frameserve.media.colourspaces import COLOURSPACE_ATTRIBUTE
 from frameserve.media.imageio import ImageFile, Window, read_image, write_image
 from frameserve.media.sequences import FramePattern
-from frameserve.plugin.model import ImageSpec, ModelSpec
+from frameserve.plugin.model import SCENE_LINEAR, ImageSpec, ModelSpec
 from frameserve.shots.backends import Backend, Frame
 
 __all__ = ["FrameProcessor", "FrameTask", "neighbour_path", "objects_pattern"]
@@ -101,6 +104,7 @@ class FrameProcessor:
         colourspace: str | None,
         half: bool,
         stop: threading.Event,
+        output_colourspaces: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
         self.spec = spec
@@ -110,6 +114,8 @@ class FrameProcessor:
         self.colourspace = colourspace
         self.half = half
         self.stop = stop
+        self.output_colourspaces = dict(output_colourspaces or {})
+        self._colour: ColourManager | None = None
 
     def __call__(self, task: FrameTask) -> None:
         if self.stop.is_set():
@@ -147,15 +153,30 @@ class FrameProcessor:
         first = files[self.spec.inputs[0].name] if self.spec.inputs else None
         for output in self.spec.outputs:
             if output.name in task.outputs:
-                self._write(
-                    task.outputs[output.name], outputs[output.name], first, output.channel_names
-                )
+                pixels = self._written_colour(output.name, outputs[output.name])
+                self._write(task.outputs[output.name], pixels, first, output.channel_names)
         log.info(
             "frame %d: %s in %.2f s",
             task.frame,
             ", ".join(str(p) for p in task.outputs.values()),
             time.perf_counter() - started,
         )
+
+    def _written_colour(self, name: str, pixels: Frame) -> Frame:
+        """An output in the colourspace its file is written in: its RGB converted, later
+        channels (alpha, layers) copied; mattes and data outputs as they are."""
+        wanted = self.output_colourspaces.get(name)
+        source = self.colourspace or SCENE_LINEAR
+        if wanted is None or wanted == source or pixels.shape[2] < 3:
+            return pixels  # a matte or other data of one or two channels: never converted
+        if self._colour is None:
+            self._colour = default_manager()
+        colour = self._colour
+        if colour.resolve(self.spec.colourspace_out) == colour.resolve("data"):
+            return pixels  # vectors, IDs, depth: values, not colours
+        planar = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+        converted = colour.convert(planar, source, wanted)
+        return np.ascontiguousarray(converted.numpy().transpose(1, 2, 0))
 
     def _write(
         self,
@@ -172,11 +193,17 @@ class FrameProcessor:
             pixels,
             layout="HWC",
             channel_names=channel_names,
-            metadata=source.metadata if source is not None and scale else None,
+            metadata=_carried(source.metadata) if source is not None and scale else None,
             data_window=_scaled(source.data_window, scale) if source and scale else None,
             display_window=_scaled(source.display_window, scale) if source and scale else None,
             pixel_type="half" if self.half and path.suffix.lower() == ".exr" else "float",
         )
+
+
+def _carried(metadata: Mapping[str, object]) -> dict[str, object]:
+    """The input's metadata an output keeps: all but the colourspace it was read in (the
+    output is written in its own, which its writer records)."""
+    return {k: v for k, v in metadata.items() if k != COLOURSPACE_ATTRIBUTE}
 
 
 def _scale_between(source: tuple[int, int], output: tuple[int, ...]) -> int | None:

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -50,6 +50,8 @@ from frameserve.errors import (
     ModelSetupError,
 )
 from frameserve.media.atomic import remove_leftovers
+from frameserve.media.colourspaces import Assumed, file_colourspace, output_colourspace
+from frameserve.media.imageio import read_image
 from frameserve.media.sequences import FramePattern, format_frames
 from frameserve.plugin.model import ModelSpec
 from frameserve.shots.backends import Backend
@@ -105,8 +107,12 @@ class RunOptions:
         frames: the frames to process, sorted.
         knobs: typed knob values (see :func:`frameserve.cli.infer.parse_knob_texts`).
         channels: channel names read from every input file, in order; None: all of them.
-        colourspace: the colourspace the files are in and outputs are written in (an
-            OpenColorIO name or alias); None: scene-linear.
+        colourspace: the colourspace the input files are in (an OpenColorIO name or alias);
+            None: each sequence's own, as its first file says
+            (:func:`~frameserve.media.colourspaces.file_colourspace`).
+        output_colourspace: the colourspace outputs are written in; None: each output file
+            type's (:func:`~frameserve.media.colourspaces.output_colourspace`). Outputs of a
+            model whose outputs are data (vectors, IDs) are never converted.
         overwrite: recompute frames whose outputs exist.
         skip_missing: skip frames with a missing input file instead of stopping.
         jobs: frames in flight at once.
@@ -121,6 +127,7 @@ class RunOptions:
     knobs: Mapping[str, object] = field(default_factory=dict)
     channels: tuple[str, ...] | None = None
     colourspace: str | None = None
+    output_colourspace: str | None = None
     overwrite: bool = False
     skip_missing: bool = False
     jobs: int = DEFAULT_LOCAL_JOBS
@@ -197,6 +204,26 @@ class RunProgress(Protocol):
 # -- the loop --------------------------------------------------------------------------------
 
 
+def _input_colourspace(options: RunOptions, todo: Sequence[FrameTask]) -> str | None:
+    """The colourspace the inputs are read in: ``options.colourspace``, else each sequence's
+    own as its first file to read says (printed once per sequence); they must agree."""
+    if options.colourspace is not None or not todo:
+        return options.colourspace
+    assumed: dict[str, Assumed] = {}
+    for name, path in todo[0].inputs.items():
+        if "@" in name:
+            continue  # a neighbour frame: the same sequence
+        assumed[name] = file_colourspace(read_image(path, channels=options.channels))
+        log.info("input %r: %s read as %s (%s)", name, path, *astuple(assumed[name]))
+    names = {a.colourspace for a in assumed.values()}
+    if len(names) > 1:
+        found = ", ".join(f"{n}: {a.colourspace}" for n, a in assumed.items())
+        raise ConfigError(
+            f"the inputs are in different colourspaces ({found}); say which with --colourspace"
+        )
+    return names.pop() if names else None
+
+
 def run_sequence(
     backend: Backend,
     spec: ModelSpec,
@@ -233,6 +260,11 @@ def run_sequence(
             format_frames(report.existing),
         )
 
+    read_as = _input_colourspace(options, todo)
+    written_as = {
+        name: options.output_colourspace or output_colourspace(pattern.suffix)
+        for name, pattern in options.outputs.items()
+    }
     shown = progress if progress is not None else _NoProgress()
     shown.start(report.total, len(report.existing) + len(report.missing))
     stop = threading.Event()
@@ -242,7 +274,8 @@ def run_sequence(
         model=options.model,
         knobs=options.knobs,
         channels=options.channels,
-        colourspace=options.colourspace,
+        colourspace=read_as,
+        output_colourspaces=written_as,
         half=options.half,
         stop=stop,
     )
