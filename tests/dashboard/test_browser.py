@@ -158,6 +158,7 @@ def test_overview_loads_and_a_request_arrives_live(browser: Any, team: Team) -> 
     infer_srgb(server, tokens["td"], "identity", frame)  # another user's request, by the API
     page.wait_for_selector("#recent td.model-name:text-is('identity')")  # came by the event stream
     assert "tina" in page.inner_text("#recent")
+    assert page.inner_text("#recent tr:first-child td.size") == "16x16"  # width x height
     session.shot("overview")
     session.close()
 
@@ -177,6 +178,12 @@ def test_models_page_lists_the_builtins_and_failures_and_reloads_for_admins(
     failed = page.locator('.model[data-model="broken_import"] .error')
     assert "broken on purpose" in failed.inner_text()
     assert "Apache-2.0" in page.locator('.model[data-model="face_detect"] .weights').inner_text()
+    # a model used once is loaded and shows what its worker holds; an unused one is not loaded
+    infer_srgb(server, tokens["td"], "convnet", np.full((8, 8, 3), 0.5, np.float32))
+    memory = page.locator('.model[data-model="convnet"] .memory[data-loaded="yes"]')
+    memory.wait_for()
+    assert "loaded · holds" in memory.inner_text() and " MB" in memory.inner_text()
+    assert "not loaded" in page.inner_text('.model[data-model="knobby"] .memory[data-loaded="no"]')
     blur.locator("button.reload").click()
     page.wait_for_selector('.model[data-model="blur"] span.dim:has-text("ready")')
     session.shot("models", full_page=False)  # (the whole list is a very long picture)
@@ -277,6 +284,11 @@ def test_a_training_job_started_in_the_page_draws_its_curve_and_cancels(
         f"() => Number(document.querySelector('#loss-chart').dataset.points) > {first}"
     )
     page.wait_for_function("() => document.querySelector('img.sheet')?.naturalWidth > 0")
+    # the job's settings: those set in the form, and the defaults
+    settings = page.locator("#job-settings")
+    assert settings.locator('tr[data-setting="steps"] td').nth(1).inner_text() == "20000"
+    assert settings.locator('tr[data-setting="crop_size"] td').nth(1).inner_text() == "16"
+    assert settings.locator('tr[data-setting="network"] td').nth(1).inner_text() == "small"
     session.shot("training")
     page.click('#job-detail button[data-action="cancel"]')
     page.wait_for_selector('#jobs tr[data-job="tiny"] td:text-is("cancelled")')

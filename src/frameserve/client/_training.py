@@ -26,7 +26,7 @@ import shutil
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeAlias
 from urllib.parse import quote, urlencode
@@ -104,6 +104,8 @@ class TrainingJob:
         elapsed_seconds: training time so far.
         checkpoints: saved checkpoints, oldest first (``"step_500"``).
         error: why it failed.
+        settings: the training settings it runs with (``{"steps": 2000, "crop_size": 64,
+            ...}``; empty from a server that does not send them).
     """
 
     name: str
@@ -120,6 +122,7 @@ class TrainingJob:
     elapsed_seconds: float
     checkpoints: tuple[str, ...]
     error: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def finished(self) -> bool:
@@ -149,6 +152,7 @@ class TrainingJob:
                 elapsed_seconds=float(data.get("elapsed_seconds") or 0.0),
                 checkpoints=tuple(str(c) for c in data.get("checkpoints", ())),
                 error=None if data.get("error") is None else str(data["error"]),
+                settings=_settings(data.get("settings")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolViolation(f"a training job's status cannot be read: {exc}") from exc
@@ -426,6 +430,15 @@ def _job_path(name: str, action: str = "") -> str:
 
 def _number(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _settings(value: object) -> dict[str, Any]:
+    """A status's ``settings`` object (absent or ``null``: empty); else a TypeError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"'settings' must be an object, not {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
 
 
 def _list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:

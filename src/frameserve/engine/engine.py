@@ -10,7 +10,9 @@ can run without a copy, says which models can serve now, and records what the do
     entry = engine.model("blur")                         # the newest version
     request = build_request(entry, frames, {"size": 2.0})
     result = engine.submit(request).result()
-    engine.record_request(model="blur", protocol="http", outcome="ok", seconds=0.01)
+    engine.record_request(model="blur", protocol="http", outcome="ok", seconds=0.01,
+                          size="1920x1080")
+    engine.model_memory(entry)                           # loaded? the memory it holds
 
 A model whose worker process died too often (:mod:`frameserve.engine.workers`) is *failed*:
 it is left out of :meth:`Engine.models`, listed by :meth:`Engine.catalogue` with its error,
@@ -32,7 +34,7 @@ from frameserve.engine.cache import request_key
 from frameserve.engine.recent import RecentRequests
 from frameserve.engine.request import CheckedKnobs, InferenceRequest, InferenceResult, Priority
 from frameserve.engine.scheduler import Scheduler
-from frameserve.engine.workers.host import ModelState, ModelStatus
+from frameserve.engine.workers.host import ModelMemory, ModelState, ModelStatus
 from frameserve.errors import ModelLoadError, ModelNotFoundError
 from frameserve.plugin.model import SCENE_LINEAR
 
@@ -90,6 +92,21 @@ class Engine:
     def status(self, entry: ModelEntry) -> ModelStatus:
         """Whether ``entry``'s model can serve now: loading, ready, restarting or failed."""
         return self._scheduler.host.status(entry)
+
+    def model_memory(self, entry: ModelEntry) -> ModelMemory:
+        """Whether ``entry``'s model is set up now and the memory it holds (its worker's private
+        memory with isolation on, its measured size in-process).
+
+        A model host without ``model_memory`` (see :mod:`frameserve.engine.workers.host`) says
+        loaded or not only, from ``loaded_models()``.
+        """
+        host = self._scheduler.host
+        report = getattr(host, "model_memory", None)
+        if callable(report):
+            found = report(entry)
+            if isinstance(found, ModelMemory):
+                return found
+        return ModelMemory(loaded=entry.id in host.loaded_models())
 
     def model(self, model_id: str, version: str | None = None) -> ModelEntry:
         """Return model ``model_id`` in ``version`` (default: its newest).
@@ -173,15 +190,26 @@ class Engine:
     # -- observing -----------------------------------------------------------------------------
 
     def record_request(
-        self, *, model: str, protocol: str, outcome: str, seconds: float, user: str = "-"
+        self,
+        *,
+        model: str,
+        protocol: str,
+        outcome: str,
+        seconds: float,
+        user: str = "-",
+        size: str = "-",
     ) -> None:
         """Count one request a door answered; a model id no model has counts as ``unknown``.
 
         ``user`` is who sent it (``-``: no authentication); it labels the count, for a bounded
-        number of users (:data:`~frameserve.engine.metrics.MAX_USER_LABELS`).
+        number of users (:data:`~frameserve.engine.metrics.MAX_USER_LABELS`). ``size`` is its
+        frames' width x height (``"1920x1080"``; ``"-"``: not known), kept with the recent
+        requests only (never a metric label).
         """
         known = model if model in self._registry else "unknown"
-        self.recent.add(model=known, protocol=protocol, outcome=outcome, seconds=seconds, user=user)
+        self.recent.add(
+            model=known, protocol=protocol, outcome=outcome, seconds=seconds, user=user, size=size
+        )
         self._scheduler.metrics.request(
             model=known,
             protocol=protocol,

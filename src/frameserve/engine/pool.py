@@ -153,6 +153,13 @@ class ModelPool:
         with self._lock:
             return sum(loaded.size_bytes for loaded in self._loaded.values())
 
+    def size_of(self, key: Key) -> int | None:
+        """Return the size of the loaded instance of registry entry ``key``; ``None``: none is
+        loaded."""
+        with self._lock:
+            loaded = self._loaded.get(key)
+            return None if loaded is None else loaded.size_bytes
+
     @contextmanager
     def use(self, entry: ModelEntry) -> Iterator[LoadedModel]:
         """Hold the model of ``entry`` loaded (setting it up if needed) and in use inside.

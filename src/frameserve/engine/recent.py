@@ -5,7 +5,8 @@ The doors report each answered request to :meth:`Engine.record_request
 reads it back::
 
     recent = RecentRequests(capacity=200)
-    recent.add(model="blur", protocol="http", outcome="ok", seconds=0.012, user="maya")
+    recent.add(model="blur", protocol="http", outcome="ok", seconds=0.012, user="maya",
+               size="1920x1080")
     recent.latest(20)        # newest first: [RecentRequest(model='blur', ...)]
     recent.per_minute()      # [{"minute": 1733530800, "count": 1, "p50_ms": 12.0, ...}, ...]
 
@@ -32,7 +33,8 @@ SAMPLES_PER_MINUTE = 256
 
 @dataclass(frozen=True)
 class RecentRequest:
-    """One answered request: when (Unix seconds), who, which model, how long, how it ended."""
+    """One answered request: when (Unix seconds), who, which model, its frame size, how long,
+    how it ended."""
 
     sequence: int  #: 1, 2, 3... in the order they were added
     time: float
@@ -41,6 +43,9 @@ class RecentRequest:
     outcome: str
     milliseconds: float
     user: str
+    #: Its frames' width x height (``"1920x1080"``; a batch: ``"1920x1080 (4 frames)"``);
+    #: ``"-"`` when the door did not get that far (an unknown model, a malformed request).
+    size: str = "-"
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -52,6 +57,7 @@ class RecentRequest:
             "outcome": self.outcome,
             "milliseconds": round(self.milliseconds, 3),
             "user": self.user,
+            "size": self.size,
         }
 
 
@@ -90,15 +96,24 @@ class RecentRequests:
         return self._sequence
 
     def add(
-        self, *, model: str, protocol: str, outcome: str, seconds: float, user: str = "-"
+        self,
+        *,
+        model: str,
+        protocol: str,
+        outcome: str,
+        seconds: float,
+        user: str = "-",
+        size: str = "-",
     ) -> None:
-        """Remember one answered request."""
+        """Remember one answered request (``size``: its frames', see :class:`RecentRequest`)."""
         now = self._clock()
         minute = int(now // 60) * 60
         with self._lock:
             self._sequence += 1
             self._ring.append(
-                RecentRequest(self._sequence, now, model, protocol, outcome, seconds * 1000, user)
+                RecentRequest(
+                    self._sequence, now, model, protocol, outcome, seconds * 1000, user, size
+                )
             )
             if not self._minutes or self._minutes[-1].start != minute:
                 self._minutes.append(_Minute(minute))

@@ -150,6 +150,10 @@ class Runner:
         """Return the bytes the loaded models hold (see :mod:`frameserve.engine.pool`)."""
         return self._pool.bytes_in_use()
 
+    def model_bytes(self, entry: ModelEntry) -> int | None:
+        """Return the measured size of ``entry``'s set-up model; ``None``: it is not set up."""
+        return self._pool.size_of(entry.key)
+
     def set_up(self, entry: ModelEntry) -> int:
         """Set ``entry``'s model up now, unless it is loaded; return its size in bytes.
 

@@ -23,6 +23,11 @@ small interface:
 - ``status(entry)``: whether the model can serve now (:class:`ModelStatus`); ``reset(id)``
   clears a failed state; ``loaded_models()`` / ``memory_in_use()`` for the metrics;
   ``close()``.
+
+A host may also answer ``model_memory(entry)`` (:class:`ModelMemory`: whether that version is
+set up now and the memory it holds; the dashboard's models page shows it). Both hosts here do;
+:meth:`Engine.model_memory <frameserve.engine.engine.Engine.model_memory>` falls back to
+``loaded_models()`` for a host that does not.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from frameserve.engine.request import InferenceRequest, InferenceResult
 from frameserve.engine.runner import Runner
 from frameserve.errors import FrameServeError
 
-__all__ = ["InProcessHost", "ModelHost", "ModelState", "ModelStatus", "Outcome"]
+__all__ = ["InProcessHost", "ModelHost", "ModelMemory", "ModelState", "ModelStatus", "Outcome"]
 
 Outcome = InferenceResult | FrameServeError
 
@@ -67,6 +72,24 @@ class ModelStatus:
     def ready(self) -> bool:
         """Whether a request would run now (an idle model's worker starts on demand)."""
         return self.state in (ModelState.IDLE, ModelState.READY)
+
+
+@dataclass(frozen=True)
+class ModelMemory:
+    """Whether a model version is set up now, and the memory it holds.
+
+    Attributes:
+        loaded: its setup has run and it is held (in its worker process, or in-process).
+        model_bytes: its parameters and buffers, measured after its setup (0: none, or not
+            loaded; see :mod:`frameserve.engine.pool`).
+        process_bytes: the private memory of its worker process (``RssAnon``: the model, its
+            imports and its working buffers); ``None`` when it runs in the server process or
+            no worker of it runs.
+    """
+
+    loaded: bool
+    model_bytes: int = 0
+    process_bytes: int | None = None
 
 
 #: What the in-process host reports for every model.
@@ -170,6 +193,11 @@ class InProcessHost:
     def loaded_models(self) -> list[str]:
         """The runner's set-up models."""
         return self.runner.loaded_models()
+
+    def model_memory(self, entry: ModelEntry) -> ModelMemory:
+        """Whether the runner holds ``entry``'s model, and its measured size."""
+        size = self.runner.model_bytes(entry)
+        return ModelMemory(loaded=size is not None, model_bytes=size or 0)
 
     def memory_in_use(self) -> int:
         """What the runner's models hold."""

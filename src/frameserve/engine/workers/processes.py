@@ -50,7 +50,7 @@ from frameserve.engine.memory import allocator_tuned
 from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import InferenceRequest, InferenceResult
 from frameserve.engine.runner import Runner
-from frameserve.engine.workers.host import ModelState, ModelStatus, Outcome
+from frameserve.engine.workers.host import ModelMemory, ModelState, ModelStatus, Outcome
 from frameserve.engine.workers.process import WorkerConfig
 from frameserve.engine.workers.supervisor import (
     MEMORY_POLL,
@@ -232,6 +232,20 @@ class ProcessHost:
                 entry = supervisor.entry
                 samples.append(((("model", entry.id), ("version", entry.version)), float(used)))
         return samples
+
+    def model_memory(self, entry: ModelEntry) -> ModelMemory:
+        """Whether ``entry``'s worker is ready, its model's size and the worker's private
+        memory (a model that runs in-process: what the runner holds of it)."""
+        supervisor = self._supervisors.get(entry.key)
+        if supervisor is None:
+            size = self.runner.model_bytes(entry)
+            return ModelMemory(loaded=size is not None, model_bytes=size or 0)
+        worker = supervisor.worker
+        if worker is None or supervisor.status().state is not ModelState.READY:
+            return ModelMemory(loaded=False)
+        return ModelMemory(
+            loaded=True, model_bytes=worker.model_bytes, process_bytes=worker.private_memory()
+        )
 
     def memory_in_use(self) -> int:
         """What in-process models and the models in workers hold."""

@@ -27,6 +27,7 @@ from frameserve.catalogue.entries import ModelEntry
 from frameserve.engine.devices import allocated_bytes, resolve_device, total_memory
 from frameserve.engine.engine import Engine
 from frameserve.engine.request import Priority
+from frameserve.engine.workers.host import ModelMemory
 from frameserve.errors import FrameServeError
 from frameserve.plugin.licences import cleared_for_commercial_use, describe_weights
 from frameserve.serve.auth.users import Role, User
@@ -138,7 +139,14 @@ def _devices(device: str) -> list[dict[str, Any]]:
 
 
 def models(engine: Engine) -> list[dict[str, Any]]:
-    """The models page: every model version, loaded or failed, with all it declares."""
+    """The models page: every model version, loaded or failed, with all it declares.
+
+    Also whether it is set up now (``loaded``) and the memory it holds (``memory_bytes``: its
+    worker process's private memory with isolation on, to the MiB so that the page is not
+    sent again for every page the worker touches; in-process, its measured size) and its
+    parameters' and buffers' share of that (``model_bytes``); both ``None`` when not loaded
+    (:meth:`Engine.model_memory <frameserve.engine.engine.Engine.model_memory>`).
+    """
     described: list[dict[str, Any]] = []
     for entry in engine.catalogue():
         if not isinstance(entry, ModelEntry):
@@ -150,10 +158,14 @@ def models(engine: Engine) -> list[dict[str, Any]]:
                     "error": entry.error,
                     "builtin": entry.builtin,
                     "source": str(entry.source),
+                    "loaded": False,
+                    "memory_bytes": None,
+                    "model_bytes": None,
                 }
             )
             continue
         status = engine.status(entry)
+        memory = engine.model_memory(entry)
         spec = entry.spec
         data = spec.describe()
         data.update(
@@ -166,9 +178,23 @@ def models(engine: Engine) -> list[dict[str, Any]]:
             source=str(entry.source),
             weights=describe_weights(spec.weights),
             commercial_use=cleared_for_commercial_use(spec.weights),
+            loaded=memory.loaded,
+            memory_bytes=_held(memory),
+            model_bytes=memory.model_bytes if memory.loaded else None,
         )
         described.append(data)
     return described
+
+
+def _held(memory: ModelMemory) -> int | None:
+    """The memory a model holds as the page shows it: a worker's to the MiB (at least 1 MiB),
+    a model's own measured size exactly; ``None`` when it is not loaded."""
+    if not memory.loaded:
+        return None
+    if memory.process_bytes is None:
+        return memory.model_bytes
+    mib = 1 << 20
+    return max(round(memory.process_bytes / mib), 1) * mib
 
 
 class LossHistory:

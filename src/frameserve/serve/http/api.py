@@ -29,6 +29,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+import torch
+
 from frameserve import __version__
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.engine.engine import Engine
@@ -258,6 +260,7 @@ class InferenceApi(Route):
         ]
         if len({len(frames) for frames in per_input}) > 1:
             raise FrameError("every input must hold the same number of frames")
+        request.size = _frames_size(per_input)
         batched = any(tensor.array.ndim == 4 for tensor in inputs)
         colourspace = _text_parameter(parameters, "colourspace") or _text_parameter(
             parameters, "colorspace"
@@ -289,6 +292,16 @@ class InferenceApi(Route):
         workers = dict.fromkeys(str(r.worker) for r in results if r.worker is not None)
         response.worker = ",".join(workers) or "-"
         return response
+
+
+def _frames_size(per_input: list[list[torch.Tensor]]) -> str:
+    """The first input's frame size, ``"1920x1080"`` (``"1920x1080 (4 frames)"`` for a batch);
+    ``"-"`` for no frames."""
+    if not per_input or not per_input[0]:
+        return "-"
+    frames = per_input[0]
+    _, height, width = frames[0].shape
+    return f"{width}x{height}" + (f" ({len(frames)} frames)" if len(frames) > 1 else "")
 
 
 def _wait(request: HttpRequest, future: Future[InferenceResult]) -> InferenceResult:

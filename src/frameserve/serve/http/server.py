@@ -147,6 +147,7 @@ class HttpServer(FrontDoor):
         model: str | None = None
         target = "-"
         user = "-"
+        size = "-"
         keep_alive = False
         head_only = False
         try:
@@ -163,6 +164,7 @@ class HttpServer(FrontDoor):
             else:
                 keep_alive = request.keep_alive
                 response, model = self._answer(connection, request, client)
+                size = request.size
         except FrameServeError as exc:  # ProtocolError, RequestTooLargeError: framing or size
             response = error_response(status_for(exc), str(exc))
         except ClientStalled as exc:
@@ -186,6 +188,7 @@ class HttpServer(FrontDoor):
                 outcome="ok" if response.status < 400 else str(response.status),
                 seconds=elapsed,
                 user=user,
+                size=size,
             )
         log.info(
             "%s %s model=%s %d %.1f ms worker=%s user=%s %s",

@@ -74,6 +74,9 @@ class HttpRequest:
     #: :class:`~frameserve.errors.ProtocolError` (or ``RequestTooLargeError``) from the
     #: iterator; a client that stalls, ``ClientStalled`` (the door answers 408).
     stream: Iterator[memoryview] | None = None
+    #: Its frames' width x height, set by the route that reads them (``"1920x1080"``,
+    #: ``"1920x1080 (4 frames)"``), for the engine's recent requests; ``"-"``: none read.
+    size: str = "-"
 
     @property
     def keep_alive(self) -> bool:

@@ -412,6 +412,7 @@ class MLClientServer(FrontDoor):
                 protocol="mlclient",
                 outcome="ok" if exchange.outcome.startswith("ok") else "error",
                 seconds=elapsed / 1000,
+                size=exchange.size,
             )
         seen = exchange.kind is not None or exchange.outcome != "ok"
         log.log(

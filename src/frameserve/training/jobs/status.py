@@ -3,13 +3,14 @@
 ::
 
     status = job_status(record, progress, list_checkpoints(record.folder))
-    status.to_dict()     # state, step, loss, validation loss, steps/s, ETA, checkpoints
+    status.to_dict()     # state, step, loss, validation loss, steps/s, ETA, checkpoints,
+                         # and the settings it trains with
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from frameserve.training.checkpoints import CheckpointEntry
@@ -39,6 +40,8 @@ class JobStatus:
         checkpoints: the saved checkpoints' names, oldest first.
         error: why the job failed (``None`` otherwise).
         owner: the user who submitted it (``"-"`` without authentication).
+        settings: the :class:`~frameserve.training.TrainingSettings` it trains with, as plain
+            data (``{"steps": 2000, "crop_size": 64, ...}``; ``steps`` as a resume set it).
     """
 
     name: str
@@ -56,6 +59,7 @@ class JobStatus:
     checkpoints: tuple[str, ...]
     error: str | None
     owner: str
+    settings: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -75,6 +79,7 @@ class JobStatus:
             "checkpoints": list(self.checkpoints),
             "error": self.error,
             "owner": self.owner,
+            "settings": dict(self.settings),
         }
 
 
@@ -118,4 +123,5 @@ def job_status(
         checkpoints=tuple(entry.name for entry in saved),
         error=record.error,
         owner=record.owner,
+        settings=dict(record.settings),
     )

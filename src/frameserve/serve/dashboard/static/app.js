@@ -186,7 +186,7 @@
       h("h2", {}, "Workers"),
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "version"), h("th", {}, "state"), h("th", {}, "process"))), workers),
       h("h2", {}, "Recent requests"),
-      h("table", {}, h("thead", {}, h("tr", {}, ["time", "who", "model", "door", "ms", "outcome"].map((t) => h("th", {}, t)))), recent),
+      h("table", {}, h("thead", {}, h("tr", {}, ["time", "who", "model", "door", "size", "ms", "outcome"].map((t) => h("th", {}, t)))), recent),
     );
     const rate = chart(rateBox, "requests per second (per minute)", [{ label: "time" }, { label: "requests/s", stroke: "#f0a030" }, { label: "errors/s", stroke: "#e05252" }], 520, true);
     const latency = chart(latencyBox, "latency, ms", [{ label: "time" }, { label: "p50", stroke: "#5fb760" }, { label: "p95", stroke: "#4a90d9" }], 520, true);
@@ -214,7 +214,7 @@
         h("td", { class: w.state === "failed" ? "bad" : "" }, w.state), h("td", {}, w.worker === null ? "–" : w.worker))));
       recent.replaceChildren(...data.recent.map((r) => h("tr", {},
         h("td", {}, new Date(r.time * 1000).toLocaleTimeString()), h("td", {}, r.user), h("td", { class: "model-name" }, r.model),
-        h("td", {}, r.protocol), h("td", {}, r.milliseconds.toFixed(1)), h("td", { class: r.outcome === "ok" ? "ok" : "bad" }, r.outcome))));
+        h("td", {}, r.protocol), h("td", { class: "size" }, r.size || "–"), h("td", {}, r.milliseconds.toFixed(1)), h("td", { class: r.outcome === "ok" ? "ok" : "bad" }, r.outcome))));
     }, signal);
   }
 
@@ -229,6 +229,11 @@
       h("span", { class: m.state === "failed" ? "bad state" : "ok state" }, m.state))];
     if (m.description) parts.push(h("div", { class: "dim" }, m.description));
     if (m.error) parts.push(h("div", { class: "error" }, m.error));
+    if (m.state !== "failed") {
+      parts.push(h("div", { class: "memory", "data-loaded": m.loaded ? "yes" : "no" }, m.loaded
+        ? `loaded · holds ${fmtBytes(m.memory_bytes)}` + (m.model_bytes ? ` (parameters and buffers ${fmtBytes(m.model_bytes)})` : "")
+        : "not loaded (set up at its first request)"));
+    }
     if (m.inputs) {
       parts.push(h("div", {}, "inputs: ", m.inputs.map((i) => `${i.name} (${i.channels} ch)`).join(", "),
         " · outputs: ", m.outputs.map((o) => `${o.name} (${o.channels} ch)`).join(", ")));
@@ -486,8 +491,12 @@
       const curve = job.curve;
       lossBox.dataset.points = String(curve.length);
       if (plot) plot.setData([curve.map((p) => p[0]), curve.map((p) => p[1]), curve.map((p) => p[2])]);
+      const settings = Object.entries(job.settings || {});
       info.replaceChildren(h("div", { class: "dim" }, `${job.kind} job on ${job.device} · model ${job.model_id} · ${fmtSeconds(job.elapsed_seconds)} trained · checkpoints: ${job.checkpoints.join(", ") || "none"}`),
-        h("div", { class: "error" }, job.error || ""));
+        h("div", { class: "error" }, job.error || ""),
+        settings.length ? h("div", { id: "job-settings" }, h("h3", {}, "Settings"),
+          h("table", { class: "settings" }, h("tbody", {}, settings.map(([key, value]) => h("tr", { "data-setting": key },
+            h("td", {}, key), h("td", {}, value === null ? "–" : typeof value === "object" ? JSON.stringify(value) : String(value))))))) : null);
       actions.replaceChildren(...jobActions(job));
       const now = Date.now();
       if (job.has_contact_sheet && job.step !== sheetStep && now - lastSheetFetch > 3000) {
