@@ -39,6 +39,7 @@ from frameserve.errors import KnobError, ModelSetupError
 from frameserve.media.imageio import read_image, write_image
 from frameserve.networks.vdsr import PARAMETER_COUNT, VDSR, load_vdsr
 from frameserve.plugin.model import SpatialNeeds
+from frameserve.serve.mlclient.menu import menu_model
 from frameserve.serve.server import FrameServer
 from frameserve.weights import shipped_weights_path
 from tests.support.commands import frameserve
@@ -427,6 +428,8 @@ def test_the_mlclient_node_gets_upscale_detail_and_a_clear_error_from_upscale_x2
     node = NodeClient(*server.mlclient_address)
     reply = node.infer(node.model("upscale_detail"), [plate])
     assert decode_image(reply.r2.images[0]).shape == plate.shape
-    refused = node.infer(node.model("upscale_x2"), [plate])
+    assert "upscale_x2" not in {m.name for m in node.info().r1.models}  # not on the menu
+    named = menu_model(server.engine.model("upscale_x2").spec, label="Upscale x2")
+    refused = node.infer(named, [plate])  # a client that names it anyway: refused unrun
     assert refused.HasField("error")
-    assert "96x96, but the MLClient node needs the input's format, 48x48" in refused.error.msg
+    assert "makes outputs 2x the size of its inputs" in refused.error.msg
