@@ -15,7 +15,10 @@ request, or each batch of requests the scheduler grouped, it:
    and tiles them, runs the model on the device (half precision, channels-last memory order)
    and falls back to smaller batches and tiles when memory runs out
    (:mod:`frameserve.engine.execution`);
-5. converts each request's checked outputs back to the request's colourspace.
+5. converts each request's checked outputs back to the request's colourspace — except an
+   output whose RGB is an input's RGB as the model got it, which gets the request's own pixels
+   back; a frame converted before (the same plate, other knobs) is not converted again
+   (:mod:`frameserve.engine.conversions`).
 
 **Batches** (:meth:`Runner.run_batch`): requests with the same model, knob values, frame sizes
 and colourspace run in one call to ``predict_batch`` (at most the model's
@@ -34,6 +37,7 @@ import torch
 
 from frameserve.catalogue.registry import ModelEntry, ModelRegistry
 from frameserve.engine.colour import ColourManager, default_manager
+from frameserve.engine.conversions import ConvertedFrames, passed_through
 from frameserve.engine.devices import default_memory_budget, resolve_device
 from frameserve.engine.execution import CHANNELS_LAST_ON_CPU, Executor
 from frameserve.engine.outputs import ModelOutputs
@@ -90,6 +94,8 @@ class Runner:
             registry, self.device, budget_bytes=memory_budget_bytes, prepare=self._executor.prepare
         )
         registry.add_listener(self._pool.retire_stale)  # drop replaced models once idle
+        #: Input conversions kept by frame content (see :mod:`frameserve.engine.conversions`).
+        self.conversions = ConvertedFrames()
 
     @property
     def half_precision(self) -> bool:
@@ -200,25 +206,34 @@ class Runner:
         size = _frame_size(spec, first)
         # Requests in one group send the same inputs (optional ones may be absent from all).
         names = [declared.name for declared in spec.inputs if declared.name in first.frames]
-        inputs = {
-            name: _stack(
-                [
-                    self._convert(r.frames[name], r.colourspace, spec.colourspace_in)
-                    for r in requests
-                ]
-            )
-            for name in names
-        }
+        # each request's inputs as the model gets them (the same tensors when no conversion)
+        given = [
+            {name: self._convert_input(r.frames[name], r.colourspace, spec) for name in names}
+            for r in requests
+        ]
+        inputs = {name: _stack([frames[name] for frames in given]) for name in names}
         with self._pool.use(entry) as loaded:
             items = self._executor.run(
                 loaded, inputs, first.knobs, size, single=single, count=len(requests)
             )
         return [
-            self._finish(spec, item, request) for item, request in zip(items, requests, strict=True)
+            self._finish(spec, item, request, frames)
+            for item, request, frames in zip(items, requests, given, strict=True)
         ]
 
+    def _convert_input(
+        self, frame: torch.Tensor, colourspace: str, spec: ModelSpec
+    ) -> torch.Tensor:
+        if colourspace == spec.colourspace_in:
+            return frame
+        return self.conversions.get(frame, colourspace, spec.colourspace_in, self.colour.convert)
+
     def _finish(
-        self, spec: ModelSpec, item: ModelOutputs | FrameServeError, request: InferenceRequest
+        self,
+        spec: ModelSpec,
+        item: ModelOutputs | FrameServeError,
+        request: InferenceRequest,
+        given: dict[str, torch.Tensor],
     ) -> Outcome:
         if isinstance(item, FrameServeError):
             return item
@@ -227,12 +242,31 @@ class Runner:
             return ModelRunError(f"model {spec.id!r} returned no {first!r} output")
         try:
             frames = {
-                name: self._convert(frame, spec.colourspace_out, request.colourspace)
+                name: self._output(frame, spec, request, given)
                 for name, frame in item.frames.items()
             }
         except FrameServeError as exc:
             return exc
         return InferenceResult(frames=frames, objects=item.objects)
+
+    def _output(
+        self,
+        frame: torch.Tensor,
+        spec: ModelSpec,
+        request: InferenceRequest,
+        given: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """``frame`` in the request's colourspace: the request's own RGB where the model
+        passed an input's RGB through unchanged, else converted."""
+        if spec.colourspace_out == request.colourspace:
+            return frame
+        for name, model_input in given.items():
+            original = request.frames[name]
+            if model_input is not original and passed_through(frame, model_input):
+                restored = frame.clone()
+                restored[:3] = original[:3].to(frame.device)
+                return restored
+        return self._convert(frame, spec.colourspace_out, request.colourspace)
 
     def _convert(self, frame: torch.Tensor, source: str, target: str) -> torch.Tensor:
         if source == target:
