@@ -13,7 +13,9 @@ This module is the command line only: it parses the flags into a backend and che
 
 - ``--local`` (the default) runs the model in this process
   (:class:`~frameserve.shots.backends.LocalBackend`); ``--server URL`` sends each frame to a
-  frameserve HTTP server (:class:`~frameserve.shots.backends.ServerBackend`). The model's
+  frameserve HTTP server (:class:`~frameserve.shots.backends.ServerBackend`); ``--ray ADDRESS``
+  fans the frames over the model's replicas on a Ray cluster
+  (:class:`~frameserve.shots.cluster.RayBackend`). The model's
   declaration comes from the backend, and ``--knob`` text is parsed against its knobs.
 - ``--input`` and ``--output`` patterns are matched to the declared inputs and outputs;
   without ``--frames``, the frames are those of the first input found on disk.
@@ -39,12 +41,14 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 from frameserve.cli.flags import add_model_flags, registry_from_flags, setting_default
 from frameserve.cli.infer import parse_knob_texts
 from frameserve.cli.progress import FrameProgress
 from frameserve.cli.token import add_token_flag
+from frameserve.engine.cluster import load_deployments
 from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError
 from frameserve.media.atomic import remove_pending
@@ -58,6 +62,7 @@ from frameserve.shots.backends import (
     LocalBackend,
     ServerBackend,
 )
+from frameserve.shots.cluster import RayBackend
 from frameserve.shots.run import RunOptions, run_sequence
 
 __all__ = ["add_run_parser", "parse_channels"]
@@ -159,6 +164,18 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     where.add_argument(
         "--local", action="store_true", help="run the model in this process (the default)"
     )
+    where.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="fan the frames over the model's Ray Serve replicas on the Ray cluster at ADDRESS "
+        "(host:6379, or auto: the local Ray); pip install 'frameserve[ray]'",
+    )
+    run.add_argument(
+        "--ray-deployments",
+        type=Path,
+        metavar="FILE",
+        help="with --ray: each model's resources and replicas (TOML or JSON; docs/cluster.md)",
+    )
     run.add_argument(
         "--channels",
         metavar="CHANNELS",
@@ -212,7 +229,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         type=float,
         default=DEFAULT_SERVER_TIMEOUT,
         metavar="SECONDS",
-        help="with --server: seconds to wait for one frame's answer "
+        help="with --server or --ray: seconds to wait for one frame's answer "
         f"(default {DEFAULT_SERVER_TIMEOUT:g})",
     )
     run.add_argument(
@@ -246,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             return TERMINATED_EXIT_CODE
         raise
     finally:
-        if isinstance(backend, ServerBackend):
+        if isinstance(backend, ServerBackend | RayBackend):
             backend.close()
     return report.exit_code
 
@@ -276,6 +293,14 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
+    if args.ray is not None:
+        return RayBackend(
+            registry_from_flags(args),
+            address=args.ray,
+            plan=load_deployments(args.ray_deployments),
+            device=args.device or AUTO,
+            timeout=args.timeout,
+        )
     if args.server is None:
         registry = registry_from_flags(args)
         return LocalBackend(registry, device=args.device or AUTO)
@@ -331,7 +356,8 @@ def _jobs(args: argparse.Namespace) -> int:
     """``--jobs``, else the default for where the model runs."""
     if args.jobs is not None:
         return int(args.jobs)
-    return int(setting_default(RunOptions, "jobs")) if args.server is None else DEFAULT_SERVER_JOBS
+    remote = args.server is not None or args.ray is not None
+    return DEFAULT_SERVER_JOBS if remote else int(setting_default(RunOptions, "jobs"))
 
 
 def _patterns(

@@ -207,6 +207,24 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"see --max-crashes (default {default('crash_window'):g})",
     )
+    cluster = serve.add_argument_group("Ray cluster (pip install 'frameserve[ray]')")
+    cluster.add_argument(
+        "--ray",
+        dest="ray_address",
+        default=None,
+        metavar="ADDRESS",
+        help="run models as Ray Serve deployments on the Ray cluster at ADDRESS (host:6379, "
+        "ray://host:10001, or auto: the local Ray, started if none runs); the front doors, "
+        "queues and result cache stay on this machine (default: models run here)",
+    )
+    cluster.add_argument(
+        "--ray-deployments",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML or JSON file of each model's resources on the cluster: num_cpus, num_gpus, "
+        "min_replicas, max_replicas, max_ongoing_requests, resources (see docs/cluster.md)",
+    )
     training = serve.add_argument_group("training jobs")
     training.add_argument(
         "--data-root",
@@ -364,6 +382,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
         ),
         max_crashes=args.max_crashes,
         crash_window=args.crash_window,
+        ray_address=args.ray_address,
+        ray_deployments=args.ray_deployments,
     )
 
 

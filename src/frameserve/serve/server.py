@@ -28,6 +28,7 @@ from types import TracebackType
 from frameserve.catalogue.registry import ModelRegistry, model_folders_from_env
 from frameserve.catalogue.watcher import ModelWatcher
 from frameserve.engine.cache import ResultCache
+from frameserve.engine.cluster import RayHost, load_deployments
 from frameserve.engine.colour import ColourManager
 from frameserve.engine.engine import Engine
 from frameserve.engine.metrics import Metrics
@@ -71,11 +72,21 @@ class FrameServer:
             memory_budget_bytes=self.settings.model_memory_budget_bytes,
         )
         self.metrics = Metrics()
-        self.host: ModelHost = (
-            ProcessHost(runner, settings=self.settings.worker_settings(), metrics=self.metrics)
-            if self.settings.isolation
-            else InProcessHost(runner)
-        )
+        self.host: ModelHost
+        if self.settings.ray_address is not None:
+            self.host = RayHost(
+                runner,
+                address=self.settings.ray_address,
+                plan=load_deployments(self.settings.ray_deployments),
+                settings=self.settings.worker_settings(),
+                metrics=self.metrics,
+            )
+        elif self.settings.isolation:
+            self.host = ProcessHost(
+                runner, settings=self.settings.worker_settings(), metrics=self.metrics
+            )
+        else:
+            self.host = InProcessHost(runner)
         cache_bytes = self.settings.cache_bytes
         self.cache = ResultCache(cache_bytes) if cache_bytes else None
         self.scheduler = Scheduler(
@@ -155,12 +166,15 @@ class FrameServer:
         ready = [_named(e.id, e.version) for e in self.engine.models()]
         failed = [_named(e.id, e.version) for e in self.engine.catalogue() if not e.ok]
         log.info("models: %s", ", ".join(ready) or "none")
-        log.info(
-            "%s",
-            "models run in worker processes, one per model version (--isolation on)"
-            if self.settings.isolation
-            else "models run in the server process (--isolation off)",
-        )
+        if self.settings.ray_address is not None:
+            log.info("models run as Ray Serve deployments (--ray %s)", self.settings.ray_address)
+        else:
+            log.info(
+                "%s",
+                "models run in worker processes, one per model version (--isolation on)"
+                if self.settings.isolation
+                else "models run in the server process (--isolation off)",
+            )
         if failed:
             log.warning("models that failed to load: %s", ", ".join(failed))
         doors: list[FrontDoor] = [*self.mlclient_doors]

@@ -140,6 +140,12 @@ class ServerSettings:
         max_crashes, crash_window: a model whose worker dies ``max_crashes`` times within
             ``crash_window`` seconds is marked failed until it is reloaded (the admin ``load``
             request) or its files change.
+        ray_address: run models as Ray Serve deployments on the Ray cluster at this address
+            (``auto``: the local Ray, started if none runs) instead of on this machine
+            (:mod:`frameserve.engine.cluster`; ``isolation`` then does not apply); ``None``:
+            on this machine.
+        ray_deployments: a deployment file (TOML or JSON) giving each model's resources and
+            replicas on the cluster (:mod:`frameserve.engine.cluster.deployments`).
     """
 
     host: str = "127.0.0.1"
@@ -185,6 +191,8 @@ class ServerSettings:
     worker_memory_bytes: int | None = None
     max_crashes: int = 3
     crash_window: float = 300.0
+    ray_address: str | None = None
+    ray_deployments: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_folders", tuple(Path(p) for p in self.model_folders))
@@ -203,7 +211,7 @@ class ServerSettings:
             ),
         )
         self._check_door_ports()
-        for name in ("tokens_file", "tls_cert", "tls_key"):
+        for name in ("tokens_file", "tls_cert", "tls_key", "ray_deployments"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).expanduser())

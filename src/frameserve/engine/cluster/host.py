@@ -1,0 +1,461 @@
+"""The Ray host: each model version as a Ray Serve deployment on a cluster.
+
+:class:`RayHost` is the :class:`~frameserve.engine.workers.host.ModelHost` of
+``frameserve serve --ray ADDRESS``. The front doors, the scheduler (priorities, fair turns,
+batching, cancellation, the result cache) and the metrics stay on the gateway — the machine
+that runs ``frameserve serve`` — and only the calls of models go to the cluster:
+
+- a model version from a model folder (the built-ins included) runs as a Ray Serve
+  application of its own (:func:`~frameserve.engine.cluster.connect.app_name`) whose replicas
+  (:class:`~frameserve.engine.cluster.replica.ModelReplica`) import the folder from its path;
+  its resources and replicas come from the deployment file
+  (:mod:`~frameserve.engine.cluster.deployments`). It is deployed at its first request and
+  deleted when the host closes;
+- frames travel as numpy arrays through Ray's object store;
+- the scheduler runs each model version on lanes of its own (as for worker processes), so its
+  ``workers`` and ``batch_workers`` bound the calls in flight per model: with a replica's
+  ``max_ongoing_requests`` at least their sum, no call waits inside Ray, and interactive
+  calls overtake batch ones at the gateway, where the queues are;
+- when the registry replaces a model (hot reload), its application is deployed again with the
+  new version (Ray Serve rolls the replicas over); a removed model's application is deleted;
+- a replica that dies fails the calls it was running with
+  :class:`~frameserve.errors.ModelCrashedError` (Ray Serve starts another); a call past its
+  timeout or deadline fails with :class:`~frameserve.errors.ModelTimeoutError` and is
+  cancelled.
+
+Models that are not files (providers such as training jobs) run on the gateway's in-process
+runner, as with worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from frameserve.catalogue.entries import ModelEntry
+from frameserve.catalogue.folders import ModelSource
+from frameserve.catalogue.registry import ModelRegistry
+from frameserve.engine.cluster.connect import app_name, connect, import_ray, ray_error
+from frameserve.engine.cluster.deployments import DeploymentPlan
+from frameserve.engine.cluster.figures import ReplicaFigures
+from frameserve.engine.cluster.replica import ModelReplica, ReplicaConfig, Work, as_tensor
+from frameserve.engine.metrics import Metrics
+from frameserve.engine.request import InferenceRequest, InferenceResult
+from frameserve.engine.runner import Runner
+from frameserve.engine.workers.host import ModelMemory, ModelState, ModelStatus, Outcome
+from frameserve.engine.workers.supervisor import WorkerSettings
+from frameserve.errors import (
+    FrameServeError,
+    ModelCrashedError,
+    ModelLoadError,
+    ModelTimeoutError,
+)
+
+__all__ = ["RayHost"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between looks at the deployments' states (Ray Serve's status).
+STATUS_POLL = 2.0
+#: Seconds closing waits for the deleted applications' replicas to stop.
+CLOSE_WAIT = 15.0
+_IN_PROCESS = ModelStatus(ModelState.READY)
+_NOT_STARTED = ModelStatus(ModelState.IDLE)
+
+
+@dataclass
+class _Deployment:
+    """One model version's Ray Serve application as the gateway knows it."""
+
+    app: str
+    entry: ModelEntry
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    handle: Any = None
+    state: ModelState = ModelState.IDLE
+    error: str | None = None
+    model_bytes: int = 0
+    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class RayHost:
+    """Runs each model version from a model folder as a Ray Serve deployment.
+
+    Args:
+        runner: the in-process runner for models that are not files; its registry is the
+            host's.
+        address: the Ray cluster (``auto``: the local one, started if none runs).
+        plan: resources and replicas per model (:func:`load_deployments`).
+        settings: device, colour, timeouts and threads per priority, as for worker processes.
+        metrics: where replica figures, crashes and timeouts are counted.
+
+    ::
+
+        host = RayHost(Runner(registry), address="auto", plan=load_deployments(None),
+                       settings=WorkerSettings())
+        result = host.run(request)      # on a replica
+        host.close()
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        address: str = "auto",
+        plan: DeploymentPlan | None = None,
+        settings: WorkerSettings | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.runner = runner
+        self.address = address
+        self.plan = plan or DeploymentPlan()
+        self.settings = settings or WorkerSettings()
+        self.metrics = metrics or Metrics()
+        self._ray, self._serve = import_ray()
+        self._joined = connect(address)
+        self._lock = threading.Lock()
+        self._deploying = threading.Lock()
+        self._deployments: dict[tuple[str, str], _Deployment] = {}
+        self._sources: dict[tuple[str, str, str], ModelSource | None] = {}
+        self._closed = False
+        runner.registry.add_listener(self._registry_changed)
+        self.figures = ReplicaFigures(self.metrics, self._replica_states)
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="frameserve-ray", daemon=True)
+        self._watcher.start()
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The models this host runs."""
+        return self.runner.registry
+
+    # -- running -------------------------------------------------------------------------------
+
+    def run(self, request: InferenceRequest) -> InferenceResult:
+        """Run ``request`` on a replica of its model (or in-process, for providers' models)."""
+        outcome = self.run_batch([request])[0]
+        if isinstance(outcome, FrameServeError):
+            raise outcome
+        return outcome
+
+    def run_batch(self, requests: Sequence[InferenceRequest]) -> list[Outcome]:
+        """Run a batch as one call of a replica; each request gets its outcome."""
+        entry = requests[0].entry or self.registry.get(requests[0].model_id)
+        if self._source(entry) is None and self._deployments.get(_dkey(entry)) is None:
+            if len(requests) == 1:
+                return [self.runner.run(requests[0])]
+            return self.runner.run_batch(requests)
+        try:
+            handle = self._handle(entry)
+        except FrameServeError as exc:
+            return [exc] * len(requests)
+        items: list[Work] = [
+            (
+                [(name, frame.detach().cpu().numpy()) for name, frame in request.frames.items()],
+                dict(request.knobs),
+                request.colourspace,
+            )
+            for request in requests
+        ]
+        timeout = self._timeout(entry, requests)
+        response = handle.run.remote(int(requests[0].priority), items)
+        try:
+            replies, figures = response.result(timeout_s=timeout)
+        except Exception as exc:  # Ray's errors (and a timeout), as the engine's
+            error = ray_error(exc, entry.id, timeout)
+            self._failed_call(entry, response, error)
+            return [error] * len(requests)
+        self.figures.record(entry.id, entry.version, figures)
+        pid = int(figures["pid"])
+        return [self._outcome(reply, pid) for reply in replies]
+
+    def _outcome(self, reply: tuple[str, Any], pid: int) -> Outcome:
+        kind, value = reply
+        if kind == "error":
+            return value if isinstance(value, FrameServeError) else ModelLoadError(str(value))
+        frames, objects = value
+        return InferenceResult(
+            frames={name: as_tensor(array) for name, array in frames},
+            objects=tuple(objects),
+            worker=pid,
+        )
+
+    def _timeout(self, entry: ModelEntry, requests: Sequence[InferenceRequest]) -> float:
+        timeout = self.settings.timeout(entry)
+        deadlines = [r.deadline for r in requests if r.deadline is not None]
+        if deadlines:
+            timeout = min(timeout, max(0.01, max(deadlines) - time.monotonic()))
+        return timeout
+
+    def _failed_call(self, entry: ModelEntry, response: Any, error: FrameServeError) -> None:
+        name = _named(entry)
+        if isinstance(error, ModelTimeoutError):
+            self.metrics.model_timeout(name)
+            try:
+                response.cancel()
+            except Exception:  # it may be done or gone already
+                log.debug("cancelling a timed-out call of %s failed", name, exc_info=True)
+        elif isinstance(error, ModelCrashedError):
+            self.metrics.worker_crash(name, "replica")
+            self.metrics.worker_restart(name, "replica died")
+        log.warning("model %s on the cluster: %s", name, error)
+
+    def concurrency_key(self, request: InferenceRequest) -> Hashable:
+        """The model version for deployed models; ``None`` (shared) for in-process ones."""
+        entry = request.entry
+        if entry is None:
+            try:
+                entry = self.registry.get(request.model_id)
+            except Exception:
+                return None
+        return entry.key if self._source(entry) is not None else None
+
+    def allocate_frame(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """A plain numpy buffer (Ray copies it into its object store once per call)."""
+        return np.empty(shape, dtype=np.float32)
+
+    def keep(self, result: InferenceResult) -> InferenceResult:
+        """``result`` with frames from the object store copied (which frees the objects)."""
+        if result.worker is None:
+            return result
+        frames = {name: frame.clone() for name, frame in result.frames.items()}
+        return dataclasses.replace(result, frames=frames)
+
+    # -- deployments ---------------------------------------------------------------------------
+
+    def _handle(self, entry: ModelEntry) -> Any:
+        """The deployment handle of ``entry``'s application, deploying (again) if needed."""
+        with self._lock:
+            if self._closed:
+                raise ModelLoadError("the server is shutting down")
+            deployment = self._deployments.get(_dkey(entry))
+            if deployment is None:
+                deployment = _Deployment(app_name(entry.id, entry.version), entry)
+                self._deployments[_dkey(entry)] = deployment
+        with deployment.lock:
+            current = deployment.entry.token == entry.token and deployment.handle is not None
+            stale = not self.registry.is_current(entry.key)
+            if deployment.handle is not None and (current or stale):
+                return deployment.handle  # a stale request runs on what is deployed
+            if deployment.state is ModelState.FAILED and deployment.entry.token == entry.token:
+                raise ModelLoadError(f"model {entry.id!r} cannot be deployed: {deployment.error}")
+            self._deploy(deployment, entry)
+            return deployment.handle
+
+    def _deploy(self, deployment: _Deployment, entry: ModelEntry) -> None:
+        """Deploy ``entry`` as ``deployment``'s application and wait until it runs (lock held)."""
+        source = self._source(entry)
+        if source is None:
+            raise ModelLoadError(f"model {entry.id!r} has no model folder to deploy from")
+        resources = self.plan.for_model(entry.id, entry.version)
+        settings = self.settings
+        config = ReplicaConfig(
+            source=source,
+            model_id=entry.id,
+            version=entry.version,
+            token=entry.token,
+            device=settings.device,
+            half_precision=settings.half_precision,
+            ocio=settings.ocio,
+            interactive_threads=settings.interactive_threads,
+            batch_threads=settings.batch_threads,
+            log_level=logging.getLogger("frameserve").getEffectiveLevel(),
+        )
+        deployment.entry = entry
+        deployment.state = (
+            ModelState.LOADING if deployment.handle is None else ModelState.RESTARTING
+        )
+        log.info("deploying model %s on Ray Serve (%s)", _named(entry), resources)
+        started = time.monotonic()
+        try:
+            with self._deploying:  # Ray's pickling of the application is not thread-safe
+                app = (
+                    self._serve.deployment(ModelReplica)
+                    .options(name="model", **resources.deployment_options())
+                    .bind(config)
+                )
+                handle = self._serve.run(app, name=deployment.app, route_prefix=None)
+            info = handle.info.remote().result(timeout_s=60.0)
+        except Exception as exc:
+            deployment.state = ModelState.FAILED
+            lines = str(exc).strip().splitlines()
+            deployment.error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            raise ModelLoadError(
+                f"model {entry.id!r} cannot be deployed on Ray Serve: {deployment.error}"
+            ) from exc
+        deployment.handle = handle
+        deployment.model_bytes = int(info.get("model_bytes") or 0)
+        deployment.error = info.get("load_error")
+        deployment.state = ModelState.READY
+        log.info(
+            "model %s deployed on Ray Serve in %.1f s (replica %s)",
+            _named(entry),
+            time.monotonic() - started,
+            info.get("replica"),
+        )
+
+    def _source(self, entry: ModelEntry) -> ModelSource | None:
+        """The model folder ``entry`` was loaded from, if it is still what is on disk."""
+        try:
+            return self._sources[entry.key]
+        except KeyError:
+            pass
+        folder = Path(entry.source).parent
+        found = next(
+            (s for s in self.registry.sources() if s.folder == folder and s.token == entry.token),
+            None,
+        )
+        self._sources[entry.key] = found
+        return found
+
+    def _registry_changed(self) -> None:
+        """Roll replaced models out to their replicas; delete removed models' applications."""
+        self._sources = {}
+        if self._closed:
+            return
+        threading.Thread(target=self._roll_out, name="frameserve-ray-rollout", daemon=True).start()
+
+    def _roll_out(self) -> None:
+        for key, deployment in list(self._deployments.items()):
+            if deployment.handle is None or self.registry.is_current(deployment.entry.key):
+                continue
+            try:
+                newest = self.registry.get(key[0], key[1])
+            except FrameServeError:
+                newest = None
+            try:
+                if newest is not None and self._source(newest) is not None:
+                    log.info("model %s changed: rolling it out to its replicas", _named(newest))
+                    self._handle(newest)
+                else:
+                    log.info("model %s is gone: deleting its deployment", deployment.app)
+                    with deployment.lock:
+                        self._serve.delete(deployment.app)
+                        deployment.handle = None
+                        deployment.state = ModelState.IDLE
+                    with self._lock:
+                        self._deployments.pop(key, None)
+            except Exception:
+                log.exception("rolling out %s failed", deployment.app)
+
+    # -- health and figures --------------------------------------------------------------------
+
+    def status(self, entry: ModelEntry) -> ModelStatus:
+        """The state of ``entry``'s deployment (ready for models that run in-process)."""
+        deployment = self._deployments.get(_dkey(entry))
+        if deployment is None:
+            return _NOT_STARTED if self._source(entry) is not None else _IN_PROCESS
+        return ModelStatus(deployment.state, deployment.error)
+
+    def reset(self, model_id: str) -> list[str]:
+        """Clear the failed state of ``model_id``'s deployments (deployed again on demand)."""
+        lines = []
+        for deployment in list(self._deployments.values()):
+            if deployment.entry.id == model_id and deployment.state is ModelState.FAILED:
+                deployment.state = ModelState.IDLE
+                deployment.error = None
+                line = f"model {_named(deployment.entry)}: cleared its failed state"
+                log.info("%s", line)
+                lines.append(line)
+        return lines
+
+    def loaded_models(self) -> list[str]:
+        """Models set up in-process, then those whose deployment runs."""
+        deployed = [
+            d.entry.id
+            for d in list(self._deployments.values())
+            if d.state is ModelState.READY and self.registry.is_current(d.entry.key)
+        ]
+        return self.runner.loaded_models() + deployed
+
+    def model_memory(self, entry: ModelEntry) -> ModelMemory:
+        """Whether ``entry``'s deployment runs and its model's size on one replica (for a
+        model that runs in-process: what the runner holds of it)."""
+        deployment = self._deployments.get(_dkey(entry))
+        if deployment is None:
+            size = self.runner.model_bytes(entry)
+            return ModelMemory(loaded=size is not None, model_bytes=size or 0)
+        if deployment.state is not ModelState.READY or deployment.entry.key != entry.key:
+            return ModelMemory(loaded=False)
+        return ModelMemory(loaded=True, model_bytes=deployment.model_bytes)
+
+    def memory_in_use(self) -> int:
+        """What in-process models hold, plus each deployed model's size times its replicas."""
+        deployed = sum(
+            d.model_bytes * max(1, d.replicas.get("RUNNING", 1))
+            for d in list(self._deployments.values())
+            if d.state is ModelState.READY
+        )
+        return self.runner.memory_in_use() + deployed
+
+    def _replica_states(self) -> list[tuple[str, str, dict[str, int]]]:
+        return [
+            (d.entry.id, d.entry.version, dict(d.replicas))
+            for d in list(self._deployments.values())
+        ]
+
+    def _watch(self) -> None:
+        """Follow Ray Serve's view of each deployment: replica counts, unhealthy, failed."""
+        while not self._stop.wait(STATUS_POLL):
+            try:
+                applications = self._serve.status().applications
+            except Exception:
+                log.debug("cannot read Ray Serve's status", exc_info=True)
+                continue
+            for deployment in list(self._deployments.values()):
+                app = applications.get(deployment.app)
+                if app is None or deployment.handle is None:
+                    continue
+                overview = next(iter(app.deployments.values()), None)
+                if overview is None:
+                    continue
+                deployment.replicas = {str(k): int(v) for k, v in overview.replica_states.items()}
+                health = str(getattr(overview.status, "value", overview.status))
+                if deployment.lock.locked():
+                    continue  # being deployed: _deploy sets the state
+                if health == "HEALTHY":
+                    deployment.state = ModelState.READY
+                elif health != "HEALTHY" and deployment.replicas.get("RUNNING", 0) == 0:
+                    deployment.state = ModelState.RESTARTING
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Delete this host's deployments; disconnect from Ray if this host joined it."""
+        with self._lock:
+            self._closed = True
+            deployments = list(self._deployments.values())
+            self._deployments = {}
+        self._stop.set()
+        self._watcher.join(STATUS_POLL + 1.0)
+        apps = [d.app for d in deployments if d.handle is not None]
+        for app in apps:  # all at once: each waits for its replicas' graceful shutdown
+            try:
+                self._serve.delete(app, _blocking=False)
+            except Exception:
+                log.warning("cannot delete the Ray Serve application %s", app)
+        deadline = time.monotonic() + CLOSE_WAIT
+        while apps and time.monotonic() < deadline:
+            try:
+                running = self._serve.status().applications
+            except Exception:
+                break
+            apps = [app for app in apps if app in running]
+            time.sleep(0.2)
+        if self._joined:
+            self._ray.shutdown()
+
+
+def _dkey(entry: ModelEntry) -> tuple[str, str]:
+    return (entry.id, entry.version)
+
+
+def _named(entry: ModelEntry) -> str:
+    return entry.id if entry.version == "1" else f"{entry.id} v{entry.version}"
