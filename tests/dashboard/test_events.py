@@ -114,8 +114,14 @@ def test_overview_holds_the_queue_the_workers_and_the_recent_requests(team: Team
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
-    _, _, body = get(server, "/v2/dashboard/overview", tokens["td"])
-    data = json.loads(body)
+    # the door records a request just after writing its answer: wait for it, never long
+    deadline = time.monotonic() + 10
+    while True:
+        _, _, body = get(server, "/v2/dashboard/overview", tokens["td"])
+        data = json.loads(body)
+        if data["recent"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert data["health"]["ready"] is True
     assert set(data["queue"]) == {"interactive", "batch"}
     assert any(w["model"] == "identity" for w in data["workers"])

@@ -293,7 +293,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    if args.ray is not None:
+    if getattr(args, "ray", None) is not None:  # frameserve retime has no --ray (yet)
         return RayBackend(
             registry_from_flags(args),
             address=args.ray,
