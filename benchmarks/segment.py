@@ -7,7 +7,9 @@ the image encoder), then new clicks on the same frame, each a new request (the s
 result cache misses: the knobs differ), each answered from the model's embedding cache.
 Prints the milliseconds per click and the verdict against the 150 ms target, next to a raw
 loopback echo of the same bytes measured in the same run (the part of each click that is only
-moving the frame).
+moving the frame). Replies are read in 1 MiB reads, as the echo is: the node reads 1 KiB at a
+time in C++, which costs it little, where a Python client doing the same would add its own
+~70 ms to each click.
 
 Usage::
 
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlclient_roundtrip import (
+    READ_CHUNK,
     echo_round_trip,
     echo_server,
     free_port,
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     frame = plate(width, height)
     port = free_port()
     with started_server(port), echo_server() as echo_port:
-        client = NodeClient("127.0.0.1", port, timeout=300.0)
+        # read the reply as the echo is read (1 MiB reads): the node's 1 KiB reads are C++ and
+        # cheap, where 33,000 Python recv calls would add their own ~70 ms to every click
+        client = NodeClient("127.0.0.1", port, timeout=300.0, read_chunk=READ_CHUNK)
         model = client.model("segment")
 
         def click(*points: tuple[float, float]) -> tuple[float, np.ndarray]:
@@ -153,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  matte covers {coverage:.1%} of the frame (the astronaut)")
     print("  where a click's time goes (measured in this process, same frame):")
     print(f"    the model's predict, a new click (sRGB frame in): median {model_ms:6.1f} ms")
-    print(f"    colour conversion scene-linear -> sRGB in, sRGB -> linear out: {colour_ms:6.1f} ms")
+    print(
+        "    colour conversions the runner no longer repeats for a click (the same plate in, "
+        f"the plate passed through out): {colour_ms:6.1f} ms"
+    )
     verdict = "PASS" if median <= TARGET_MS else "FAIL"
     print(f"  target: a new click in <= {TARGET_MS:.0f} ms: {verdict}")
     return 0 if median <= TARGET_MS else 1
