@@ -13,6 +13,7 @@ can run without a copy, says which models can serve now, and records what the do
     engine.record_request(model="blur", protocol="http", outcome="ok", seconds=0.01,
                           size="1920x1080")
     engine.model_memory(entry)                           # loaded? the memory it holds
+    engine.running()                                     # calls running now, workers up
 
 A model whose worker process died too often (:mod:`frameserve.engine.workers`) is *failed*:
 it is left out of :meth:`Engine.models`, listed by :meth:`Engine.catalogue` with its error,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,7 +40,31 @@ from frameserve.engine.workers.host import ModelMemory, ModelState, ModelStatus
 from frameserve.errors import ModelLoadError, ModelNotFoundError
 from frameserve.plugin.model import SCENE_LINEAR
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ModelActivity"]
+
+
+@dataclass(frozen=True)
+class ModelActivity:
+    """What one model version does now.
+
+    Attributes:
+        model / version: the model version.
+        running: its calls running now (taken from the queue; a batch counts each request).
+        worker_up: whether its worker serves (a worker process started and ready; in-process,
+            the server itself, always).
+        worker: its worker's process id (``None``: none runs, or it runs in-process).
+    """
+
+    model: str
+    version: str
+    running: int
+    worker_up: bool
+    worker: int | None
+
+    @property
+    def busy(self) -> bool:
+        """Whether it runs a call now."""
+        return self.running > 0
 
 
 class Engine:
@@ -107,6 +133,24 @@ class Engine:
             if isinstance(found, ModelMemory):
                 return found
         return ModelMemory(loaded=entry.id in host.loaded_models())
+
+    def running(self) -> list[ModelActivity]:
+        """What each model version that is not failed does now: its calls running and
+        whether its worker is up (read-only; in :meth:`models` order)."""
+        counts = self._scheduler.running()
+        found = []
+        for entry in self.models():
+            status = self._scheduler.host.status(entry)
+            found.append(
+                ModelActivity(
+                    model=entry.id,
+                    version=entry.version,
+                    running=counts.get((entry.id, entry.version), 0),
+                    worker_up=status.state is ModelState.READY,
+                    worker=status.worker,
+                )
+            )
+        return found
 
     def model(self, model_id: str, version: str | None = None) -> ModelEntry:
         """Return model ``model_id`` in ``version`` (default: its newest).

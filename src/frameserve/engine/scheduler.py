@@ -161,6 +161,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._limits = {Priority.INTERACTIVE: workers, Priority.BATCH: batch_workers}
         self._lanes: dict[tuple[Priority, Hashable], _Lane] = {}
+        self._running: dict[tuple[str, str | None], int] = {}
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._keeper = _Keeper(self.host, self.cache)
@@ -189,6 +190,12 @@ class Scheduler:
         """How many requests of ``priority`` wait to run."""
         with self._lock:
             return len(self._queues[priority])
+
+    def running(self) -> dict[tuple[str, str | None], int]:
+        """How many requests each model runs now, by ``(model id, version)`` (``None``: a
+        request whose model was not found); models running none are left out."""
+        with self._lock:
+            return dict(self._running)
 
     def submit(self, request: InferenceRequest) -> Future[InferenceResult]:
         """Queue ``request``; the future holds its result or the error it raised.
@@ -371,6 +378,10 @@ class Scheduler:
         for ticket in batch:
             self.metrics.queue_wait(model, started - ticket.queued_at)
         self.metrics.batch(model, len(batch))
+        entry = batch[0].request.entry
+        running = (model, None if entry is None else entry.version)
+        with self._lock:
+            self._running[running] = self._running.get(running, 0) + len(batch)
         outcomes: list[InferenceResult | BaseException]
         try:
             if len(batch) == 1:
@@ -386,6 +397,11 @@ class Scheduler:
             log.error("model %s raised %s; its request fails", model, type(exc).__name__)
             error = ModelRunError(f"model {model!r} failed: it raised {type(exc).__name__}({exc})")
             outcomes = [error] * len(batch)
+        finally:
+            with self._lock:
+                left = self._running.pop(running) - len(batch)
+                if left:
+                    self._running[running] = left
         seconds_each = (time.monotonic() - started) / len(batch)
         for ticket, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, BaseException):

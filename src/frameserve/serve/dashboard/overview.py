@@ -8,7 +8,10 @@ Each function returns plain JSON-ready data for one page; the event stream
     jobs(training, user=user, history=history)      # training jobs with their loss curves
 
 Figures come from the engine's metrics (``frameserve_*``, as ``/metrics`` shows them), its
-queue depths, its models' worker states and its ring of recent requests
+queue depths, its models' worker states, the calls each model runs now
+(:meth:`Engine.running <frameserve.engine.engine.Engine.running>`: a model is *busy* while it
+runs one, *idle* while its worker is up and runs none, *stopped* while no worker of it runs)
+and its ring of recent requests
 (:class:`~frameserve.engine.recent.RecentRequests`). Who sent a request is shown to a ``td``
 or ``admin`` only (``/metrics`` needs ``td`` for the same reason); an artist sees their own
 name and ``someone`` for the others.
@@ -71,13 +74,18 @@ def overview(engine: Engine, *, device: str, user: User, started: float) -> dict
     metrics = read_metrics(engine.metrics_text())
     hits = metrics.get('frameserve_cache_lookups_total{result="hit"}', 0.0)
     misses = metrics.get('frameserve_cache_lookups_total{result="miss"}', 0.0)
+    activity = {(a.model, a.version): a for a in engine.running()}
     workers = []
     for entry in engine.catalogue():
         if isinstance(entry, ModelEntry):
             status = engine.status(entry)
+            now = activity.get((entry.id, entry.version))
+            running = now.running if now is not None else 0
+            up = now.worker_up if now is not None else False
             workers.append(
                 {"model": entry.id, "version": entry.version, "state": status.state.value}
-                | {"worker": status.worker}
+                | {"worker": status.worker, "running": running, "up": up}
+                | {"activity": "busy" if running else "idle" if up else "stopped"}
             )
     sees_users = user.may(Role.TD)
     recent = [
@@ -201,7 +209,10 @@ class LossHistory:
     """The loss curve of each training job, sampled whenever a dashboard looks (bounded).
 
     Job statuses carry the newest losses only; this keeps ``(step, loss, validation_loss)``
-    points as they are seen, at most ``points`` per job and ``max_jobs`` jobs.
+    points as they are seen, at most ``points`` per job and ``max_jobs`` jobs, for the live
+    stream. The whole curve is the job's own (``GET /v2/training/jobs/{name}/losses``, from
+    :mod:`frameserve.training.jobs.losses`): the page loads it when a job is selected and
+    extends it with these points.
     """
 
     def __init__(self, *, points: int = 2000, max_jobs: int = 64) -> None:

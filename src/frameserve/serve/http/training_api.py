@@ -14,6 +14,8 @@
 ``GET    /v2/training/jobs/{name}``                state and progress
 ``DELETE /v2/training/jobs/{name}``                remove a stopped job and its files
 ``GET    /v2/training/jobs/{name}/contact_sheet``  the newest contact sheet (PNG)
+``GET    /v2/training/jobs/{name}/losses``         its whole loss curve: ``{"job", "columns",
+                                                   "points": [[step, loss, validation], ...]}``
 ``GET    /v2/training/jobs/{name}/package``        a model package of it (zip; ``?format=``)
 ``POST   /v2/training/jobs/{name}/cancel``         stop it (a checkpoint is saved)
 ``POST   /v2/training/jobs/{name}/resume``         go on from the newest checkpoint
@@ -161,16 +163,18 @@ class TrainingApi(Route):
         if match is None:
             return error_response(404, f"no such path {request.path!r}")
         name, action = match["name"], match["action"] or ""
-        if action in ("", "/contact_sheet", "/package", "/cancel", "/resume"):
+        if action in ("", "/contact_sheet", "/losses", "/package", "/cancel", "/resume"):
             self._check_owner(name, user)
         if action == "" and method == "DELETE":
             self.jobs.delete(name)
             return json_response(200, {"deleted": name})
-        if action in ("", "/contact_sheet", "/package"):
+        if action in ("", "/contact_sheet", "/losses", "/package"):
             if method != "GET":
                 return wrong_method(request, "GET or DELETE" if action == "" else "GET")
             if action == "/package":
                 return self._package(name, _query(request))
+            if action == "/losses":
+                return self._losses(name)
             return self._status(name) if action == "" else self._contact_sheet(name)
         if action in ("/cancel", "/resume"):
             if method != "POST":
@@ -241,6 +245,11 @@ class TrainingApi(Route):
         if sheet is None:
             return error_response(404, f"training job {name!r} has no contact sheet yet")
         return HttpResponse(200, [sheet.read_bytes()], content_type="image/png")
+
+    def _losses(self, name: str) -> HttpResponse:
+        points = [list(point) for point in self.jobs.losses(name)]
+        columns = ["step", "loss", "validation_loss"]
+        return json_response(200, {"job": name, "columns": columns, "points": points})
 
     def _package(self, name: str, query: dict[str, str]) -> HttpResponse:
         from frameserve.training.export import (

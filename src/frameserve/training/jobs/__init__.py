@@ -19,6 +19,7 @@ names the front doors and commands use::
 ``files``         files named by path: confined to the data roots, regular files only
 ``loading``       a new job's frames read off the request thread, within a time limit
 ``scratch``       temporary folders for exports, inside the jobs folder
+``losses``        each job's loss curve, kept in its folder (``losses.jsonl``, bounded)
 ================  ==========================================================================
 """
 

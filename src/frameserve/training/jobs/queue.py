@@ -81,6 +81,7 @@ from frameserve.training.jobs.data import (
 from frameserve.training.jobs.limits import JobLimits
 from frameserve.training.jobs.live import LiveJob, NewJob, prepare_job
 from frameserve.training.jobs.loading import JobLoader
+from frameserve.training.jobs.losses import LossPoint, read_losses
 from frameserve.training.jobs.process import MAX_YIELD_SECONDS
 from frameserve.training.jobs.runs import JobRuns
 from frameserve.training.jobs.scratch import SCRATCH_FOLDER, remove_old_scratch, scratch_folder
@@ -330,6 +331,12 @@ class TrainingJobs:
         if not sheets:
             return None
         return max(sheets, key=lambda path: int(path.stem.removeprefix("step_")))
+
+    def losses(self, name: str) -> list[LossPoint]:
+        """Return job ``name``'s loss curve, ``(step, loss, validation_loss)`` oldest first, as
+        kept in its folder (:mod:`~frameserve.training.jobs.losses`); JobNotFoundError: no
+        such job."""
+        return read_losses(self._job(name).folder)
 
     def delete(self, name: str) -> None:
         """Remove a stopped job: its model, checkpoints, contact sheets and frames.

@@ -14,7 +14,8 @@ names they gave it.
 
 **A process per run.** The worker reads the job's frames again if it holds none (in the
 server, confined to the data roots and within the limits), then starts the job's training
-process (:mod:`frameserve.training.jobs.process`) and follows it: each step's progress, each
+process (:mod:`frameserve.training.jobs.process`) and follows it: each step's progress (its
+losses kept in the job's ``losses.jsonl``, :mod:`~frameserve.training.jobs.losses`), each
 checkpoint (the job's model is refreshed then), the ``busy`` signal passed on, a cancel passed
 on. The run ends as the process does:
 
@@ -41,6 +42,7 @@ from frameserve.training.checkpoints import load_checkpoint
 from frameserve.training.jobs.data import ReadingStopped
 from frameserve.training.jobs.limits import JobLimits
 from frameserve.training.jobs.live import LiveJob
+from frameserve.training.jobs.losses import LossLog
 from frameserve.training.jobs.process import JobProcess, RunOrder
 from frameserve.training.jobs.serving import JobModels
 from frameserve.training.jobs.store import JobState, json_float
@@ -186,8 +188,10 @@ class JobRuns:
             frames=job.frames_for_run(self.limits),
             log_level=logging.getLogger("frameserve").getEffectiveLevel(),
         )
+        losses = LossLog(job.folder)  # the job's whole curve, kept across runs
 
         def report(progress: TrainingProgress) -> None:
+            losses.append(progress)
             with self._lock:
                 job.progress = progress
                 if progress.checkpoint is not None:

@@ -184,7 +184,7 @@
       h("h2", {}, "The last hour"),
       h("div", { class: "charts" }, rateBox, latencyBox),
       h("h2", {}, "Workers"),
-      h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "version"), h("th", {}, "state"), h("th", {}, "process"))), workers),
+      h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "version"), h("th", {}, "state"), h("th", {}, "now"), h("th", {}, "calls running"), h("th", {}, "process"))), workers),
       h("h2", {}, "Recent requests"),
       h("table", {}, h("thead", {}, h("tr", {}, ["time", "who", "model", "door", "size", "ms", "outcome"].map((t) => h("th", {}, t)))), recent),
     );
@@ -193,13 +193,16 @@
     const card = (label, value, cls) => h("div", { class: "card" }, h("div", { class: "label" }, label), h("div", { class: "big " + (cls || "") }, value));
     stream("overview", (data) => {
       const health = data.health;
-      const busy = data.workers.filter((w) => w.state === "ready" || w.state === "loading").length;
+      const busy = data.workers.filter((w) => w.activity === "busy").length;
+      const idle = data.workers.filter((w) => w.activity === "idle").length;
+      const stopped = data.workers.length - busy - idle;
       const device = data.devices[data.devices.length - 1];
       cards.replaceChildren(
         card("health", health.ready ? "ready" : "not ready", health.ready ? "ok" : "bad"),
         card("queue: interactive", data.queue.interactive, "queue-interactive"),
         card("queue: batch", data.queue.batch, "queue-batch"),
-        card("workers running / idle", `${busy} / ${data.workers.length - busy}`),
+        card("workers busy / idle", h("span", { id: "workers-busy-idle" }, `${busy} / ${idle}`)),
+        card("models without a worker", stopped),
         card("cache hit rate", data.cache.hit_rate === null ? "–" : `${(100 * data.cache.hit_rate).toFixed(1)} %`),
         card("model memory", fmtBytes(data.model_memory_bytes)),
         card("device", device.kind === "cpu" ? "cpu (the host)" : device.error ? device.error : `${device.name} · ${fmtBytes(device.memory_used_bytes || 0)} of ${fmtBytes(device.memory_total_bytes)}`),
@@ -211,7 +214,8 @@
       if (rate) rate.setData([xs, minutes.map((m) => m.count / 60), minutes.map((m) => m.errors / 60)]);
       if (latency) latency.setData([xs, minutes.map((m) => m.p50_ms), minutes.map((m) => m.p95_ms)]);
       workers.replaceChildren(...data.workers.map((w) => h("tr", {}, h("td", {}, w.model), h("td", {}, w.version),
-        h("td", { class: w.state === "failed" ? "bad" : "" }, w.state), h("td", {}, w.worker === null ? "–" : w.worker))));
+        h("td", { class: w.state === "failed" ? "bad" : "" }, w.state), h("td", { class: "activity " + (w.activity === "busy" ? "ok" : "dim"), "data-model": w.model }, w.activity),
+        h("td", {}, w.running), h("td", {}, w.worker === null ? "–" : w.worker))));
       recent.replaceChildren(...data.recent.map((r) => h("tr", {},
         h("td", {}, new Date(r.time * 1000).toLocaleTimeString()), h("td", {}, r.user), h("td", { class: "model-name" }, r.model),
         h("td", {}, r.protocol), h("td", { class: "size" }, r.size || "–"), h("td", {}, r.milliseconds.toFixed(1)), h("td", { class: r.outcome === "ok" ? "ok" : "bad" }, r.outcome))));
@@ -468,13 +472,28 @@
       detail, newJobForm(),
     );
     let selected = null, plot = null, sheetStep = -1, lastSheetFetch = 0;
+    let points = new Map();  // the selected job's curve by step: its saved history, then live
+    const draw = () => {
+      const curve = [...points.values()].sort((a, b) => a[0] - b[0]);
+      lossBox.dataset.points = String(curve.length);
+      if (plot) plot.setData([curve.map((p) => p[0]), curve.map((p) => p[1]), curve.map((p) => p[2])]);
+    };
+    const loadLosses = (name) => {  // the whole curve the server kept, joined to the live points
+      apiJson(`/v2/training/jobs/${encodeURIComponent(name)}/losses`).then((data) => {
+        if (name !== selected) return;
+        for (const p of data.points) if (!points.has(p[0])) points.set(p[0], p);
+        lossBox.dataset.loaded = "true";
+        draw();
+      }).catch(() => {});
+    };
     const lossBox = h("div", { class: "chart", id: "loss-chart" });
     const sheet = h("img", { class: "sheet", alt: "contact sheet" });
     const earlier = h("div", { class: "row", id: "earlier-sheets" });
     const info = h("div");
     const actions = h("div");
-    stream("training", (data) => {
-      table.replaceChildren(...data.jobs.map((job) => h("tr", { class: job.name === selected ? "selected" : "", "data-job": job.name, onclick: () => { selected = job.name; sheetStep = -1; plot = null; detail.replaceChildren(); earlier.replaceChildren(); sheet.removeAttribute("src"); } },
+    let last = null;  // the newest data: a click shows its job at once, not at the next change
+    const render = (data) => {
+      table.replaceChildren(...data.jobs.map((job) => h("tr", { class: job.name === selected ? "selected" : "", "data-job": job.name, onclick: () => { selected = job.name; sheetStep = -1; plot = null; detail.replaceChildren(); earlier.replaceChildren(); sheet.removeAttribute("src"); render(last); } },
         h("td", {}, job.name), h("td", {}, job.owner), h("td", { class: job.state === "failed" ? "bad" : "" }, job.state),
         h("td", {}, h("progress", { max: job.total_steps, value: job.step }), ` ${job.step}/${job.total_steps}`),
         h("td", {}, job.steps_per_second.toFixed(1)), h("td", {}, fmtSeconds(job.eta_seconds)), h("td", {}, fmtNum(job.loss)), h("td", {}, fmtNum(job.validation_loss)))));
@@ -487,10 +506,12 @@
         state.charts.forEach((c) => c.destroy());
         state.charts = [];
         plot = chart(lossBox, "loss by step", [{ label: "step", time: false }, { label: "training", stroke: "#f0a030" }, { label: "validation", stroke: "#4a90d9" }], 640);
+        points = new Map();
+        delete lossBox.dataset.loaded;
+        loadLosses(job.name);
       }
-      const curve = job.curve;
-      lossBox.dataset.points = String(curve.length);
-      if (plot) plot.setData([curve.map((p) => p[0]), curve.map((p) => p[1]), curve.map((p) => p[2])]);
+      for (const p of job.curve) points.set(p[0], p);
+      draw();
       const settings = Object.entries(job.settings || {});
       info.replaceChildren(h("div", { class: "dim" }, `${job.kind} job on ${job.device} · model ${job.model_id} · ${fmtSeconds(job.elapsed_seconds)} trained · checkpoints: ${job.checkpoints.join(", ") || "none"}`),
         h("div", { class: "error" }, job.error || ""),
@@ -513,7 +534,8 @@
           sheet.alt = `seen at step ${step}`;
         });
       }
-    }, signal);
+    };
+    stream("training", (data) => { last = data; render(data); }, signal);
   }
   function jobActions(job) {
     const mine = job.owner === state.me.user || mayRole("td");
