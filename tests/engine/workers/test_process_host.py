@@ -145,7 +145,7 @@ def test_the_cache_keeps_a_copy_so_shared_memory_goes_back_for_reuse(
 
 
 def test_a_result_computed_faster_than_a_copy_is_not_cached_in_workers(
-    lab: tuple[ModelRegistry, ProcessHost],
+    lab: tuple[ModelRegistry, ProcessHost], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry, host = lab
     scheduler = Scheduler(host, cache=ResultCache(1 << 30))
@@ -156,9 +156,13 @@ def test_a_result_computed_faster_than_a_copy_is_not_cached_in_workers(
             warm = request(registry, "mirror", shared(host, value, height=540, width=960))
             scheduler.submit(warm).result(HANG_GUARD)
         cache.clear()
-        quick = request(registry, "mirror", shared(host, 1.0, height=540, width=960))
-        scheduler.submit(quick).result(HANG_GUARD)
-        assert len(cache) == 0  # copying 6 MB out would take longer than mirroring it again
+        with monkeypatch.context() as patched:
+            # a copy rate at which the 6 MB result takes 1 s to copy: mirroring it, well under
+            # that whatever the machine's load, is not worth keeping (no timing in the test)
+            patched.setattr(scheduling, "KEEP_BYTES_PER_SECOND", 6.2e6)
+            quick = request(registry, "mirror", shared(host, 1.0, height=540, width=960))
+            scheduler.submit(quick).result(HANG_GUARD)
+            assert len(cache) == 0
         slow = request(registry, "pause", shared(host, 2.0, height=540, width=960), seconds=0.05)
         scheduler.submit(slow).result(HANG_GUARD)
         assert len(cache) == 1  # 50 ms of work is worth a copy of about 1 ms
