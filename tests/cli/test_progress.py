@@ -50,6 +50,18 @@ def test_progress_on_a_log_prints_a_line_every_interval() -> None:
     )
 
 
+def test_a_retime_says_it_is_a_retime() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    progress = FrameProgress(stream, tty=False, interval=1.0, clock=clock, command="retime")
+    progress.start(2, 0)
+    clock.now += 2.0
+    progress.written(1)
+    progress.update()
+    progress.finish(RunReport(total=2, written=[1, 2], seconds=2.0), "done")
+    lines = stream.getvalue().splitlines()
+    assert lines and all(line.startswith("frameserve retime: ") for line in lines), lines
+
+
 def test_progress_on_a_terminal_redraws_in_place() -> None:
     clock, stream = FakeClock(), io.StringIO()
     progress = FrameProgress(stream, tty=True, clock=clock)

@@ -115,7 +115,7 @@ class ProgressLine:
 
 
 class FrameProgress:
-    """The progress of a ``frameserve run`` on ``stream`` (a
+    """The progress of a ``frameserve run`` (or ``retime``: ``command``) on ``stream`` (a
     :class:`~frameserve.shots.run.RunProgress`).
 
     ::
@@ -130,7 +130,9 @@ class FrameProgress:
         tty: bool | None = None,
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        command: str = "run",
     ) -> None:
+        self._prefix = f"frameserve {command}: "
         self._stream = stream
         self._tty = tty
         self._interval = interval
@@ -190,7 +192,7 @@ class FrameProgress:
             parts.append(f"{len(report.failed)} failed ({format_frames(report.failed)})")
         rate = len(report.written) / report.seconds if report.seconds > 0 else 0.0
         self._line.close(
-            f"frameserve run: {how}: {report.total} frames: {', '.join(parts)} in "
+            f"{self._prefix}{how}: {report.total} frames: {', '.join(parts)} in "
             f"{clock_text(report.seconds)} ({rate:.2f} frames/s)"
         )
 
@@ -199,7 +201,7 @@ class FrameProgress:
             self._stream,
             tty=self._tty,
             interval=self._interval,
-            log_prefix="frameserve run: ",
+            log_prefix=self._prefix,
             clock=self._clock,
         )
 

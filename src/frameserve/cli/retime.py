@@ -155,7 +155,9 @@ def _retime(args: argparse.Namespace) -> int:
         with _stop_on_sigterm():
             spec = backend.describe(RETIME_MODEL)
             options = _options(args, spec)
-            report = retime_sequence(backend, spec, options, progress=FrameProgress(sys.stderr))
+            report = retime_sequence(
+                backend, spec, options, progress=FrameProgress(sys.stderr, command="retime")
+            )
     except KeyboardInterrupt as exc:
         remove_pending()
         if isinstance(exc, _Terminated):
