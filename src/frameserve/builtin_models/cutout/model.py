@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from frameserve.builtin_models.person_matte.edges import grow_matte, shape_edge
+from frameserve.builtin_models.person_matte.edges import EDGE_KNOBS, grow_matte, shape_edge
 from frameserve.networks.guided_filter import apply_guided_filter, solve_guided_filter
 from frameserve.networks.u2net import (
     INPUT_SIZE,
@@ -49,7 +49,7 @@ from frameserve.networks.u2net import (
     load_u2netp,
     normalise_for_u2net,
 )
-from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, IntKnob, KnobValues
+from frameserve.plugin.knobs import ChoiceKnob, FloatKnob, KnobValues
 from frameserve.plugin.licences import WeightsLicence
 from frameserve.plugin.model import ImageSpec, Model, SpatialNeeds
 from frameserve.weights import shipped_weights_path
@@ -110,30 +110,7 @@ class Cutout(Model):
                 "of the network's matte (soft edges)."
             ),
         ),
-        FloatKnob(
-            "threshold",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            help="Where the edge is: the refined matte value that becomes 0.5. Lower takes more.",
-        ),
-        FloatKnob(
-            "softness",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            help=(
-                "Width of the edge's transition, in matte values around the threshold: 0 is a "
-                "hard edge, 1 keeps the refined matte's own gradient."
-            ),
-        ),
-        IntKnob(
-            "grow",
-            default=0,
-            min=-200,
-            max=200,
-            help="Grow the matte by this many pixels; negative values choke (shrink) it.",
-        ),
+        *EDGE_KNOBS,
         ChoiceKnob(
             "output",
             default="plate_and_matte",

@@ -9,7 +9,39 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["grow_matte", "shape_edge"]
+from frameserve.plugin.knobs import FloatKnob, IntKnob
+
+__all__ = ["EDGE_KNOBS", "grow_matte", "shape_edge"]
+
+#: The knobs that place and shape a refined matte's edge (:func:`shape_edge`, then
+#: :func:`grow_matte`), the same on every matte model (``person_matte``, ``cutout``,
+#: ``segment``).
+EDGE_KNOBS = (
+    FloatKnob(
+        "threshold",
+        default=0.5,
+        min=0.0,
+        max=1.0,
+        help="Where the edge is: the refined matte value that becomes 0.5. Lower takes more.",
+    ),
+    FloatKnob(
+        "softness",
+        default=0.5,
+        min=0.0,
+        max=1.0,
+        help=(
+            "Width of the edge's transition, in matte values around the threshold: 0 is a "
+            "hard edge, 1 keeps the refined matte's own gradient."
+        ),
+    ),
+    IntKnob(
+        "grow",
+        default=0,
+        min=-200,
+        max=200,
+        help="Grow the matte by this many pixels; negative values choke (shrink) it.",
+    ),
+)
 
 
 def shape_edge(values: torch.Tensor, threshold: float, softness: float) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frameserve.builtin_models.person_matte.edges import grow_matte, shape_edge
+from frameserve.builtin_models.person_matte.edges import EDGE_KNOBS, grow_matte, shape_edge
 from frameserve.errors import FrameError
 from frameserve.networks.extremec3 import load_extremec3
 from frameserve.networks.guided_filter import apply_guided_filter, solve_guided_filter
@@ -146,30 +146,7 @@ class PersonMatte(Model):
                 "matte (soft edges)."
             ),
         ),
-        FloatKnob(
-            "threshold",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            help="Where the edge is: the refined matte value that becomes 0.5. Lower takes more.",
-        ),
-        FloatKnob(
-            "softness",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            help=(
-                "Width of the edge's transition, in matte values around the threshold: 0 is a "
-                "hard edge, 1 keeps the refined matte's own gradient."
-            ),
-        ),
-        IntKnob(
-            "grow",
-            default=0,
-            min=-200,
-            max=200,
-            help="Grow the matte by this many pixels; negative values choke (shrink) it.",
-        ),
+        *EDGE_KNOBS,
         ChoiceKnob(
             "hints_mode",
             default="follow_plate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from frameserve.builtin_models.person_matte.edges import EDGE_KNOBS
 from frameserve.builtin_models.segment.prompts import Prompt, box_from_knobs, parse_points
 from frameserve.errors import KnobError
 from frameserve.networks.sam import MASK_CHOICES
@@ -50,30 +51,7 @@ KNOBS = (
             "/ sub-part: the largest, middle or smallest of its three candidates."
         ),
     ),
-    FloatKnob(
-        "threshold",
-        default=0.5,
-        min=0.0,
-        max=1.0,
-        help="Where the edge is: the refined matte value that becomes 0.5. Lower takes more.",
-    ),
-    FloatKnob(
-        "softness",
-        default=0.5,
-        min=0.0,
-        max=1.0,
-        help=(
-            "Width of the edge's transition, in matte values around the threshold: 0 is a "
-            "hard edge, 1 keeps the refined matte's own gradient."
-        ),
-    ),
-    IntKnob(
-        "grow",
-        default=0,
-        min=-200,
-        max=200,
-        help="Grow the matte by this many pixels; negative values choke (shrink) it.",
-    ),
+    *EDGE_KNOBS,
     ChoiceKnob(
         "output",
         default="plate_and_matte",
