@@ -39,8 +39,8 @@ import logging
 from collections.abc import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 
+from frameserve.builtin_models.matting import clean_unit, resize, shrink
 from frameserve.builtin_models.person_matte.edges import EDGE_KNOBS, grow_matte, shape_edge
 from frameserve.networks.guided_filter import apply_guided_filter, solve_guided_filter
 from frameserve.networks.u2net import (
@@ -134,8 +134,8 @@ class Cutout(Model):
         image = frames["image"]
         height, width = int(image.shape[1]), int(image.shape[2])
         solve = solve_size(height, width)
-        guide = _shrink(_clean(image), solve)
-        matte_small = _resize(saliency(self.network, guide), solve)
+        guide = shrink(clean_unit(image), solve)
+        matte_small = resize(saliency(self.network, guide), solve)
         snap = float(knobs["snap"])
         radius = max(1, round(snap * min(solve) / INPUT_SIZE)) if snap > 0 else 0
         log.debug(
@@ -150,7 +150,7 @@ class Cutout(Model):
             coefficients = solve_guided_filter(guide, matte_small, radius=radius, eps=EDGE_EPS)
             refined = apply_guided_filter(coefficients, image, clamp=(0.0, 1.0))
         else:
-            refined = _resize(matte_small, (height, width))
+            refined = resize(matte_small, (height, width))
         matte = shape_edge(refined, float(knobs["threshold"]), float(knobs["softness"]))
         matte = grow_matte(matte, int(knobs["grow"])).to(image.dtype)
         rgb = image if knobs["output"] == "plate_and_matte" else torch.zeros_like(image)
@@ -163,7 +163,7 @@ def saliency(network: Network, rgb: torch.Tensor) -> torch.Tensor:
     The image is stretched to 320 x 320 (area filter when shrinking), as the network was
     trained; stretch the map back to the image's aspect to use it.
     """
-    square = _shrink(rgb, (INPUT_SIZE, INPUT_SIZE))
+    square = shrink(rgb, (INPUT_SIZE, INPUT_SIZE))
     return network(normalise_for_u2net(square[None]))[0].clamp(0.0, 1.0)
 
 
@@ -173,22 +173,3 @@ def solve_size(height: int, width: int) -> tuple[int, int]:
     """
     scale = min(1.0, SOLVE_SCALE * INPUT_SIZE / min(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _clean(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with NaN as 0 and every value clamped to 0-1 (a copy)."""
-    return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
-
-
-def _shrink(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(C, H, W)`` to ``size`` bilinearly, antialiased where it shrinks."""
-    if tuple(x.shape[1:]) == size:
-        return x
-    return F.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(C, H, W)`` to ``size`` bilinearly (for smooth, low-resolution mattes)."""
-    if tuple(x.shape[1:]) == size:
-        return x
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]

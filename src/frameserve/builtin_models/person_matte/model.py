@@ -40,9 +40,9 @@ import logging
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from frameserve.builtin_models.matting import clean_unit, resize, shrink
 from frameserve.builtin_models.person_matte.edges import EDGE_KNOBS, grow_matte, shape_edge
 from frameserve.errors import FrameError
 from frameserve.networks.extremec3 import load_extremec3
@@ -178,13 +178,13 @@ class PersonMatte(Model):
         height, width = int(image.shape[1]), int(image.shape[2])
         net_size = network_size(height, width, int(knobs["network_size"]))
         solve_size = _solve_size(height, width, net_size)
-        guide = _shrink(_clean(image), solve_size)
+        guide = shrink(clean_unit(image), solve_size)
         probability = person_probability(
-            self.networks[str(knobs["network"])], _shrink(guide, net_size)
+            self.networks[str(knobs["network"])], shrink(guide, net_size)
         )
-        matte_small = _resize(probability, solve_size)
+        matte_small = resize(probability, solve_size)
         if hints is not None:
-            matte_small = _apply_hints(matte_small, _shrink(hints, solve_size))
+            matte_small = _apply_hints(matte_small, shrink(hints, solve_size))
         snap = float(knobs["snap"])
         radius = max(1, round(snap * solve_size[0] / net_size[0])) if snap > 0 else 0
         log.debug(
@@ -201,7 +201,7 @@ class PersonMatte(Model):
             coefficients = solve_guided_filter(guide, matte_small, radius=radius, eps=EDGE_EPS)
             refined = apply_guided_filter(coefficients, image, clamp=(0.0, 1.0))
         else:
-            refined = _resize(matte_small, (height, width))
+            refined = resize(matte_small, (height, width))
         matte = shape_edge(refined, float(knobs["threshold"]), float(knobs["softness"]))
         matte = grow_matte(matte, int(knobs["grow"]))
         if hints is not None and knobs["hints_mode"] == "as_painted":
@@ -255,12 +255,7 @@ def _checked_hints(hints: torch.Tensor | None, image: torch.Tensor) -> torch.Ten
             f"input 'hints' of model 'person_matte' is {hints.shape[2]}x{hints.shape[1]}; it "
             f"must be the size of 'image', {image.shape[2]}x{image.shape[1]}"
         )
-    return _clean(hints)
-
-
-def _clean(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with NaN as 0 and every value clamped to 0-1 (a copy)."""
-    return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0.0, 1.0)
+    return clean_unit(hints)
 
 
 def _apply_hints(matte: torch.Tensor, hints: torch.Tensor) -> torch.Tensor:
@@ -272,17 +267,3 @@ def _solve_size(height: int, width: int, net_size: tuple[int, int]) -> tuple[int
     """The guided filter's solve size: the frame's, or ``SOLVE_SCALE`` x the network's."""
     scale = min(1.0, SOLVE_SCALE * min(net_size) / min(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _shrink(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(C, H, W)`` to ``size`` with an area-like (antialiased) filter."""
-    if tuple(x.shape[1:]) == size:
-        return x
-    return F.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(C, H, W)`` to ``size`` bilinearly (for smooth, low-resolution mattes)."""
-    if tuple(x.shape[1:]) == size:
-        return x
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
