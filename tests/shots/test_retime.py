@@ -29,6 +29,7 @@ from frameserve.shots.retime import (
     speed_timing,
 )
 from tests.builtin_models.test_motion_vectors import sintel
+from tests.support.servers import start_server
 
 CROP = (slice(None), slice(150, 278), slice(300, 556))  # 128 x 256, where Sintel moves
 DATA_WINDOW = (10, 20, 256, 128)
@@ -112,6 +113,26 @@ def test_a_curve_file_and_a_frame_range(plate: Path, tmp_path: Path, backend: Lo
     expected, _ = backend.infer("retime", {"a": a, "b": b}, {"t": 0.25}, colourspace=None)
     np.testing.assert_allclose(read_image(out / "ramp.0002.exr").hwc, expected["image"], atol=1e-5)
     assert np.array_equal(read_image(out / "ramp.0004.exr").hwc, b)
+
+
+def test_retime_on_a_server_makes_what_a_local_retime_makes(
+    plate: Path, tmp_path: Path, backend: LocalBackend
+) -> None:
+    """``--server URL``: the in-between comes from a real server's retime model."""
+    server = start_server(model_folders=(), isolation=False)
+    try:
+        host, port = server.http_address
+        out = tmp_path / "served"
+        argv = ["retime", "--input", str(plate / "plate.####.exr"), "--output"]
+        argv += [str(out / "slow.####.exr"), "--speed", "0.5", "--server", f"http://{host}:{port}"]
+        assert main(argv) == 0
+    finally:
+        server.close()
+    a = read_image(plate / "plate.1001.exr").hwc
+    b = read_image(plate / "plate.1002.exr").hwc
+    expected, _ = backend.infer("retime", {"a": a, "b": b}, {"t": 0.5}, colourspace=None)
+    np.testing.assert_allclose(read_image(out / "slow.1002.exr").hwc, expected["image"], atol=1e-4)
+    assert np.array_equal(read_image(out / "slow.1003.exr").hwc, b)
 
 
 def test_a_stopped_retime_resumes(plate: Path, tmp_path: Path, backend: LocalBackend) -> None:

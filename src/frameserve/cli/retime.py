@@ -15,9 +15,10 @@ frames are copies; the others are made by the ``retime`` model from the two sour
 around them (``--knob scale=0.5`` for 4K, ``--knob ensemble=true``).
 
 This module is the command line only; the work is :func:`frameserve.shots.retime.retime_sequence`
-(how frames are skipped, resumed, checked, copied and written). Backends, ``--jobs``,
-``--stop-after``, stopping on Ctrl-C or ``SIGTERM`` and the exit status are as for
-``frameserve run``.
+(how frames are skipped, resumed, checked, copied and written). Where the model runs
+(``--local``, ``--server URL``, ``--ray ADDRESS``), ``--jobs``, ``--stop-after``, stopping on
+Ctrl-C or ``SIGTERM`` and the exit status are as for ``frameserve run``
+(:mod:`frameserve.cli.shot_command`).
 """
 
 from __future__ import annotations
@@ -27,24 +28,20 @@ import logging
 import sys
 from pathlib import Path
 
-from frameserve.cli.flags import add_model_flags, setting_default
+from frameserve.cli.flags import setting_default
 from frameserve.cli.infer import parse_knob_texts
 from frameserve.cli.progress import FrameProgress
-from frameserve.cli.run import (
+from frameserve.cli.run import parse_channels
+from frameserve.cli.shot_command import (
     DEFAULT_SERVER_JOBS,
-    TERMINATED_EXIT_CODE,
-    _backend,
-    _stop_on_sigterm,
-    _Terminated,
-    parse_channels,
+    add_backend_flags,
+    remote_backend,
+    run_shot_command,
 )
-from frameserve.cli.token import add_token_flag
-from frameserve.engine.devices import AUTO
 from frameserve.errors import ConfigError
-from frameserve.media.atomic import remove_pending
 from frameserve.media.sequences import FramePattern, format_frames, parse_frames
 from frameserve.plugin.model import ModelSpec
-from frameserve.shots.backends import DEFAULT_SERVER_TIMEOUT, ServerBackend
+from frameserve.shots.backends import Backend
 from frameserve.shots.retime import (
     RETIME_MODEL,
     RetimeOptions,
@@ -102,9 +99,7 @@ def add_retime_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="NAME=VALUE",
         help="a knob of the retime model: scale (auto, 2, 1, 0.5, 0.25), ensemble, refine",
     )
-    where = retime.add_mutually_exclusive_group()
-    where.add_argument("--server", metavar="URL", help="send frames to a frameserve HTTP server")
-    where.add_argument("--local", action="store_true", help="run in this process (the default)")
+    add_backend_flags(retime)
     retime.add_argument(
         "--channels", metavar="CHANNELS", help="channels read from the source: rgb, a layer..."
     )
@@ -124,7 +119,7 @@ def add_retime_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=int,
         metavar="N",
         help=f"frames in flight (default {setting_default(RetimeOptions, 'jobs')} local, "
-        f"{DEFAULT_SERVER_JOBS} with --server)",
+        f"{DEFAULT_SERVER_JOBS} with --server or --ray)",
     )
     retime.add_argument("--half", action="store_true", help="write EXR outputs as half floats")
     stop_after = setting_default(RetimeOptions, "stop_after")
@@ -135,38 +130,19 @@ def add_retime_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="N",
         help=f"stop after N frames in a row failed (default {stop_after}; 0: never)",
     )
-    retime.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_SERVER_TIMEOUT,
-        metavar="SECONDS",
-        help="with --server: seconds to wait for one frame",
-    )
-    retime.add_argument("--device", help=f"torch device (local runs; default {AUTO})")
-    add_token_flag(retime)
-    add_model_flags(retime, where="local runs")
     retime.set_defaults(run=_retime)
 
 
 def _retime(args: argparse.Namespace) -> int:
     """Carry out ``frameserve retime`` from parsed arguments; return the exit status."""
-    backend = _backend(args)
-    try:
-        with _stop_on_sigterm():
-            spec = backend.describe(RETIME_MODEL)
-            options = _options(args, spec)
-            report = retime_sequence(
-                backend, spec, options, progress=FrameProgress(sys.stderr, command="retime")
-            )
-    except KeyboardInterrupt as exc:
-        remove_pending()
-        if isinstance(exc, _Terminated):
-            return TERMINATED_EXIT_CODE
-        raise
-    finally:
-        if isinstance(backend, ServerBackend):
-            backend.close()
-    return report.exit_code
+
+    def work(backend: Backend) -> int:
+        spec = backend.describe(RETIME_MODEL)
+        options = _options(args, spec)
+        progress = FrameProgress(sys.stderr, command="retime")
+        return retime_sequence(backend, spec, options, progress=progress).exit_code
+
+    return run_shot_command(args, work)
 
 
 def _options(args: argparse.Namespace, spec: ModelSpec) -> RetimeOptions:
@@ -195,8 +171,8 @@ def _options(args: argparse.Namespace, spec: ModelSpec) -> RetimeOptions:
         timing = {frame: timing[frame] for frame in wanted}
     jobs = args.jobs
     if jobs is None:
-        local = args.server is None
-        jobs = setting_default(RetimeOptions, "jobs") if local else DEFAULT_SERVER_JOBS
+        remote = remote_backend(args)
+        jobs = DEFAULT_SERVER_JOBS if remote else setting_default(RetimeOptions, "jobs")
     return RetimeOptions(
         input=source,
         output=output,

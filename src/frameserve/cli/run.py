@@ -34,49 +34,31 @@ clean up; the next run in the same output folders removes what it left.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from types import FrameType
+from collections.abc import Mapping, Sequence
 
-from frameserve.cli.flags import add_model_flags, registry_from_flags, setting_default
+from frameserve.cli.flags import setting_default
 from frameserve.cli.infer import parse_knob_texts
 from frameserve.cli.progress import FrameProgress
-from frameserve.cli.token import add_token_flag
-from frameserve.engine.cluster import load_deployments
-from frameserve.engine.devices import AUTO
+from frameserve.cli.shot_command import (
+    DEFAULT_SERVER_JOBS,
+    TERMINATED_EXIT_CODE,
+    add_backend_flags,
+    remote_backend,
+    run_shot_command,
+)
 from frameserve.errors import ConfigError
-from frameserve.media.atomic import remove_pending
 from frameserve.media.imageio import SUPPORTED_EXTENSIONS
 from frameserve.media.sequences import FramePattern, format_frames, parse_frames
 from frameserve.plugin.model import ModelSpec
-from frameserve.shots.backends import (
-    DEFAULT_SERVER_TIMEOUT,
-    DEFAULT_SERVER_WAIT,
-    Backend,
-    LocalBackend,
-    ServerBackend,
-)
-from frameserve.shots.cluster import RayBackend
+from frameserve.shots.backends import Backend
 from frameserve.shots.run import RunOptions, run_sequence
 
-__all__ = ["add_run_parser", "parse_channels"]
+__all__ = ["TERMINATED_EXIT_CODE", "add_run_parser", "parse_channels"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SERVER_JOBS = 4  # the server batches and runs requests in parallel: keep it fed
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-#: Exit status of a run stopped by SIGTERM (128 + the signal's number, as a shell reports it).
-TERMINATED_EXIT_CODE = 128 + signal.SIGTERM
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread: the run stops as on Ctrl-C."""
 
 
 def parse_channels(text: str) -> tuple[str, ...]:
@@ -154,28 +136,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument(
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="knob value (repeatable)"
     )
-    where = run.add_mutually_exclusive_group()
-    where.add_argument(
-        "--server",
-        metavar="URL",
-        help=f"send frames to a frameserve HTTP server, e.g. {DEFAULT_SERVER_URL} (default: "
-        "--local)",
-    )
-    where.add_argument(
-        "--local", action="store_true", help="run the model in this process (the default)"
-    )
-    where.add_argument(
-        "--ray",
-        metavar="ADDRESS",
-        help="fan the frames over the model's Ray Serve replicas on the Ray cluster at ADDRESS "
-        "(host:6379, or auto: the local Ray); pip install 'frameserve[ray]'",
-    )
-    run.add_argument(
-        "--ray-deployments",
-        type=Path,
-        metavar="FILE",
-        help="with --ray: each model's resources and replicas (TOML or JSON; docs/cluster.md)",
-    )
+    add_backend_flags(run)
     run.add_argument(
         "--channels",
         metavar="CHANNELS",
@@ -213,7 +174,7 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         type=int,
         metavar="N",
         help=f"frames in flight (default {setting_default(RunOptions, 'jobs')} local, "
-        f"{DEFAULT_SERVER_JOBS} with --server)",
+        f"{DEFAULT_SERVER_JOBS} with --server or --ray)",
     )
     run.add_argument("--half", action="store_true", help="write EXR outputs as half floats")
     stop_after = setting_default(RunOptions, "stop_after")
@@ -224,99 +185,18 @@ def add_run_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="N",
         help=f"stop after N frames in a row failed (default {stop_after}; 0: never)",
     )
-    run.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_SERVER_TIMEOUT,
-        metavar="SECONDS",
-        help="with --server or --ray: seconds to wait for one frame's answer "
-        f"(default {DEFAULT_SERVER_TIMEOUT:g})",
-    )
-    run.add_argument(
-        "--wait",
-        type=float,
-        default=DEFAULT_SERVER_WAIT,
-        metavar="SECONDS",
-        help="with --server: how long to wait for a server that went away (a restart) to come "
-        f"back before a frame fails (default {DEFAULT_SERVER_WAIT:g})",
-    )
-    run.add_argument(
-        "--device", help=f"torch device to run the model on (local runs; default {AUTO})"
-    )
-    add_token_flag(run)
-    add_model_flags(run, where="local runs")
     run.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     """Carry out ``frameserve run`` from parsed arguments; return the exit status."""
-    backend = _backend(args)
-    try:
-        with _stop_on_sigterm():
-            spec = backend.describe(args.model)
-            options = _options(args, spec)
-            report = run_sequence(backend, spec, options, progress=FrameProgress(sys.stderr))
-    except KeyboardInterrupt as exc:
-        removed = remove_pending()  # writes in progress on the worker threads
-        log.debug("stopped: %d temporary file(s) of writes in progress removed", removed)
-        if isinstance(exc, _Terminated):
-            return TERMINATED_EXIT_CODE
-        raise
-    finally:
-        if isinstance(backend, ServerBackend | RayBackend):
-            backend.close()
-    return report.exit_code
 
+    def work(backend: Backend) -> int:
+        spec = backend.describe(args.model)
+        options = _options(args, spec)
+        return run_sequence(backend, spec, options, progress=FrameProgress(sys.stderr)).exit_code
 
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Turn ``SIGTERM`` into :class:`_Terminated` in the main thread while the block runs.
-
-    A second ``SIGTERM`` (while the run stops) gets the handler that was there before: by
-    default, the process ends at once.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    before = previous if previous is not None else signal.SIG_DFL
-
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, before)
-        raise _Terminated
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
-
-
-def _backend(args: argparse.Namespace) -> Backend:
-    if getattr(args, "ray", None) is not None:  # frameserve retime has no --ray (yet)
-        return RayBackend(
-            registry_from_flags(args),
-            address=args.ray,
-            plan=load_deployments(args.ray_deployments),
-            device=args.device or AUTO,
-            timeout=args.timeout,
-        )
-    if args.server is None:
-        registry = registry_from_flags(args)
-        return LocalBackend(registry, device=args.device or AUTO)
-    ignored = [
-        flag
-        for flag, given in (
-            ("--device", args.device is not None),
-            ("--models", bool(args.models)),
-            ("--no-builtins", args.no_builtins),
-            ("--commercial-only", args.commercial_only),
-        )
-        if given
-    ]
-    if ignored:
-        log.warning("%s: ignored with --server (the server has its own)", ", ".join(ignored))
-    return ServerBackend(args.server, timeout=args.timeout, token=args.token, wait=args.wait)
+    return run_shot_command(args, work)
 
 
 def _options(args: argparse.Namespace, spec: ModelSpec) -> RunOptions:
@@ -356,8 +236,7 @@ def _jobs(args: argparse.Namespace) -> int:
     """``--jobs``, else the default for where the model runs."""
     if args.jobs is not None:
         return int(args.jobs)
-    remote = args.server is not None or args.ray is not None
-    return DEFAULT_SERVER_JOBS if remote else int(setting_default(RunOptions, "jobs"))
+    return DEFAULT_SERVER_JOBS if remote_backend(args) else int(setting_default(RunOptions, "jobs"))
 
 
 def _patterns(
