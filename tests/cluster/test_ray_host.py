@@ -1,6 +1,7 @@
 """A real local Ray cluster serving frameserve's models through both doors (issue 18).
 
-One Ray cluster (``num_cpus=2``) and one server with ``--ray auto`` are shared by the module;
+One server with ``--ray auto`` on the session's Ray cluster (``conftest.py``: a head and a
+second node started with ``ray start``) is shared by the module;
 the models are written as real model folders (a scale, a plug-in that raises, one that sleeps
 and one that waits at a gate and tells its process id). Ray is a test extra: without it these
 tests fail, never skip.
@@ -37,6 +38,7 @@ from tests.support.model_folders import (
     write_model,
 )
 from tests.support.node_client import NodeClient
+from tests.support.ray_cluster import RayCluster
 from tests.support.servers import start_server
 
 #: Ray starts replicas in seconds; waits on the cluster get this long.
@@ -114,24 +116,10 @@ def gated_source(gate: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A local Ray cluster of two nodes (1 CPU each, custom resources ``node_a``/``node_b``);
-    yields a folder for the module's files."""
-    ray, _ = import_ray()
-    from ray.cluster_utils import Cluster
-
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"node_a": 8}, "include_dashboard": False},
-    )
-    try:
-        nodes.add_node(num_cpus=1, resources={"node_b": 8})
-        ray.init(address=nodes.address, namespace="frameserve-tests")
-        nodes.wait_for_nodes()
-        yield tmp_path_factory.mktemp("cluster")
-    finally:
-        ray.shutdown()
-        nodes.shutdown()
+def cluster(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the module's files; the models run on ``ray_cluster`` (two nodes, started
+    with ``ray start``, custom resources ``node_a``/``node_b``)."""
+    return tmp_path_factory.mktemp("cluster")
 
 
 @pytest.fixture(scope="module")
@@ -424,3 +412,28 @@ def test_frameserve_run_fans_a_shot_over_the_replicas(
         written = read_image(output(out, frame_number)).pixels
         np.testing.assert_allclose(written, plates.pixels[frame_number] * 2.0, rtol=1e-3)
     assert frameserve_run(*argv) == 0  # resume: every frame is there, nothing runs again
+
+
+def test_frameserve_retime_runs_on_the_cluster(tmp_path: Path) -> None:
+    """``frameserve retime --ray``: the in-between comes from the retime model's replica."""
+    from frameserve.catalogue.registry import ModelRegistry
+    from frameserve.cli.main import main
+    from frameserve.media.imageio import read_image, write_image
+    from frameserve.shots.backends import LocalBackend
+
+    rng = np.random.default_rng(3)
+    base = rng.random((3, 64, 96), dtype=np.float32)
+    sources = {1001: base, 1002: np.roll(base, 2, axis=2)}
+    for number, pixels in sources.items():
+        write_image(tmp_path / f"plate.{number}.exr", pixels)
+    plan = tmp_path / "deployments.toml"
+    write_file(plan, "[default]\nnum_cpus = 0.1\n")
+    out = tmp_path / "slow"
+    argv = ["retime", "--input", str(tmp_path / "plate.####.exr"), "--output"]
+    argv += [str(out / "slow.####.exr"), "--speed", "0.5", "--ray", "auto"]
+    assert main([*argv, "--ray-deployments", str(plan)]) == 0
+    a, b = (read_image(tmp_path / f"plate.{n}.exr").hwc for n in (1001, 1002))
+    local = LocalBackend(ModelRegistry([], builtins=True), device="cpu")
+    expected, _ = local.infer("retime", {"a": a, "b": b}, {"t": 0.5}, colourspace=None)
+    np.testing.assert_allclose(read_image(out / "slow.1002.exr").hwc, expected["image"], atol=1e-4)
+    assert np.array_equal(read_image(out / "slow.1003.exr").hwc, b)
