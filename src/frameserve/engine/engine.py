@@ -206,8 +206,10 @@ class Engine:
         return self._scheduler.submit(request)
 
     def caches(self, entry: ModelEntry) -> bool:
-        """Whether results of ``entry`` are cached: the cache is on and the model allows it."""
-        return self._scheduler.caching and entry.spec.cacheable
+        """Whether the next result of ``entry`` will be cached: the cache is on, the model
+        allows it, and its last result was worth keeping (a model that answers faster than its
+        output is copied out of its worker is not cached, so its requests need no key)."""
+        return entry.spec.cacheable and self._scheduler.keeps_results_of(entry.key)
 
     def cache_key(
         self,

@@ -9,7 +9,8 @@ they never call the model host themselves. The rules, in order:
    (:attr:`InferenceRequest.entry`), so it runs on the version its cache key names even if the
    model is reloaded while it waits. A result is cached the moment it is answered; where it
    lies in a model host's reusable buffers (worker processes' shared memory), a thread at a
-   lower CPU priority then swaps in a copy of its own, so the buffers are reused.
+   lower CPU priority then swaps in a copy of its own, so the buffers are reused — unless the
+   model computed it faster than that copy takes (:mod:`frameserve.engine.keeping`).
 2. **Priority**: interactive requests (an artist in the viewer) and batch requests (farm and
    sequence jobs) have workers of their own, so interactive work never queues behind batch
    work. Batch workers run at a lower operating-system priority (``nice``), so while both
@@ -37,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import queue
 import threading
 import time
 from collections import OrderedDict, deque
@@ -46,8 +45,10 @@ from collections.abc import Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from frameserve.engine.cache import ResultCache, internal_key, result_bytes
+from frameserve.engine.cache import ResultCache, internal_key
+from frameserve.engine.keeping import ResultKeeper
 from frameserve.engine.metrics import Metrics
+from frameserve.engine.niceness import lower_thread_priority
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.host import InProcessHost, ModelHost
@@ -62,11 +63,6 @@ __all__ = ["LANE_IDLE_SECONDS", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-#: How much lower (in ``nice`` steps) batch workers run than interactive ones.
-BATCH_NICENESS = 10
-#: How fast a result held in a worker's shared memory is copied out for the cache (measured:
-#: about 5 ms for a 1080p RGB float frame on the 2-core development machine).
-KEEP_BYTES_PER_SECOND = 5e9
 #: Seconds the threads of a model's own lane wait for work before they end.
 LANE_IDLE_SECONDS = 60.0
 
@@ -164,7 +160,7 @@ class Scheduler:
         self._running: dict[tuple[str, str | None], int] = {}
         self._threads: list[threading.Thread] = []
         self._closing = False
-        self._keeper = _Keeper(self.host, self.cache)
+        self._keeper = ResultKeeper(self.host, self.cache)
         with self._lock:
             for priority in Priority:
                 lane = self._lane(priority, None)
@@ -175,6 +171,15 @@ class Scheduler:
     def caching(self) -> bool:
         """Whether results are cached."""
         return self.cache is not None
+
+    def keeps_results_of(self, key: Hashable) -> bool:
+        """Whether the last result of model version ``key`` (``ModelEntry.key``) was cached.
+
+        A door need not digest the frames of a request whose result would not be kept
+        (:mod:`frameserve.engine.keeping`): for a model quicker than copying its output out of
+        its worker, hashing the 25 MB of a 1080p frame would be all the cache did.
+        """
+        return self._keeper.keeps_results_of(key)
 
     def cached(self, key: bytes) -> InferenceResult | None:
         """Look ``key`` up in the result cache (front doors that key requests themselves)."""
@@ -202,13 +207,19 @@ class Scheduler:
 
         Cancel the future to drop the request while it is still queued. A request that carries
         its own ``cache_key`` was looked up by its front door already (:meth:`cached`); its
-        result is stored under that key. Others are keyed and looked up here.
+        result is stored under that key. Others are keyed and looked up here, unless the model's
+        last result was not worth keeping (:meth:`keeps_results_of`).
         """
         future: Future[InferenceResult] = Future()
         request = self._pinned(request)
         key = request.cache_key
         entry = request.entry
-        if key is None and self.cache is not None and entry is not None and entry.spec.cacheable:
+        if (
+            key is None
+            and entry is not None
+            and entry.spec.cacheable
+            and self.keeps_results_of(entry.key)
+        ):
             key = internal_key(request, entry.version, token=entry.token)
             cached = self.cached(key)
             if cached is not None:
@@ -281,7 +292,7 @@ class Scheduler:
 
     def _work(self, lane: _Lane) -> None:
         if lane.priority is Priority.BATCH:
-            _lower_thread_priority()
+            lower_thread_priority()
         while True:
             batch = self._next_batch(lane)
             if batch is None:
@@ -408,74 +419,19 @@ class Scheduler:
                 _fail(ticket, outcome)
                 continue
             key = ticket.cache_key
-            if key is not None and not self._worth_keeping(outcome, seconds_each):
-                key = None
+            entry = ticket.request.entry
+            if (
+                self.cache is not None
+                and entry is not None
+                and entry.spec.cacheable
+                and not self._keeper.decide(entry.key, outcome, seconds_each)
+            ):
+                key = None  # a result quicker to compute again than to copy out of its worker
             if key is not None and self.cache is not None:
                 self.cache.put(key, outcome)  # before the answer: a repeat finds it at once
             ticket.future.set_result(outcome)
             if key is not None and self.cache is not None:
                 self._keeper.keep(key, outcome)
-
-    def _worth_keeping(self, result: InferenceResult, seconds: float) -> bool:
-        """Whether caching ``result`` (computed in ``seconds``) costs less than recomputing it.
-
-        In the server process a cached result costs nothing to keep. A result in a worker's
-        shared memory is copied out for the cache; when the model computed it faster than that
-        copy takes (an identity, a gain), the copy would only slow the next requests down, and
-        a repeat is as quickly computed again.
-        """
-        if self.cache is None or isinstance(self.host, InProcessHost) or result.worker is None:
-            return True
-        return seconds >= result_bytes(result) / KEEP_BYTES_PER_SECOND
-
-
-class _Keeper:
-    """Swaps cached results for copies that hold none of the model host's buffers.
-
-    The scheduler stores a result in the cache the moment it has it (so a repeat finds it at
-    once), answers, and hands it here: while the door sends the answer from the host's
-    buffers, this thread — at a lower CPU priority, so that it does not slow the sending —
-    replaces the cached result with :meth:`ModelHost.keep`'s copy, and the buffers go back to
-    the host for the next frames. In-process, ``keep`` copies nothing and this does nothing.
-    """
-
-    def __init__(self, host: ModelHost, cache: ResultCache | None) -> None:
-        self._host = host
-        self._cache = cache
-        self._queue: queue.SimpleQueue[tuple[bytes, InferenceResult] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def keep(self, key: bytes, result: InferenceResult) -> None:
-        """Replace ``result`` under ``key`` with a copy of its own, soon."""
-        if self._cache is None or isinstance(self._host, InProcessHost):
-            return  # in-process results hold no host buffers
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="frameserve-cache-keeper", daemon=True
-                )
-                self._thread.start()
-        self._queue.put((key, result))
-
-    def _run(self) -> None:
-        _lower_thread_priority()
-        while (item := self._queue.get()) is not None:
-            key, result = item
-            try:
-                kept = self._host.keep(result)
-                if kept is not result and self._cache is not None:
-                    self._cache.replace(key, result, kept)
-            except Exception:  # a failed copy leaves the original cached: still correct
-                log.exception("copying a cached result failed")
-            del item, result
-
-    def close(self) -> None:
-        with self._lock:
-            thread = self._thread
-        if thread is not None:
-            self._queue.put(None)
-            thread.join(5.0)
 
 
 def _lane_name(key: Hashable) -> str:
@@ -483,14 +439,6 @@ def _lane_name(key: Hashable) -> str:
     if isinstance(key, tuple) and key and isinstance(key[0], str):
         return key[0] if len(key) < 2 or key[1] == "1" else f"{key[0]}-v{key[1]}"
     return str(key)[:24]
-
-
-def _lower_thread_priority() -> None:
-    """Give the calling thread (and threads it starts, such as torch's) a lower CPU priority."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BATCH_NICENESS)
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: run at normal priority
-        log.debug("batch worker keeps normal priority: %s", exc)
 
 
 def _fail(ticket: _Ticket, error: BaseException) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.registry import ModelRegistry
-from frameserve.engine import scheduler as scheduling
+from frameserve.engine import keeping
 from frameserve.engine.cache import ResultCache, internal_key
 from frameserve.engine.request import InferenceResult, build_request
 from frameserve.engine.runner import Runner
@@ -115,7 +115,7 @@ def test_the_cache_keeps_a_copy_so_shared_memory_goes_back_for_reuse(
 ) -> None:
     registry, host = lab
     # Every result counts as worth keeping here, however quickly 'mirror' makes it.
-    monkeypatch.setattr(scheduling, "KEEP_BYTES_PER_SECOND", float("inf"))
+    monkeypatch.setattr(keeping, "KEEP_BYTES_PER_SECOND", float("inf"))
     scheduler = Scheduler(host, cache=ResultCache(1 << 30))
     try:
         cache = scheduler.cache
@@ -159,7 +159,7 @@ def test_a_result_computed_faster_than_a_copy_is_not_cached_in_workers(
         with monkeypatch.context() as patched:
             # a copy rate at which the 6 MB result takes 1 s to copy: mirroring it, well under
             # that whatever the machine's load, is not worth keeping (no timing in the test)
-            patched.setattr(scheduling, "KEEP_BYTES_PER_SECOND", 6.2e6)
+            patched.setattr(keeping, "KEEP_BYTES_PER_SECOND", 6.2e6)
             quick = request(registry, "mirror", shared(host, 1.0, height=540, width=960))
             scheduler.submit(quick).result(HANG_GUARD)
             assert len(cache) == 0
@@ -169,6 +169,45 @@ def test_a_result_computed_faster_than_a_copy_is_not_cached_in_workers(
         again = request(registry, "pause", shared(host, 2.0, height=540, width=960), seconds=0.05)
         cached = scheduler.submit(again).result(HANG_GUARD)
         assert cached.worker is None and np.all(values(cached) == 2.0)
+    finally:
+        scheduler.close()
+
+
+def test_requests_of_a_model_not_worth_caching_are_not_digested(
+    lab: tuple[ModelRegistry, ProcessHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a model's result was not kept, its next requests skip the cache (no key, no
+    lookup) until a result is worth keeping again."""
+    registry, host = lab
+    scheduler = Scheduler(host, cache=ResultCache(1 << 30))
+    entry = registry.get("mirror")
+
+    def lookups() -> float:
+        samples = parse_metrics(scheduler.metrics.render())
+        return sum(
+            samples.value("frameserve_cache_lookups_total", result=outcome)
+            for outcome in ("hit", "miss")
+        )
+
+    cache = scheduler.cache
+    assert cache is not None
+    try:
+        assert scheduler.keeps_results_of(entry.key)
+        with monkeypatch.context() as patched:
+            patched.setattr(keeping, "KEEP_BYTES_PER_SECOND", 6.2e6)  # 6 MB: a 1 s copy
+            quick = request(registry, "mirror", shared(host, 1.0, height=540, width=960))
+            scheduler.submit(quick).result(HANG_GUARD)
+            assert not scheduler.keeps_results_of(entry.key)
+            before = lookups()
+            again = request(registry, "mirror", shared(host, 3.0, height=540, width=960))
+            assert np.all(values(scheduler.submit(again).result(HANG_GUARD)) == 3.0)
+            assert lookups() == before  # neither keyed nor looked up
+        with monkeypatch.context() as patched:
+            patched.setattr(keeping, "KEEP_BYTES_PER_SECOND", 1e18)  # any copy is free
+            slow = request(registry, "mirror", shared(host, 4.0, height=540, width=960))
+            scheduler.submit(slow).result(HANG_GUARD)
+            assert scheduler.keeps_results_of(entry.key)
+            assert len(cache) == 0  # it ran unkeyed; the next one is keyed
     finally:
         scheduler.close()
 

@@ -52,6 +52,7 @@ from frameserve.catalogue.folders import ModelSource, load_folder
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.colour import ColourManager
 from frameserve.engine.memory import tune_allocator
+from frameserve.engine.niceness import lower_thread_priority
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.channel import MAX_FDS, Channel, ChannelClosed
@@ -63,8 +64,6 @@ __all__ = ["WorkerConfig", "main", "worker_main"]
 
 log = logging.getLogger(__name__)
 
-#: How much lower (in ``nice`` steps) batch requests run than interactive ones.
-BATCH_NICENESS = 10
 _PR_SET_PDEATHSIG = 1
 #: Segment ids of worker-made segments start here (server-made ones at 1), for clearer logs.
 OUTPUT_IDS = 1 << 40
@@ -200,7 +199,7 @@ class _Worker:
             Priority.BATCH: ThreadPoolExecutor(
                 config.batch_threads,
                 thread_name_prefix="worker-batch",
-                initializer=_lower_thread_priority,
+                initializer=lower_thread_priority,
             ),
         }
 
@@ -401,8 +400,3 @@ def _picklable(error: FrameServeError) -> FrameServeError:
     except Exception:
         return ModelRunError(str(error))
     return error
-
-
-def _lower_thread_priority() -> None:
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BATCH_NICENESS)

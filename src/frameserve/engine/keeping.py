@@ -1,0 +1,98 @@
+"""Which results the result cache keeps, and copying kept results out of a host's buffers.
+
+A result computed in a worker process lies in the worker's shared memory. Keeping it in the
+cache means copying it out (so the memory goes back to the host for the next frames); when the
+model computed it faster than that copy takes (an identity, a gain), the copy would only slow
+the next requests down and a repeat is as quickly computed again, so such a result is not
+kept — and, since the last result of the model version was not kept, its next requests are
+not even keyed (no digest of their frames) until one is worth keeping again.
+
+:class:`ResultKeeper` makes the copies on a thread of its own at a lower CPU priority: the
+scheduler stores a result in the cache the moment it has it (so a repeat finds it at once),
+answers, and hands it here; while the door sends the answer from the host's buffers, the
+keeper replaces the cached result with :meth:`ModelHost.keep`'s copy. In-process results hold
+no host buffers: they are kept as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Hashable
+
+from frameserve.engine.cache import ResultCache, result_bytes
+from frameserve.engine.niceness import lower_thread_priority
+from frameserve.engine.request import InferenceResult
+from frameserve.engine.workers.host import InProcessHost, ModelHost
+
+__all__ = ["KEEP_BYTES_PER_SECOND", "ResultKeeper"]
+
+log = logging.getLogger(__name__)
+
+#: How fast a result held in a worker's shared memory is copied out for the cache (measured:
+#: about 5 ms for a 1080p RGB float frame on the 2-core development machine).
+KEEP_BYTES_PER_SECOND = 5e9
+
+
+class ResultKeeper:
+    """Decides which results are cached and swaps them for copies of their own (see above)."""
+
+    def __init__(self, host: ModelHost, cache: ResultCache | None) -> None:
+        self._host = host
+        self._cache = cache
+        self._not_kept: set[Hashable] = set()  # model versions whose last result was not kept
+        self._queue: queue.SimpleQueue[tuple[bytes, InferenceResult] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def keeps_results_of(self, key: Hashable) -> bool:
+        """Whether the last result of model version ``key`` (``ModelEntry.key``) was kept."""
+        return self._cache is not None and key not in self._not_kept
+
+    def decide(self, key: Hashable, result: InferenceResult, seconds: float) -> bool:
+        """Whether to cache ``result`` of model version ``key``, computed in ``seconds``;
+        remembered for :meth:`keeps_results_of`."""
+        worth = self._cache is not None and self._worth_keeping(result, seconds)
+        if worth:
+            self._not_kept.discard(key)
+        else:
+            self._not_kept.add(key)
+        return worth
+
+    def _worth_keeping(self, result: InferenceResult, seconds: float) -> bool:
+        if isinstance(self._host, InProcessHost) or result.worker is None:
+            return True  # in the server process a cached result costs nothing to keep
+        return seconds >= result_bytes(result) / KEEP_BYTES_PER_SECOND
+
+    def keep(self, key: bytes, result: InferenceResult) -> None:
+        """Replace ``result`` (cached under ``key``) with a copy of its own, soon."""
+        if self._cache is None or isinstance(self._host, InProcessHost):
+            return  # in-process results hold no host buffers
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="frameserve-cache-keeper", daemon=True
+                )
+                self._thread.start()
+        self._queue.put((key, result))
+
+    def _run(self) -> None:
+        lower_thread_priority()
+        while (item := self._queue.get()) is not None:
+            key, result = item
+            try:
+                kept = self._host.keep(result)
+                if kept is not result and self._cache is not None:
+                    self._cache.replace(key, result, kept)
+            except Exception:  # a failed copy leaves the original cached: still correct
+                log.exception("copying a cached result failed")
+            del item, result
+
+    def close(self) -> None:
+        """Stop the copying thread (copies not made leave the originals cached)."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(5.0)
