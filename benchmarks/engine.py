@@ -13,8 +13,10 @@ Then, against one server with the defaults (``blur`` at 1920x1080 RGB float):
 1. **Throughput** with 1, 4 and 8 concurrent MLClient clients, each sending its own frames
    (every request differs, so nothing comes from the cache): frames per second.
 2. **Interactive latency under load**: the median MLClient round trip of an interactive blur on
-   an idle server, then while batch-priority HTTP clients keep every batch worker busy.
-   Target: under load at most 1.5x idle.
+   an idle server, then while batch-priority HTTP clients (in a process of their own) keep
+   every batch worker busy: four sending blurs (a light model: the load is mostly moving
+   25 MB frames through the doors), then two sending ``denoise`` (0.7 s of compute per frame,
+   as a farm's renders would be). Target: under load at most 1.5x idle.
 3. **Cache hit**: the same MLClient request repeated (answered from the result cache) next to
    a raw loopback echo of the same bytes. Target: at most 1.2x the echo.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -38,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,59 +218,96 @@ def interactive_latency(port: int, repeats: int, maker: FrameMaker) -> float:
     return statistics.median(samples) * 1000
 
 
-class BatchLoad:
-    """HTTP clients sending batch-priority blurs of distinct frames until stopped."""
+def _batch_client(
+    http_port: int, model: str, knobs: dict[str, float], index: int, stop: Any, done: Any
+) -> None:
+    """Send batch-priority requests of ``model`` (a distinct frame each) until ``stop`` is set.
 
-    def __init__(self, http_port: int, clients: int) -> None:
-        self._port = http_port
-        self._stop = threading.Event()
-        self.done = 0
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, index: int) -> None:
-        rng = np.random.default_rng(100 + index)
-        frame = rng.random((HEIGHT, WIDTH, 3), dtype=np.float32)
-        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=300.0)
-        count = 0
-        while not self._stop.is_set():
-            count += 1
-            frame[0, 0, 0] = count
-            header = json.dumps(
+    The request is encoded once; each send patches a counter into its first pixel, so the
+    client's own work stays small next to the server's.
+    """
+    rng = np.random.default_rng(100 + index)
+    frame = rng.random((HEIGHT, WIDTH, 3), dtype=np.float32)
+    header = json.dumps(
+        {
+            "parameters": {**knobs, "priority": "batch", "client_id": "farm"},
+            "inputs": [
                 {
-                    "parameters": {"size": BLUR_SIZE, "priority": "batch", "client_id": "farm"},
-                    "inputs": [
-                        {
-                            "name": "image",
-                            "datatype": "FP32",
-                            "shape": list(frame.shape),
-                            "parameters": {"binary_data_size": frame.nbytes},
-                        }
-                    ],
-                    "outputs": [{"name": "image", "parameters": {"binary_data": True}}],
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": list(frame.shape),
+                    "parameters": {"binary_data_size": frame.nbytes},
                 }
-            ).encode()
-            conn.request(
-                "POST",
-                "/v2/models/blur/infer",
-                body=header + frame.tobytes(),
-                headers={"Inference-Header-Content-Length": str(len(header))},
+            ],
+            "outputs": [{"name": "image", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = bytearray(header + frame.tobytes())
+    counter = np.frombuffer(body, dtype=np.float32, count=1, offset=len(header))
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=300.0)
+    while not stop.is_set():
+        counter[0] += 1.0
+        conn.request(
+            "POST",
+            f"/v2/models/{model}/infer",
+            body=memoryview(body),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"batch request failed: {response.status}")
+        with done.get_lock():
+            done.value += 1
+
+
+class BatchLoad:
+    """HTTP clients sending batch-priority requests of distinct frames until stopped.
+
+    They run in a process of their own (as a render farm runs on machines of its own), so
+    their Python work never holds the measuring client's interpreter lock.
+    """
+
+    def __init__(
+        self,
+        http_port: int,
+        clients: int,
+        model: str = "blur",
+        knobs: dict[str, float] | None = None,
+    ) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._done = context.Value("l", 0)
+        knobs = {"size": BLUR_SIZE} if knobs is None else knobs
+        self._processes = [
+            context.Process(
+                target=_batch_client,
+                args=(http_port, model, knobs, i, self._stop, self._done),
+                daemon=True,
             )
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"batch request failed: {response.status}")
-            self.done += 1
+            for i in range(clients)
+        ]
+
+    @property
+    def done(self) -> int:
+        """Batch requests answered so far."""
+        return int(self._done.value)
 
     def __enter__(self) -> BatchLoad:
-        for thread in self._threads:
-            thread.start()
-        time.sleep(1.0)  # let the batch queue fill
+        for process in self._processes:
+            process.start()
+        deadline = time.monotonic() + 120.0  # the first answers: the workers have started
+        while self.done < len(self._processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the batch queue fill
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        for process in self._processes:
+            process.join(60.0)
+            if process.is_alive():
+                process.kill()
 
 
 def cache_hit(port: int, echo_port: int, repeats: int) -> tuple[float, float]:
@@ -304,15 +345,16 @@ def main(argv: list[str] | None = None) -> int:
             rate = throughput(port, clients, args.seconds, maker)
             print(f"throughput, {clients} concurrent MLClient clients: {rate:.2f} frames/s")
         idle = interactive_latency(port, args.repeats, maker)
-        with BatchLoad(http_port, clients=4) as load:
-            loaded = interactive_latency(port, args.repeats, maker)
-        ratio = loaded / idle
-        verdict = "ok" if ratio <= LATENCY_TARGET else "MISSED"
-        print(
-            f"interactive latency: idle {idle:.1f} ms, under batch load {loaded:.1f} ms "
-            f"({load.done} batch frames meanwhile): {ratio:.2f}x "
-            f"(target <= {LATENCY_TARGET}x: {verdict})"
-        )
+        for model, knobs, clients in (("blur", None, 4), ("denoise", {}, 2)):
+            with BatchLoad(http_port, clients=clients, model=model, knobs=knobs) as load:
+                loaded = interactive_latency(port, args.repeats, maker)
+            ratio = loaded / idle
+            verdict = "ok" if ratio <= LATENCY_TARGET else "MISSED"
+            print(
+                f"interactive blur latency: idle {idle:.1f} ms, while {clients} batch clients "
+                f"send {model} {loaded:.1f} ms ({load.done} batch frames meanwhile): "
+                f"{ratio:.2f}x (target <= {LATENCY_TARGET}x: {verdict})"
+            )
         hit, echo = cache_hit(port, echo_port, args.repeats)
         ratio = hit / echo
         verdict = "ok" if ratio <= CACHE_TARGET else "MISSED"

@@ -23,6 +23,7 @@ has the request run to the end, and the reply is dropped when writing it fails.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
@@ -44,7 +45,16 @@ __all__ = [
     "wait_while_connected",
 ]
 
-_MAX_IOV = 512
+
+def _iov_max() -> int:
+    """Buffers one ``sendmsg`` call may take: the system's limit (Linux: 1024), else 512."""
+    try:
+        return max(16, min(1024, os.sysconf("SC_IOV_MAX")))
+    except (AttributeError, ValueError, OSError):
+        return 512
+
+
+_MAX_IOV = _iov_max()
 _HAS_POLL = hasattr(select, "poll")
 
 
@@ -140,6 +150,8 @@ def send_buffers(sock: socket.socket, buffers: Iterable[Any]) -> None:
 
 
 def _byte_view(buffer: Any) -> memoryview:
+    if type(buffer) is memoryview and buffer.ndim == 1 and buffer.format == "B":
+        return buffer  # a frame's rows arrive so: thousands per reply, each used as it is
     view = memoryview(buffer)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
