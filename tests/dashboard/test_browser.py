@@ -271,6 +271,12 @@ def test_a_training_job_started_in_the_page_draws_its_curve_and_cancels(
     page.click("#job-start")
     page.wait_for_selector("#job-note:has-text('job tiny')")
     page.wait_for_selector('#jobs tr[data-job="tiny"]')
+    # before its first contact sheet, the page shows no broken picture
+    shown = page.evaluate(
+        "() => { const i = document.querySelector('img.sheet');"
+        " return i.getAttribute('src') ? 'loaded' : getComputedStyle(i).display; }"
+    )
+    assert shown in ("none", "loaded")
 
     def points() -> int:
         return int(page.get_attribute("#loss-chart", "data-points") or 0)

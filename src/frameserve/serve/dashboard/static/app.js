@@ -487,7 +487,8 @@
       }).catch(() => {});
     };
     const lossBox = h("div", { class: "chart", id: "loss-chart" });
-    const sheet = h("img", { class: "sheet", alt: "contact sheet" });
+    const sheet = h("img", { class: "sheet", alt: "contact sheet" });  // hidden (CSS) until it has a picture
+    const noSheet = h("p", { class: "dim", id: "no-sheet" }, "No contact sheet yet.");
     const earlier = h("div", { class: "row", id: "earlier-sheets" });
     const info = h("div");
     const actions = h("div");
@@ -502,7 +503,7 @@
       if (!job) { detail.replaceChildren(); return; }
       if (!plot) {
         lossBox.replaceChildren();
-        detail.replaceChildren(h("h2", {}, `Job ${job.name}`), info, actions, lossBox, h("h2", {}, "Newest contact sheet (input | prediction | target)"), sheet, h("h2", {}, "Earlier ones"), earlier);
+        detail.replaceChildren(h("h2", {}, `Job ${job.name}`), info, actions, lossBox, h("h2", {}, "Newest contact sheet (input | prediction | target)"), noSheet, sheet, h("h2", {}, "Earlier ones"), earlier);
         state.charts.forEach((c) => c.destroy());
         state.charts = [];
         plot = chart(lossBox, "loss by step", [{ label: "step", time: false }, { label: "training", stroke: "#f0a030" }, { label: "validation", stroke: "#4a90d9" }], 640);
@@ -519,6 +520,7 @@
           h("table", { class: "settings" }, h("tbody", {}, settings.map(([key, value]) => h("tr", { "data-setting": key },
             h("td", {}, key), h("td", {}, value === null ? "–" : typeof value === "object" ? JSON.stringify(value) : String(value))))))) : null);
       actions.replaceChildren(...jobActions(job));
+      noSheet.hidden = job.has_contact_sheet || Boolean(sheet.getAttribute("src"));
       const now = Date.now();
       if (job.has_contact_sheet && job.step !== sheetStep && now - lastSheetFetch > 3000) {
         sheetStep = job.step;
