@@ -151,6 +151,34 @@ def test_the_frameserve_client_gets_its_pixels_back_over_tls(tls_server, certifi
 # --- what else arrives at the port ------------------------------------------------------------
 
 
+def test_the_dashboards_event_stream_flows_over_tls(tls_server, certificates):
+    """Server-Sent Events through TLS: the stream opens, its first event arrives whole, and a
+    request answered meanwhile shows in the next overview event."""
+    host, port = tls_server.http_address
+    raw = socket.create_connection((host, port), timeout=HANG_GUARD)
+    with trusting(certificates).wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"GET /v2/dashboard/events?page=overview HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        until = time.monotonic() + HANG_GUARD
+        while data.count(b"event: overview") < 1 and time.monotonic() < until:
+            data += sock.recv(65536)
+        head, _, events = data.partition(b"\r\n\r\n")
+        assert head.split(b" ", 2)[1] == b"200" and b"text/event-stream" in head
+        assert_serves_tls(tls_server, certificates)  # a request a later event shows
+
+        def shown() -> bool:
+            for event in events.split(b"\n\n"):
+                if event.startswith(b"event: overview\ndata: "):
+                    overview = json.loads(event.split(b"data: ", 1)[1])
+                    if any(r["model"] == "identity" for r in overview["recent"]):
+                        return True
+            return False
+
+        while not shown() and time.monotonic() < until:
+            events += sock.recv(65536)
+        assert shown()
+
+
 def test_plain_http_to_the_tls_port_is_told_to_use_https(tls_server, certificates):
     host, port = tls_server.http_address
     conn = http.client.HTTPConnection(host, port, timeout=HANG_GUARD)
