@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import enum
 import itertools
+import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -36,6 +38,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResult",
     "Priority",
+    "RequestFuture",
     "build_request",
     "check_knobs",
 ]
@@ -71,6 +74,8 @@ class InferenceRequest:
             result cache (the front door may compute it from the bytes it received).
         entry: the exact model version the request was checked against and runs on, whatever
             the registry reloads meanwhile; ``None``: the newest version when it is queued.
+        abandoned: set when its client went away (:class:`RequestFuture`), even while it runs,
+            so a model host may stop the call; ``None``: not submitted to a scheduler.
     """
 
     model_id: str
@@ -85,6 +90,7 @@ class InferenceRequest:
     cache_key: bytes | None = None
     entry: ModelEntry | None = field(default=None, repr=False)
     id: int = field(default_factory=lambda: next(_request_ids))
+    abandoned: threading.Event | None = field(default=None, repr=False, compare=False)
 
     @property
     def batch_key(self) -> tuple[object, ...]:
@@ -111,6 +117,24 @@ class InferenceResult:
     frames: Mapping[str, torch.Tensor]
     objects: tuple[ResultObject, ...] = ()
     worker: int | None = None
+
+
+class RequestFuture(Future[InferenceResult]):
+    """A request's future: cancelling it also sets :attr:`abandoned`, even once it runs.
+
+    ``Future.cancel`` cannot stop a request that runs already; a model host that can stop a
+    call (a Ray Serve replica's) watches :attr:`abandoned` instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abandoned = threading.Event()
+
+    def cancel(self) -> bool:
+        """Drop the request if it is queued; if it runs, tell its model host its client left."""
+        if not self.done():
+            self.abandoned.set()
+        return super().cancel()
 
 
 #: A request's frames: a sequence in input order, a mapping of input name to frame, or a

@@ -49,7 +49,7 @@ from frameserve.engine.cache import ResultCache, internal_key
 from frameserve.engine.keeping import ResultKeeper
 from frameserve.engine.metrics import Metrics
 from frameserve.engine.niceness import lower_thread_priority
-from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
+from frameserve.engine.request import InferenceRequest, InferenceResult, Priority, RequestFuture
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.host import InProcessHost, ModelHost
 from frameserve.errors import (
@@ -210,8 +210,8 @@ class Scheduler:
         result is stored under that key. Others are keyed and looked up here, unless the model's
         last result was not worth keeping (:meth:`keeps_results_of`).
         """
-        future: Future[InferenceResult] = Future()
-        request = self._pinned(request)
+        future = RequestFuture()  # its cancel() also tells a running call's host
+        request = dataclasses.replace(self._pinned(request), abandoned=future.abandoned)
         key = request.cache_key
         entry = request.entry
         if (

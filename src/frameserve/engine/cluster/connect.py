@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import warnings
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from frameserve.engine.cluster.deployments import Resources
 from frameserve.errors import (
     ConfigError,
     FrameServeError,
@@ -20,7 +23,7 @@ from frameserve.errors import (
     ModelTimeoutError,
 )
 
-__all__ = ["APP_PREFIX", "app_name", "connect", "import_ray", "ray_error"]
+__all__ = ["APP_PREFIX", "app_name", "connect", "deploy_application", "import_ray", "ray_error"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,32 @@ def app_name(model_id: str, version: str) -> str:
     """The Ray Serve application of ``model_id`` version ``version``."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)
     return f"{APP_PREFIX}{safe}.v{version}"
+
+
+def deploy_application(
+    name: str,
+    replica_class: type,
+    config: object,
+    resources: Resources,
+    *,
+    lock: threading.Lock,
+    wait_s: float = 60.0,
+) -> tuple[Any, Mapping[str, Any]]:
+    """Deploy ``replica_class(config)`` as the application ``name`` and wait until it runs.
+
+    Returns its handle and its first replica's ``info()``. ``lock`` is held while Ray pickles
+    the application (which is not thread-safe).
+    """
+    _, serve = import_ray()
+    with lock:
+        app = (
+            serve.deployment(replica_class)
+            .options(name="model", **resources.deployment_options())
+            .bind(config)
+        )
+        handle = serve.run(app, name=name, route_prefix=None)
+    info = handle.info.remote().result(timeout_s=wait_s)
+    return handle, info
 
 
 def ray_error(exc: BaseException, model_id: str, seconds: float | None = None) -> FrameServeError:

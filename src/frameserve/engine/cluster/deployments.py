@@ -17,6 +17,28 @@ table wins, key by key)::
     max_replicas = 4
     resources = { a100 = 1 }     # custom resources a node advertises (`ray start --resources`)
 
+With more models than GPUs, a *pool* shares replicas between models: ``[pools.NAME]`` sizes
+one Ray Serve deployment (the keys above, plus ``max_models_per_replica``) whose replicas load
+the models sent to them on demand and unload the least recently used past that count, and
+``pool = "NAME"`` in ``[default]`` or a model's table puts models in it (``pool = ""``: a
+deployment of its own)::
+
+    [pools.gpu]
+    num_gpus = 1
+    max_replicas = 2
+    max_models_per_replica = 3   # models one replica holds at once
+
+    [models.denoise]
+    pool = "gpu"                 # its resources are the pool's
+
+``[training]`` gives what each training job's Ray task reserves (``frameserve serve --ray``
+runs every job's run as a task on the cluster, :mod:`frameserve.training.jobs.cluster`)::
+
+    [training]
+    num_cpus = 1                 # CPUs a job's task reserves                          default 1
+    num_gpus = 1                 # GPUs it reserves (default: 1 for a job on "cuda", else 0)
+    resources = { a100 = 1 }     # custom resources: pins jobs to the nodes that have them
+
 Unknown keys and values out of range are refused with a :class:`~frameserve.errors.ConfigError`
 naming the file, the table and what is allowed.
 """
@@ -24,6 +46,7 @@ naming the file, the table and what is allowed.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -32,7 +55,14 @@ from typing import Any
 
 from frameserve.errors import ConfigError
 
-__all__ = ["HEALTH_CHECK_SECONDS", "DeploymentPlan", "Resources", "load_deployments"]
+__all__ = [
+    "HEALTH_CHECK_SECONDS",
+    "DeploymentPlan",
+    "Pool",
+    "Resources",
+    "TrainingResources",
+    "load_deployments",
+]
 
 #: How often Ray Serve checks that each replica lives (its default is 10 s).
 HEALTH_CHECK_SECONDS = 2.0
@@ -48,6 +78,8 @@ class Resources:
     max_replicas: int = 1
     max_ongoing_requests: int = 4
     resources: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    #: The pool whose replicas run the model (``""``: a deployment of its own).
+    pool: str = ""
 
     def __post_init__(self) -> None:
         if self.num_cpus < 0 or self.num_gpus < 0:
@@ -87,6 +119,54 @@ class Resources:
 
 
 _KEYS = {f.name for f in fields(Resources)}
+#: Keys of a ``[pools.NAME]`` table: a deployment's resources and the models one replica holds.
+_POOL_KEYS = (_KEYS - {"pool"}) | {"max_models_per_replica"}
+#: What a pool may be called (it names a Ray Serve application).
+_POOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One deployment whose replicas hold up to ``max_models_per_replica`` models each."""
+
+    name: str
+    resources: Resources = field(default_factory=Resources)
+    max_models_per_replica: int = 3
+
+    def __post_init__(self) -> None:
+        if self.max_models_per_replica < 1:
+            raise ConfigError("max_models_per_replica must be 1 or more")
+
+
+@dataclass(frozen=True)
+class TrainingResources:
+    """What the Ray task of one training job's run reserves (the ``[training]`` table).
+
+    ``num_gpus`` ``None`` (the default) reserves 1 GPU for a job whose device is CUDA
+    (``"cuda"``, ``"cuda:N"``: Ray then picks the GPU) and none for any other.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float | None = None
+    resources: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 0 or (self.num_gpus is not None and self.num_gpus < 0):
+            raise ConfigError("num_cpus and num_gpus must be 0 or more")
+
+    def task_options(self, device: str) -> dict[str, Any]:
+        """Keyword arguments for ``RemoteFunction.options`` for a job on ``device``."""
+        gpus = self.num_gpus
+        if gpus is None:
+            gpus = 1.0 if device.startswith("cuda") else 0.0
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": gpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+#: Keys of the ``[training]`` table.
+_TRAINING_KEYS = {"num_cpus", "num_gpus", "resources"}
 
 
 @dataclass(frozen=True)
@@ -95,6 +175,9 @@ class DeploymentPlan:
 
     default: Resources = field(default_factory=Resources)
     models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    pools: Mapping[str, Pool] = field(default_factory=dict)
+    #: What each training job's Ray task reserves (``[training]``).
+    training: TrainingResources = field(default_factory=TrainingResources)
 
     def for_model(self, model_id: str, version: str) -> Resources:
         """The resources of ``model_id`` version ``version``."""
@@ -102,6 +185,11 @@ class DeploymentPlan:
         for key in (model_id, f"{model_id}@{version}"):
             merged.update(self.models.get(key, {}))
         return replace(self.default, **merged) if merged else self.default
+
+    def pool_of(self, model_id: str, version: str) -> Pool | None:
+        """The pool that runs ``model_id`` version ``version`` (``None``: its own deployment)."""
+        name = self.for_model(model_id, version).pool
+        return self.pools.get(name) if name else None
 
 
 def load_deployments(
@@ -123,11 +211,11 @@ def load_deployments(
         raise ConfigError(f"cannot read the deployment file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"deployment file {path}: expected a table at the top")
-    unknown = set(data) - {"default", "models"}
+    unknown = set(data) - {"default", "models", "pools", "training"}
     if unknown:
         raise ConfigError(
             f"deployment file {path}: unknown table(s) {', '.join(sorted(unknown))}; "
-            "allowed: default, models"
+            "allowed: default, models, pools, training"
         )
     default_table = _table(path, "default", data.get("default", {}))
     try:
@@ -138,26 +226,81 @@ def load_deployments(
     if not isinstance(models_data, dict):
         raise ConfigError(f"deployment file {path}: [models] must be a table of model tables")
     models = {name: _table(path, f"models.{name}", table) for name, table in models_data.items()}
-    plan = DeploymentPlan(plan_default, models)
+    plan = DeploymentPlan(plan_default, models, _pools(path, data.get("pools", {}), base))
+    plan = replace(plan, training=_training(path, data.get("training", {})))
     for name in models:
         model_id, _, version = name.partition("@")
         try:
             plan.for_model(model_id, version)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"deployment file {path} [models.{name}]: {exc}") from exc
+    _check_pool_members(path, plan)
     return plan
 
 
-def _table(path: Path, name: str, table: object) -> dict[str, Any]:
+def _pools(path: Path, data: object, base: Resources) -> dict[str, Pool]:
+    """The ``[pools.NAME]`` tables of a deployment file, checked."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"deployment file {path}: [pools] must be a table of pool tables")
+    pools = {}
+    for name, table in data.items():
+        where = f"deployment file {path} [pools.{name}]"
+        if not _POOL_NAME.fullmatch(name):
+            raise ConfigError(f"{where}: a pool's name is 1 to 64 letters, digits, '_' or '-'")
+        values = _table(path, f"pools.{name}", table, _POOL_KEYS)
+        most = values.pop("max_models_per_replica", 3)
+        if not isinstance(most, int) or isinstance(most, bool):
+            raise ConfigError(f"{where}: max_models_per_replica must be a whole number")
+        try:
+            pools[name] = Pool(name, replace(base, **values), most)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    return pools
+
+
+def _training(path: Path, data: object) -> TrainingResources:
+    """The ``[training]`` table of a deployment file, checked."""
+    values = _table(path, "training", data, _TRAINING_KEYS)
+    try:
+        return TrainingResources(**values)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"deployment file {path} [training]: {exc}") from exc
+
+
+def _check_pool_members(path: Path, plan: DeploymentPlan) -> None:
+    """Refuse pools that are not defined, and resources on a model that a pool runs."""
+    allowed = ", ".join(sorted(plan.pools)) or "none: the file has no [pools] tables"
+    tables: list[tuple[str, str, set[str]]] = [("default", plan.default.pool, set())]
+    for name, table in plan.models.items():
+        model_id, _, version = name.partition("@")
+        own = set(table) - {"pool"}
+        tables.append((f"models.{name}", plan.for_model(model_id, version).pool, own))
+    for where, pool, own in tables:
+        if pool and pool not in plan.pools:
+            raise ConfigError(
+                f"deployment file {path} [{where}]: pool {pool!r} is not defined; "
+                f"allowed: {allowed}"
+            )
+        if pool and own:
+            raise ConfigError(
+                f"deployment file {path} [{where}]: a model of pool {pool!r} gets its resources "
+                f'from [pools.{pool}]; remove {", ".join(sorted(own))} (or set pool = "" '
+                "to give it a deployment of its own)"
+            )
+
+
+def _table(path: Path, name: str, table: object, keys: set[str] = _KEYS) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"deployment file {path}: [{name}] must be a table")
-    unknown = set(table) - _KEYS
+    unknown = set(table) - keys
     if unknown:
         raise ConfigError(
             f"deployment file {path} [{name}]: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(sorted(_KEYS))}"
+            f"allowed: {_allowed(keys)}"
         )
     out = dict(table)
+    if "pool" in out and not isinstance(out["pool"], str):
+        raise ConfigError(f"deployment file {path} [{name}]: pool must be a pool's name (text)")
     if "resources" in out:
         resources = out["resources"]
         if not isinstance(resources, dict) or not all(
@@ -174,3 +317,7 @@ def _table(path: Path, name: str, table: object) -> dict[str, Any]:
         if key in out and (not isinstance(out[key], int) or isinstance(out[key], bool)):
             raise ConfigError(f"deployment file {path} [{name}]: {key} must be a whole number")
     return out
+
+
+def _allowed(keys: set[str]) -> str:
+    return ", ".join(sorted(keys))

@@ -16,6 +16,10 @@ that runs ``frameserve serve`` — and only the calls of models go to the cluste
   ``workers`` and ``batch_workers`` bound the calls in flight per model: with a replica's
   ``max_ongoing_requests`` at least their sum, no call waits inside Ray, and interactive
   calls overtake batch ones at the gateway, where the queues are;
+- models of a pool (``[pools.NAME]`` in the deployment file) share one application instead
+  (:mod:`~frameserve.engine.cluster.pools`): each call names its model version with Ray
+  Serve's model multiplexing, and the pool's replicas load models on demand, unloading the
+  least recently used; the scheduler's lanes are then the pool's, not each model's;
 - when the registry replaces a model (hot reload), its application is deployed again with the
   new version (Ray Serve rolls the replicas over); a removed model's application is deleted;
 - a replica that dies fails the calls it was running with
@@ -33,8 +37,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +46,30 @@ import numpy as np
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.folders import ModelSource
 from frameserve.catalogue.registry import ModelRegistry
-from frameserve.engine.cluster.connect import app_name, connect, import_ray, ray_error
-from frameserve.engine.cluster.deployments import DeploymentPlan
+from frameserve.engine.cluster.calls import answer, outcome, work_items
+from frameserve.engine.cluster.connect import (
+    app_name,
+    connect,
+    deploy_application,
+    import_ray,
+    ray_error,
+)
+from frameserve.engine.cluster.deployments import DeploymentPlan, Resources
 from frameserve.engine.cluster.figures import ReplicaFigures
-from frameserve.engine.cluster.replica import ModelReplica, ReplicaConfig, Work, as_tensor
+from frameserve.engine.cluster.pooled import multiplexed_id
+from frameserve.engine.cluster.pools import PoolApps, pool_app_name
+from frameserve.engine.cluster.replica import (
+    ModelRef,
+    ModelReplica,
+    ReplicaConfig,
+    ReplicaSettings,
+)
+from frameserve.engine.cluster.states import (
+    Deployment,
+    Followed,
+    delete_applications,
+    follow_states,
+)
 from frameserve.engine.metrics import Metrics
 from frameserve.engine.request import InferenceRequest, InferenceResult
 from frameserve.engine.runner import Runner
@@ -57,6 +80,7 @@ from frameserve.errors import (
     ModelCrashedError,
     ModelLoadError,
     ModelTimeoutError,
+    RequestCancelledError,
 )
 
 __all__ = ["RayHost"]
@@ -65,24 +89,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds between looks at the deployments' states (Ray Serve's status).
 STATUS_POLL = 2.0
+#: Seconds a roll-out waits for a pool's replica to load a changed model.
+ROLL_OUT_WAIT = 60.0
 #: Seconds closing waits for the deleted applications' replicas to stop.
 CLOSE_WAIT = 15.0
 _IN_PROCESS = ModelStatus(ModelState.READY)
 _NOT_STARTED = ModelStatus(ModelState.IDLE)
-
-
-@dataclass
-class _Deployment:
-    """One model version's Ray Serve application as the gateway knows it."""
-
-    app: str
-    entry: ModelEntry
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    handle: Any = None
-    state: ModelState = ModelState.IDLE
-    error: str | None = None
-    model_bytes: int = 0
-    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class RayHost:
@@ -122,11 +134,12 @@ class RayHost:
         self._joined = connect(address)
         self._lock = threading.Lock()
         self._deploying = threading.Lock()
-        self._deployments: dict[tuple[str, str], _Deployment] = {}
+        self._deployments: dict[tuple[str, str], Deployment] = {}
         self._sources: dict[tuple[str, str, str], ModelSource | None] = {}
         self._closed = False
         runner.registry.add_listener(self._registry_changed)
         self.figures = ReplicaFigures(self.metrics, self._replica_states)
+        self.pools = PoolApps(self._deploy_app, self.metrics)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="frameserve-ray", daemon=True)
         self._watcher.start()
@@ -153,39 +166,32 @@ class RayHost:
                 return [self.runner.run(requests[0])]
             return self.runner.run_batch(requests)
         try:
-            handle = self._handle(entry)
+            deployment, handle = self._handle(entry)
         except FrameServeError as exc:
             return [exc] * len(requests)
-        items: list[Work] = [
-            (
-                [(name, frame.detach().cpu().numpy()) for name, frame in request.frames.items()],
-                dict(request.knobs),
-                request.colourspace,
-            )
-            for request in requests
-        ]
+        items = work_items(requests)
         timeout = self._timeout(entry, requests)
-        response = handle.run.remote(int(requests[0].priority), items)
+        priority = int(requests[0].priority)
+        if deployment.pool:
+            response = handle.run.remote(deployment.ref, priority, items)
+        else:
+            response = handle.run.remote(priority, items)
         try:
-            replies, figures = response.result(timeout_s=timeout)
+            replies, figures = answer(response, requests, timeout)
+        except RequestCancelledError as exc:
+            log.info("model %s on the cluster: %s", _named(entry), exc)
+            response.cancel()
+            return [exc] * len(requests)
         except Exception as exc:  # Ray's errors (and a timeout), as the engine's
             error = ray_error(exc, entry.id, timeout)
             self._failed_call(entry, response, error)
+            if deployment.pool and isinstance(error, ModelCrashedError):
+                self.pools.forget_holdings(deployment.pool)
             return [error] * len(requests)
         self.figures.record(entry.id, entry.version, figures)
+        self.pools.record(deployment.pool, figures)
         pid = int(figures["pid"])
-        return [self._outcome(reply, pid) for reply in replies]
-
-    def _outcome(self, reply: tuple[str, Any], pid: int) -> Outcome:
-        kind, value = reply
-        if kind == "error":
-            return value if isinstance(value, FrameServeError) else ModelLoadError(str(value))
-        frames, objects = value
-        return InferenceResult(
-            frames={name: as_tensor(array) for name, array in frames},
-            objects=tuple(objects),
-            worker=pid,
-        )
+        return [outcome(reply, pid) for reply in replies]
 
     def _timeout(self, entry: ModelEntry, requests: Sequence[InferenceRequest]) -> float:
         timeout = self.settings.timeout(entry)
@@ -208,14 +214,18 @@ class RayHost:
         log.warning("model %s on the cluster: %s", name, error)
 
     def concurrency_key(self, request: InferenceRequest) -> Hashable:
-        """The model version for deployed models; ``None`` (shared) for in-process ones."""
+        """The model version for deployed models (its pool for a pool's models); ``None``
+        (shared) for in-process ones."""
         entry = request.entry
         if entry is None:
             try:
                 entry = self.registry.get(request.model_id)
             except Exception:
                 return None
-        return entry.key if self._source(entry) is not None else None
+        if self._source(entry) is None:
+            return None
+        pool = self.plan.pool_of(entry.id, entry.version)
+        return entry.key if pool is None else f"pool:{pool.name}"
 
     def allocate_frame(self, shape: tuple[int, int, int]) -> np.ndarray:
         """A plain numpy buffer (Ray copies it into its object store once per call)."""
@@ -230,44 +240,38 @@ class RayHost:
 
     # -- deployments ---------------------------------------------------------------------------
 
-    def _handle(self, entry: ModelEntry) -> Any:
-        """The deployment handle of ``entry``'s application, deploying (again) if needed."""
+    def _handle(self, entry: ModelEntry) -> tuple[Deployment, Any]:
+        """``entry``'s deployment and the handle its calls go to, deploying (again) if needed."""
+        pool = self.plan.pool_of(entry.id, entry.version)
         with self._lock:
             if self._closed:
                 raise ModelLoadError("the server is shutting down")
             deployment = self._deployments.get(_dkey(entry))
             if deployment is None:
-                deployment = _Deployment(app_name(entry.id, entry.version), entry)
+                app = pool_app_name(pool.name) if pool else app_name(entry.id, entry.version)
+                deployment = Deployment(app, entry, pool=pool.name if pool else "")
                 self._deployments[_dkey(entry)] = deployment
         with deployment.lock:
             current = deployment.entry.token == entry.token and deployment.handle is not None
             stale = not self.registry.is_current(entry.key)
             if deployment.handle is not None and (current or stale):
-                return deployment.handle  # a stale request runs on what is deployed
+                return deployment, deployment.handle  # a stale request runs on what is deployed
             if deployment.state is ModelState.FAILED and deployment.entry.token == entry.token:
                 raise ModelLoadError(f"model {entry.id!r} cannot be deployed: {deployment.error}")
-            self._deploy(deployment, entry)
-            return deployment.handle
+            if pool is None:
+                self._deploy(deployment, entry)
+                return deployment, deployment.handle
+            deployment.ref = self._ref(entry)
+            pool_handle = self.pools.handle(pool, self._replica_settings())
+            key = multiplexed_id(entry.id, entry.version)
+            deployment.entry, deployment.state = entry, ModelState.READY
+            deployment.handle = pool_handle.options(multiplexed_model_id=key)
+            return deployment, deployment.handle
 
-    def _deploy(self, deployment: _Deployment, entry: ModelEntry) -> None:
+    def _deploy(self, deployment: Deployment, entry: ModelEntry) -> None:
         """Deploy ``entry`` as ``deployment``'s application and wait until it runs (lock held)."""
-        source = self._source(entry)
-        if source is None:
-            raise ModelLoadError(f"model {entry.id!r} has no model folder to deploy from")
         resources = self.plan.for_model(entry.id, entry.version)
-        settings = self.settings
-        config = ReplicaConfig(
-            source=source,
-            model_id=entry.id,
-            version=entry.version,
-            token=entry.token,
-            device=settings.device,
-            half_precision=settings.half_precision,
-            ocio=settings.ocio,
-            interactive_threads=settings.interactive_threads,
-            batch_threads=settings.batch_threads,
-            log_level=logging.getLogger("frameserve").getEffectiveLevel(),
-        )
+        config = ReplicaConfig(self._ref(entry), self._replica_settings())
         deployment.entry = entry
         deployment.state = (
             ModelState.LOADING if deployment.handle is None else ModelState.RESTARTING
@@ -275,14 +279,7 @@ class RayHost:
         log.info("deploying model %s on Ray Serve (%s)", _named(entry), resources)
         started = time.monotonic()
         try:
-            with self._deploying:  # Ray's pickling of the application is not thread-safe
-                app = (
-                    self._serve.deployment(ModelReplica)
-                    .options(name="model", **resources.deployment_options())
-                    .bind(config)
-                )
-                handle = self._serve.run(app, name=deployment.app, route_prefix=None)
-            info = handle.info.remote().result(timeout_s=60.0)
+            handle, info = self._deploy_app(deployment.app, ModelReplica, config, resources)
         except Exception as exc:
             deployment.state = ModelState.FAILED
             lines = str(exc).strip().splitlines()
@@ -299,6 +296,29 @@ class RayHost:
             _named(entry),
             time.monotonic() - started,
             info.get("replica"),
+        )
+
+    def _deploy_app(
+        self, name: str, replica_class: type, config: object, resources: Resources
+    ) -> tuple[Any, Mapping[str, Any]]:
+        return deploy_application(name, replica_class, config, resources, lock=self._deploying)
+
+    def _ref(self, entry: ModelEntry) -> ModelRef:
+        """The model folder and version a replica loads for ``entry``."""
+        source = self._source(entry)
+        if source is None:
+            raise ModelLoadError(f"model {entry.id!r} has no model folder to deploy from")
+        return ModelRef(source, entry.id, entry.version, entry.token)
+
+    def _replica_settings(self) -> ReplicaSettings:
+        settings = self.settings
+        return ReplicaSettings(
+            device=settings.device,
+            half_precision=settings.half_precision,
+            ocio=settings.ocio,
+            interactive_threads=settings.interactive_threads,
+            batch_threads=settings.batch_threads,
+            log_level=logging.getLogger("frameserve").getEffectiveLevel(),
         )
 
     def _source(self, entry: ModelEntry) -> ModelSource | None:
@@ -333,7 +353,15 @@ class RayHost:
             try:
                 if newest is not None and self._source(newest) is not None:
                     log.info("model %s changed: rolling it out to its replicas", _named(newest))
-                    self._handle(newest)
+                    _, handle = self._handle(newest)
+                    if deployment.pool:  # the replica holding the old one loads the new one
+                        handle.refresh.remote(deployment.ref).result(timeout_s=ROLL_OUT_WAIT)
+                elif deployment.pool:  # its replicas unload it when it is least recently used
+                    log.info(
+                        "model %s is gone from pool %s", _named(deployment.entry), deployment.pool
+                    )
+                    with self._lock:
+                        self._deployments.pop(key, None)
                 else:
                     log.info("model %s is gone: deleting its deployment", deployment.app)
                     with deployment.lock:
@@ -352,12 +380,18 @@ class RayHost:
         deployment = self._deployments.get(_dkey(entry))
         if deployment is None:
             return _NOT_STARTED if self._source(entry) is not None else _IN_PROCESS
+        app = self.pools.apps.get(deployment.pool)
+        if app is not None and deployment.state is not ModelState.FAILED:
+            return ModelStatus(app.state, app.error)
         return ModelStatus(deployment.state, deployment.error)
 
     def reset(self, model_id: str) -> list[str]:
         """Clear the failed state of ``model_id``'s deployments (deployed again on demand)."""
         lines = []
         for deployment in list(self._deployments.values()):
+            if deployment.entry.id == model_id and self.pools.reset(deployment.pool):
+                lines.append(f"pool {deployment.pool}: cleared its failed state")
+                log.info("%s", lines[-1])
             if deployment.entry.id == model_id and deployment.state is ModelState.FAILED:
                 deployment.state = ModelState.IDLE
                 deployment.error = None
@@ -367,13 +401,19 @@ class RayHost:
         return lines
 
     def loaded_models(self) -> list[str]:
-        """Models set up in-process, then those whose deployment runs."""
+        """Models set up in-process, then those whose deployment runs or a pool replica holds."""
         deployed = [
             d.entry.id
             for d in list(self._deployments.values())
-            if d.state is ModelState.READY and self.registry.is_current(d.entry.key)
+            if self.registry.is_current(d.entry.key)
+            and (self._held(d) if d.pool else d.state is ModelState.READY)
         ]
         return self.runner.loaded_models() + deployed
+
+    def _held(self, deployment: Deployment) -> list[int]:
+        """The bytes of ``deployment``'s model on each pool replica that holds it."""
+        entry = deployment.entry
+        return self.pools.held(deployment.pool, entry.id, entry.version, entry.token)
 
     def model_memory(self, entry: ModelEntry) -> ModelMemory:
         """Whether ``entry``'s deployment runs and its model's size on one replica (for a
@@ -384,21 +424,29 @@ class RayHost:
             return ModelMemory(loaded=size is not None, model_bytes=size or 0)
         if deployment.state is not ModelState.READY or deployment.entry.key != entry.key:
             return ModelMemory(loaded=False)
+        if deployment.pool:
+            held = self._held(deployment)
+            return ModelMemory(loaded=bool(held), model_bytes=max(held, default=0))
         return ModelMemory(loaded=True, model_bytes=deployment.model_bytes)
 
     def memory_in_use(self) -> int:
-        """What in-process models hold, plus each deployed model's size times its replicas."""
+        """What in-process models hold, plus each deployed model's size times its replicas and
+        what the pools' replicas hold."""
         deployed = sum(
             d.model_bytes * max(1, d.replicas.get("RUNNING", 1))
             for d in list(self._deployments.values())
-            if d.state is ModelState.READY
+            if d.state is ModelState.READY and not d.pool
         )
-        return self.runner.memory_in_use() + deployed
+        return self.runner.memory_in_use() + deployed + self.pools.bytes_in_use()
 
     def _replica_states(self) -> list[tuple[str, str, dict[str, int]]]:
         return [
             (d.entry.id, d.entry.version, dict(d.replicas))
             for d in list(self._deployments.values())
+            if not d.pool
+        ] + [
+            (f"pool:{app.pool.name}", "", dict(app.replicas))
+            for app in list(self.pools.apps.values())
         ]
 
     def _watch(self) -> None:
@@ -409,21 +457,8 @@ class RayHost:
             except Exception:
                 log.debug("cannot read Ray Serve's status", exc_info=True)
                 continue
-            for deployment in list(self._deployments.values()):
-                app = applications.get(deployment.app)
-                if app is None or deployment.handle is None:
-                    continue
-                overview = next(iter(app.deployments.values()), None)
-                if overview is None:
-                    continue
-                deployment.replicas = {str(k): int(v) for k, v in overview.replica_states.items()}
-                health = str(getattr(overview.status, "value", overview.status))
-                if deployment.lock.locked():
-                    continue  # being deployed: _deploy sets the state
-                if health == "HEALTHY":
-                    deployment.state = ModelState.READY
-                elif health != "HEALTHY" and deployment.replicas.get("RUNNING", 0) == 0:
-                    deployment.state = ModelState.RESTARTING
+            followed: list[Followed] = [d for d in self._deployments.values() if not d.pool]
+            follow_states(applications, [*followed, *self.pools.apps.values()])
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -431,24 +466,13 @@ class RayHost:
         """Delete this host's deployments; disconnect from Ray if this host joined it."""
         with self._lock:
             self._closed = True
-            deployments = list(self._deployments.values())
+            deployments: list[Followed] = [d for d in self._deployments.values() if not d.pool]
+            deployments += self.pools.apps.values()
             self._deployments = {}
         self._stop.set()
         self._watcher.join(STATUS_POLL + 1.0)
         apps = [d.app for d in deployments if d.handle is not None]
-        for app in apps:  # all at once: each waits for its replicas' graceful shutdown
-            try:
-                self._serve.delete(app, _blocking=False)
-            except Exception:
-                log.warning("cannot delete the Ray Serve application %s", app)
-        deadline = time.monotonic() + CLOSE_WAIT
-        while apps and time.monotonic() < deadline:
-            try:
-                running = self._serve.status().applications
-            except Exception:
-                break
-            apps = [app for app in apps if app in running]
-            time.sleep(0.2)
+        delete_applications(self._serve, apps, CLOSE_WAIT)
         if self._joined:
             self._ray.shutdown()
 
