@@ -424,9 +424,9 @@ class Scheduler:
                 self.cache is not None
                 and entry is not None
                 and entry.spec.cacheable
-                and not self._keeper.decide(entry.key, outcome, seconds_each)
+                and not self._keeper.decide(entry.key, outcome, seconds_each, key)
             ):
-                key = None  # a result quicker to compute again than to copy out of its worker
+                key = None  # not worth copying out of its worker (engine/keeping.py)
             if key is not None and self.cache is not None:
                 self.cache.put(key, outcome)  # before the answer: a repeat finds it at once
             ticket.future.set_result(outcome)

@@ -173,6 +173,33 @@ def test_a_result_computed_faster_than_a_copy_is_not_cached_in_workers(
         scheduler.close()
 
 
+def test_a_result_quick_to_compute_again_is_kept_the_second_time_it_is_asked(
+    lab: tuple[ModelRegistry, ProcessHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result that took between one and FIRST_SIGHT_FACTOR times its copy: its first
+    request leaves the cache empty (no copy), a repeat is computed and kept, the third hits."""
+    registry, host = lab
+    # a copy rate at which the 6 MB result takes 0.1 s to copy: a 0.15 s pause is between one
+    # and ten copies, whatever the machine's load (up to 0.85 s of overhead)
+    monkeypatch.setattr(keeping, "KEEP_BYTES_PER_SECOND", 6.2e7)
+    scheduler = Scheduler(host, cache=ResultCache(1 << 30))
+    cache = scheduler.cache
+    assert cache is not None
+
+    def ask() -> InferenceResult:
+        frame = shared(host, 7.0, height=540, width=960)
+        asked = request(registry, "pause", frame, seconds=0.15)
+        return scheduler.submit(asked).result(HANG_GUARD)
+
+    try:
+        assert ask().worker is not None and len(cache) == 0  # seen once: not kept
+        assert ask().worker is not None and len(cache) == 1  # seen again: computed, kept
+        third = ask()
+        assert third.worker is None and np.all(values(third) == 7.0)  # from the cache
+    finally:
+        scheduler.close()
+
+
 def test_requests_of_a_model_not_worth_caching_are_not_digested(
     lab: tuple[ModelRegistry, ProcessHost], monkeypatch: pytest.MonkeyPatch
 ) -> None:
