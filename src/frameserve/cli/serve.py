@@ -33,7 +33,8 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "--jobs-folder",
         type=Path,
         default=default("jobs_folder"),
-        help=f"where training jobs live (default {default('jobs_folder')})",
+        help=f"where training jobs live (default {default('jobs_folder')}; with --ray: on "
+        "storage every node shares, at the same path)",
     )
     serve.add_argument(
         "--host", default=default("host"), help="address to listen on (default: loopback only)"

@@ -47,6 +47,7 @@ from frameserve.serve.mlclient.server import MLClientServer
 from frameserve.serve.net.listener import FrontDoor
 from frameserve.serve.settings import ServerSettings
 from frameserve.training.jobs import TrainingJobs
+from frameserve.training.jobs.cluster import ClusterTraining
 
 __all__ = ["FrameServer"]
 
@@ -73,11 +74,14 @@ class FrameServer:
         )
         self.metrics = Metrics()
         self.host: ModelHost
+        training: ClusterTraining | None = None  # jobs run on the cluster with --ray
         if self.settings.ray_address is not None:
+            plan = load_deployments(self.settings.ray_deployments)
+            training = ClusterTraining(plan.training)
             self.host = RayHost(
                 runner,
                 address=self.settings.ray_address,
-                plan=load_deployments(self.settings.ray_deployments),
+                plan=plan,
                 settings=self.settings.worker_settings(),
                 metrics=self.metrics,
             )
@@ -103,6 +107,7 @@ class FrameServer:
             busy=lambda: self.engine.queue_depth(Priority.INTERACTIVE) > 0,
             max_upload_bytes=self.settings.max_request_bytes(1),
             limits=self.settings.job_limits(),
+            cluster=training,
         )
         self.mlclient = MLClientServer(engine=self.engine, settings=self.settings.mlclient_door())
         #: Every MLClient door, the default one (``port``) first, then ``--mlclient-door``'s.

@@ -9,6 +9,7 @@ names the front doors and commands use::
 ``queue``         :class:`TrainingJobs`: submit, cancel, resume, delete, list
 ``runs``          running queued jobs: a worker thread per device, one job at a time each
 ``process``       each run in a training process of its own (``spawn``), followed and stopped
+``cluster``       each run as a Ray task on a cluster instead (``serve --ray``), followed alike
 ``shared``        a job's decoded frames in shared memory, mapped by its training process
 ``live``          a job in the server: its frames (while active), process, state changes
 ``store``         each job's ``queue.json`` record (with its owner), read back after a restart

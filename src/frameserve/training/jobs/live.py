@@ -36,7 +36,7 @@ from frameserve.training import (
 )
 from frameserve.training.jobs.data import JobData, PathPairs, read_job_data, reread_job_data
 from frameserve.training.jobs.limits import JobLimits
-from frameserve.training.jobs.process import JobProcess
+from frameserve.training.jobs.process import JobRun
 from frameserve.training.jobs.shared import SharedFrames
 from frameserve.training.jobs.store import JobRecord, JobState
 from frameserve.training.uploads import UploadStore
@@ -91,7 +91,7 @@ class LiveJob:
         self.record = record
         self.frames: SharedFrames | None = None  # in shared memory, while active
         self.data: ImagePairs | LabelledImages | None = None  # views of ``frames``
-        self.process: JobProcess | None = None  # its training process, while it runs
+        self.process: JobRun | None = None  # its training process (or Ray task), while it runs
         self.cancel = threading.Event()
         self.progress: TrainingProgress | None = None
         self.saved: TrainingProgress | None = None  # of the last checkpoint of this run

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from frameserve.training import Trainer, TrainingProgress, TrainingSettings, list_checkpoints
 from frameserve.training.jobs.shared import SharedFrames
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_YIELD_SECONDS",
     "STOP_GRACE_SECONDS",
     "JobProcess",
+    "JobRun",
     "RunOrder",
     "describe_exit",
     "handle_log",
@@ -91,6 +92,37 @@ class RunOrder:
     settings: dict[str, Any]
     frames: SharedFrames
     log_level: int = logging.INFO
+
+
+class JobRun(Protocol):
+    """One run of a job, as the queue's runs drive it: a :class:`JobProcess` on this machine,
+    or a :class:`~frameserve.training.jobs.cluster.ClusterRun` on a Ray cluster."""
+
+    name: str
+    training: bool
+
+    @property
+    def pid(self) -> int | None:
+        """The id of the process that trains (``None``: not known yet)."""
+
+    def start(self) -> None:
+        """Start the run (one killed before it started never starts)."""
+
+    def kill(self) -> None:
+        """End the run at once: the steps since its checkpoint are lost."""
+
+    def follow(
+        self,
+        *,
+        stopping: Callable[[], bool],
+        busy: Callable[[], bool],
+        on_progress: Callable[[TrainingProgress], None],
+    ) -> tuple[str, Any]:
+        """Follow the run until it has ended; return ``("ended", last progress)``,
+        ``("failed", message)`` or ``("crashed", message)``."""
+
+    def close(self) -> None:
+        """End the run if it still goes on, and let its resources go."""
 
 
 class JobProcess:

@@ -33,7 +33,10 @@ not take the name of a model (it is served as a model of its name) or of another
 **Running** is :mod:`frameserve.training.jobs.runs`'s: one job at a time per device, each
 run in a training process of its own (:mod:`frameserve.training.jobs.process`), so a crash or
 ``kill -9`` of a job ends that run only (the job is ``failed``, saying what happened, and
-``resume`` goes on from its last checkpoint) and never the server.
+``resume`` goes on from its last checkpoint) and never the server. With a ``cluster``
+(``frameserve serve --ray``) each run is a Ray task on a node with the resources the
+deployment file's ``[training]`` asks for (:mod:`frameserve.training.jobs.cluster`), the same
+way: progress, cancel, resume, yielding and crashes behave as below.
 
 **Yielding to inference.** Training shares the machine with interactive requests. The worker
 passes ``busy()`` on to the job's process every few milliseconds; after each step, while it
@@ -62,7 +65,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from frameserve.catalogue.registry import ModelRegistry
-from frameserve.engine.devices import resolve_device
 from frameserve.errors import ConfigError, JobConflictError, JobNotFoundError
 from frameserve.training import (
     ImagePairs,
@@ -72,6 +74,7 @@ from frameserve.training import (
 )
 from frameserve.training.checkpoints import CONTACT_SHEET_FOLDER
 from frameserve.training.inference import model_id_for
+from frameserve.training.jobs.cluster import ClusterTraining
 from frameserve.training.jobs.data import (
     JobData,
     PathPairs,
@@ -115,6 +118,9 @@ class TrainingJobs:
         max_upload_bytes: the largest frame file :attr:`uploads` takes.
         limits: what a job may read and hold (default :class:`JobLimits()`: no data roots, so
             frames are uploads or arrays).
+        cluster: run each job as a Ray task on the cluster the server has joined
+            (:mod:`frameserve.training.jobs.cluster`; ``folder`` must then be on storage every
+            node shares); ``None``: in a training process on this machine.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class TrainingJobs:
         busy: Callable[[], bool] | None = None,
         max_upload_bytes: int = DEFAULT_MAX_FILE_BYTES,
         limits: JobLimits | None = None,
+        cluster: ClusterTraining | None = None,
     ) -> None:
         self.folder = Path(folder).expanduser()
         self.registry = registry
@@ -147,6 +154,7 @@ class TrainingJobs:
             models=self._models,
             limits=self.limits,
             busy=lambda: self.busy(),  # what self.busy is when asked
+            cluster=cluster,
         )
         for record in load_records(self.folder):
             self._load(record)
@@ -188,7 +196,7 @@ class TrainingJobs:
         """
         check_job_name(name)
         settings = settings or TrainingSettings()
-        device = str(resolve_device(settings.device))
+        device = self._runs.device_for(settings.device)
         self._check_model_free(name)
         check_frame_count(count_named_frames(data, validation), self.limits)  # before a read
         folder = self.folder / name
@@ -370,7 +378,8 @@ class TrainingJobs:
         return self._job(name).data
 
     def process_id(self, name: str) -> int | None:
-        """Return the id of job ``name``'s training process (``None``: it runs in none now);
+        """Return the id of job ``name``'s training process (``None``: it runs in none now;
+        on a Ray cluster, its task's worker process on its node, once the task has started);
         JobNotFoundError: no such job."""
         process = self._job(name).process
         return None if process is None else process.pid

@@ -25,6 +25,12 @@ on. The run ends as the process does:
 - the process died (a signal, an exit status, the out-of-memory killer): ``failed``, with an
   error naming what happened and the checkpoint a ``resume`` goes on from; the steps after it
   are lost. A process killed because it did not stop when told to is ``cancelled`` instead.
+
+**On a Ray cluster** (``cluster`` given: ``frameserve serve --ray``) each run is a Ray task
+instead (:mod:`frameserve.training.jobs.cluster`), followed the same way. A job's device is
+then resolved on the node that runs it, not here, and each job has a worker thread of its own
+while it is queued or running: Ray's scheduler, not this queue, decides which jobs run at
+once (as many as the cluster has the resources for).
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ from frameserve.engine.devices import resolve_device
 from frameserve.errors import ConfigError
 from frameserve.training import TrainingProgress, list_checkpoints
 from frameserve.training.checkpoints import load_checkpoint
+from frameserve.training.jobs.cluster import ClusterTraining
 from frameserve.training.jobs.data import ReadingStopped
 from frameserve.training.jobs.limits import JobLimits
 from frameserve.training.jobs.live import LiveJob
 from frameserve.training.jobs.losses import LossLog
-from frameserve.training.jobs.process import JobProcess, RunOrder
+from frameserve.training.jobs.process import JobProcess, JobRun, RunOrder
 from frameserve.training.jobs.serving import JobModels
 from frameserve.training.jobs.store import JobState, json_float
 
@@ -61,6 +68,7 @@ class JobRuns:
         models: serves the jobs as models (refreshed at each checkpoint and state).
         limits: what a job may read when its frames are read again.
         busy: whether interactive inference waits (the training processes then nap).
+        cluster: run each job as a Ray task on this cluster (``None``: in a process here).
     """
 
     def __init__(
@@ -71,8 +79,10 @@ class JobRuns:
         models: JobModels,
         limits: JobLimits,
         busy: Callable[[], bool],
+        cluster: ClusterTraining | None = None,
     ) -> None:
         self._lock = lock
+        self.cluster = cluster
         self._jobs = jobs
         self._models = models
         self.limits = limits
@@ -85,7 +95,7 @@ class JobRuns:
         """Queue ``job`` (queued in its record) on its device's worker."""
         job.finished.clear()
         try:
-            device = str(resolve_device(job.record.settings.get("device", "cpu")))
+            device = self.device_for(job.record.settings.get("device", "cpu"))
         except ConfigError as exc:  # a GPU gone since the job was submitted
             with self._lock:
                 job.record.error = str(exc)
@@ -97,17 +107,29 @@ class JobRuns:
             if job.record.device != device:
                 job.record.device = device
                 job.record.save()
-            if device not in self._queues:
-                self._queues[device] = Queue()
+            key = device if self.cluster is None else f"ray:{job.name}"
+            if key not in self._queues:
+                self._queues[key] = Queue()
                 worker = threading.Thread(
                     target=self._work,
-                    args=(self._queues[device],),
-                    name=f"frameserve-training-{device}",
+                    args=(key, self._queues[key]),
+                    name=f"frameserve-training-{key}",
                     daemon=True,
                 )
-                self._workers[device] = worker
+                self._workers[key] = worker
                 worker.start()
-            self._queues[device].put(job.name)
+            self._queues[key].put(job.name)
+
+    def device_for(self, device: str) -> str:
+        """The device a job asking for ``device`` is recorded with: resolved here (``"auto"``
+        becomes ``"cuda:0"`` or ``"cpu"``), or as given on a cluster (its node resolves it).
+
+        Raises:
+            ConfigError: an unknown name, or a device this machine does not have.
+        """
+        if self.cluster is not None:
+            return device
+        return str(resolve_device(device))
 
     def close(self, timeout: float) -> None:
         """Stop every run: each process stops before its next step and writes a checkpoint;
@@ -132,12 +154,20 @@ class JobRuns:
             process.kill()
         for worker in workers:  # soon: its process has ended (a reading never starts one)
             worker.join(timeout)
+        if self.cluster is not None:
+            self.cluster.close()
 
     # -- a worker --------------------------------------------------------------------------------
 
-    def _work(self, queue: Queue[str | None]) -> None:
+    def _work(self, key: str, queue: Queue[str | None]) -> None:
         while (name := queue.get()) is not None:
             self._run(name)  # holds the job's frames only while it runs
+            if self.cluster is not None:
+                with self._lock:  # a job's own worker ends with its run
+                    if queue.empty():
+                        self._queues.pop(key, None)
+                        self._workers.pop(key, None)
+                        return
 
     def _run(self, name: str) -> None:
         with self._lock:
@@ -200,7 +230,7 @@ class JobRuns:
             if progress.checkpoint is not None:
                 self._models.refresh(job.name)
 
-        process = JobProcess(order)
+        process: JobRun = JobProcess(order) if self.cluster is None else self.cluster.run(order)
         del order
         with self._lock:
             job.process = process
@@ -209,7 +239,8 @@ class JobRuns:
             if stopped:  # closing already: it would be killed at once
                 process.kill()
             process.start()
-            logger.info("training job %r runs in process %s", job.name, process.pid)
+            if self.cluster is None:  # a Ray task says where it runs once it does
+                logger.info("training job %r runs in process %s", job.name, process.pid)
             return process.follow(stopping=job.cancel.is_set, busy=self.busy, on_progress=report)
         finally:
             with self._lock:
