@@ -19,7 +19,7 @@ source time, from :func:`speed_timing` or :func:`read_curve`) and a
    one-channel file is repeated to three).
 4. ``jobs`` frames are in flight at once; a failed frame is logged and the run goes on, and
    stops after ``stop_after`` failures in a row; an error no frame can get past stops it at
-   once.
+   once (the loop of ``frameserve run``: :func:`frameserve.shots.flight.fly`).
 
 ::
 
@@ -36,34 +36,22 @@ import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from frameserve.errors import (
-    ColourError,
     ConfigError,
-    FrameServeError,
-    KnobError,
-    ModelLoadError,
-    ModelNotFoundError,
     ModelRunError,
-    ModelSetupError,
 )
 from frameserve.media.atomic import remove_leftovers
 from frameserve.media.imageio import ImageFile, read_image, write_image
 from frameserve.media.sequences import MAX_FRAMES, FramePattern, format_frames
 from frameserve.plugin.model import ModelSpec
 from frameserve.shots.backends import Backend
-from frameserve.shots.run import (
-    DEFAULT_LOCAL_JOBS,
-    PROGRESS_INTERVAL,
-    RunEnd,
-    RunProgress,
-    RunReport,
-)
+from frameserve.shots.flight import RunProgress, RunReport, fly
+from frameserve.shots.run import DEFAULT_LOCAL_JOBS
 
 __all__ = [
     "WHOLE_FRAME",
@@ -80,16 +68,6 @@ log = logging.getLogger(__name__)
 WHOLE_FRAME = 1e-4
 #: The model that makes in-betweens: inputs ``a`` and ``b``, knob ``t``.
 RETIME_MODEL = "retime"
-
-# Errors that every frame would hit alike (as in ``frameserve run``): the run stops at once.
-_FATAL_ERRORS = (
-    ConfigError,
-    ModelNotFoundError,
-    KnobError,
-    ColourError,
-    ModelLoadError,
-    ModelSetupError,
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,58 +249,27 @@ def retime_sequence(
             len(report.existing),
             format_frames(report.existing),
         )
-    shown = progress if progress is not None else _Quiet()
-    shown.start(report.total, len(report.existing) + len(report.missing))
     stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=options.jobs, thread_name_prefix="frameserve-retime")
-    pending: dict[Future[None], _Job] = {}
-    queue = iter(todo)
-    in_a_row = 0
-    try:
-        while True:
-            while len(pending) < options.jobs and not report.stopped_early:
-                upcoming = next(queue, None)
-                if upcoming is None:
-                    break
-                future = pool.submit(_make_frame, backend, spec, options, upcoming, stop)
-                pending[future] = upcoming
-            if not pending:
-                break
-            finished, _ = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
-            for done in finished:
-                job = pending.pop(done)
-                error = done.exception()
-                if error is None:
-                    report.written.append(job.frame)
-                    shown.written(job.frame)
-                    in_a_row = 0
-                    continue
-                if isinstance(error, _FATAL_ERRORS) or not isinstance(error, Exception):
-                    raise error
-                report.failed.append(job.frame)
-                in_a_row += 1
-                shown.failed(job.frame)
-                log.error("frame %d failed: %s", job.frame, _describe(error))
-                if options.stop_after and in_a_row >= options.stop_after:
-                    report.stopped_early = True
-                    log.error(
-                        "stopping: %d frames in a row failed (--stop-after %d)",
-                        in_a_row,
-                        options.stop_after,
-                    )
-            shown.update()
-    except BaseException as exc:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        report.seconds = time.monotonic() - started
-        shown.finish(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped")
-        raise
-    pool.shutdown()
-    report.written.sort()
-    report.failed.sort()
-    report.seconds = time.monotonic() - started
-    shown.finish(report, "stopped early" if report.stopped_early else "done")
-    return report
+
+    def make(job: _Job) -> None:
+        _make_frame(backend, spec, options, job, stop)
+
+    return fly(
+        make,
+        todo,
+        _frame_of,
+        report,
+        jobs=options.jobs,
+        stop_after=options.stop_after,
+        stop=stop,
+        progress=progress,
+        name="frameserve-retime",
+        started=started,
+    )
+
+
+def _frame_of(job: _Job) -> int:
+    return job.frame
 
 
 def _job(options: RetimeOptions, frame: int, source: float) -> _Job:
@@ -405,28 +352,3 @@ def _rgb(image: ImageFile) -> np.ndarray:
             f"{', '.join(image.channel_names)}"
         )
     return image.hwc[:, :, :3]
-
-
-class _Quiet:
-    """A :class:`~frameserve.shots.run.RunProgress` that shows nothing."""
-
-    def start(self, total: int, skipped: int) -> None:
-        """Show nothing."""
-
-    def written(self, frame: int) -> None:
-        """Show nothing."""
-
-    def failed(self, frame: int) -> None:
-        """Show nothing."""
-
-    def update(self) -> None:
-        """Show nothing."""
-
-    def finish(self, report: RunReport, how: RunEnd) -> None:
-        """Show nothing."""
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, FrameServeError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"

@@ -23,7 +23,8 @@
    ``stop_after`` frames in a row failed, or at once on an error no frame can get past (an
    unknown model or knob, a model that cannot set up). :attr:`RunReport.exit_code`: 0 when
    every frame is written or skipped, 1 when a frame failed. Ctrl-C stops at once: frames in
-   flight write nothing more, and no partial file is left.
+   flight write nothing more, and no partial file is left. (The loop is
+   :func:`frameserve.shots.flight.fly`, which ``frameserve retime`` shares.)
 
 Progress goes to a :class:`RunProgress` given by the caller (the command line draws a
 progress line, :class:`frameserve.cli.progress.FrameProgress`); this layer draws nothing.
@@ -35,26 +36,17 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
 
-from frameserve.errors import (
-    ColourError,
-    ConfigError,
-    FrameServeError,
-    KnobError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelSetupError,
-)
+from frameserve.errors import ConfigError
 from frameserve.media.atomic import remove_leftovers
 from frameserve.media.colourspaces import Assumed, file_colourspace, output_colourspace
 from frameserve.media.imageio import read_image
 from frameserve.media.sequences import FramePattern, format_frames
 from frameserve.plugin.model import ModelSpec
 from frameserve.shots.backends import Backend
+from frameserve.shots.flight import PROGRESS_INTERVAL, RunEnd, RunProgress, RunReport, fly
 from frameserve.shots.frames import (
     FRAME_KNOB,
     FrameProcessor,
@@ -77,20 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_JOBS = 2  # one frame computing while the next is read and the last is written
-
-#: Seconds between two :meth:`RunProgress.update` calls while frames are in flight (at most).
-PROGRESS_INTERVAL = 0.25
-
-# Errors that every frame would hit alike: the run stops at the first one.
-_FATAL_ERRORS = (
-    ConfigError,
-    ModelNotFoundError,
-    KnobError,
-    ColourError,
-    ModelLoadError,
-    ModelSetupError,
-)
-
 
 # -- what a run is ---------------------------------------------------------------------------
 
@@ -141,64 +119,6 @@ class RunOptions:
             raise ConfigError(f"--stop-after must be 0 or more, got {self.stop_after}")
         if not self.outputs:
             raise ConfigError("a run needs at least one output pattern (--output PATTERN)")
-
-
-@dataclass(kw_only=True)
-class RunReport:
-    """What a run did; ``exit_code`` is the command's exit status."""
-
-    total: int
-    written: list[int] = field(default_factory=list)
-    existing: list[int] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped_early: bool = False
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every frame was written or skipped, 1 when any failed or the run stopped."""
-        return 1 if self.failed or self.stopped_early else 0
-
-
-RunEnd = Literal["done", "stopped early", "stopped", "interrupted"]
-"""How a run ended: every frame tried; ``stop_after`` failures in a row; an error no frame can
-get past; an interrupt (Ctrl-C, or a signal the command line turns into one)."""
-
-
-class RunProgress(Protocol):
-    """Whoever shows a run's progress. Every call comes from the thread running the loop.
-
-    ::
-
-        class Dots:
-            def start(self, total, skipped): ...
-            def written(self, frame): print(".", end="", flush=True)
-            def failed(self, frame): print("x", end="", flush=True)
-            def update(self): ...
-            def finish(self, report, how): print(f" {how}")
-    """
-
-    def start(self, total: int, skipped: int) -> None:
-        """The run begins: ``total`` frames, of which ``skipped`` need no work."""
-        ...
-
-    def written(self, frame: int) -> None:
-        """``frame`` was written."""
-        ...
-
-    def failed(self, frame: int) -> None:
-        """``frame`` failed; the run logs why right after this call (a display drawn in place
-        wipes its line here, so that the message starts on a clean line)."""
-        ...
-
-    def update(self) -> None:
-        """Nothing new, time passed: called at least every :data:`PROGRESS_INTERVAL` seconds."""
-        ...
-
-    def finish(self, report: RunReport, how: RunEnd) -> None:
-        """The run ended; ``report`` says what it did (``report.seconds`` is set)."""
-        ...
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -265,8 +185,6 @@ def run_sequence(
         name: options.output_colourspace or output_colourspace(pattern.suffix)
         for name, pattern in options.outputs.items()
     }
-    shown = progress if progress is not None else _NoProgress()
-    shown.start(report.total, len(report.existing) + len(report.missing))
     stop = threading.Event()
     process = FrameProcessor(
         backend,
@@ -279,74 +197,17 @@ def run_sequence(
         half=options.half,
         stop=stop,
     )
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="frameserve-run")
-    pending: dict[Future[None], FrameTask] = {}
-    queue = iter(todo)
-    failures_in_a_row = 0
-    try:
-        while True:
-            while len(pending) < jobs and not report.stopped_early:
-                next_task = next(queue, None)
-                if next_task is None:
-                    break
-                pending[pool.submit(process, next_task)] = next_task
-            if not pending:
-                break
-            finished, _ = wait(pending, timeout=PROGRESS_INTERVAL, return_when=FIRST_COMPLETED)
-            for future in finished:
-                task = pending.pop(future)
-                error = future.exception()
-                if error is None:
-                    report.written.append(task.frame)
-                    shown.written(task.frame)
-                    failures_in_a_row = 0
-                    continue
-                if isinstance(error, _FATAL_ERRORS) or not isinstance(error, Exception):
-                    raise error  # Ctrl-C in a worker, or an error every frame would hit
-                report.failed.append(task.frame)
-                failures_in_a_row += 1
-                shown.failed(task.frame)
-                log.error("frame %d failed: %s", task.frame, _describe(error))
-                if options.stop_after and failures_in_a_row >= options.stop_after:
-                    report.stopped_early = True
-                    log.error(
-                        "stopping: %d frames in a row failed (--stop-after %d); frames not "
-                        "started are left for the next run",
-                        failures_in_a_row,
-                        options.stop_after,
-                    )
-            shown.update()
-    except BaseException as exc:
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        report.seconds = time.monotonic() - started
-        shown.finish(report, "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped")
-        raise
-    pool.shutdown()
-    report.written.sort()
-    report.failed.sort()
-    report.seconds = time.monotonic() - started
-    shown.finish(report, "stopped early" if report.stopped_early else "done")
-    return report
-
-
-class _NoProgress:
-    """A :class:`RunProgress` that shows nothing."""
-
-    def start(self, total: int, skipped: int) -> None:
-        """Show nothing."""
-
-    def written(self, frame: int) -> None:
-        """Show nothing."""
-
-    def failed(self, frame: int) -> None:
-        """Show nothing."""
-
-    def update(self) -> None:
-        """Show nothing."""
-
-    def finish(self, report: RunReport, how: RunEnd) -> None:
-        """Show nothing."""
+    return fly(
+        process,
+        todo,
+        _frame,
+        report,
+        jobs=jobs,
+        stop_after=options.stop_after,
+        stop=stop,
+        progress=progress,
+        started=started,
+    )
 
 
 def _task(options: RunOptions, spec: ModelSpec, frame: int) -> FrameTask:
@@ -423,9 +284,3 @@ def _drop_missing(todo: list[FrameTask], options: RunOptions, report: RunReport)
     log.warning("skipping %d frame(s) with missing inputs (%s): %s", len(missing), frames, shown)
     report.missing.extend(missing)
     return [task for task in todo if task.frame not in missing]
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, FrameServeError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
