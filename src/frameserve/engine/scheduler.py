@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from frameserve.engine.cache import ResultCache, internal_key
 from frameserve.engine.keeping import ResultKeeper
 from frameserve.engine.metrics import Metrics
-from frameserve.engine.niceness import lower_thread_priority
+from frameserve.engine.niceness import lower_thread_priority, start_native_pools
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority, RequestFuture
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.host import InProcessHost, ModelHost
@@ -161,6 +161,7 @@ class Scheduler:
         self._threads: list[threading.Thread] = []
         self._closing = False
         self._keeper = ResultKeeper(self.host, self.cache)
+        start_native_pools()  # at this thread's priority, before any batch thread exists
         with self._lock:
             for priority in Priority:
                 lane = self._lane(priority, None)

@@ -45,7 +45,7 @@ from frameserve.catalogue.entries import ModelEntry
 from frameserve.catalogue.folders import ModelSource, load_folder
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.colour import ColourManager
-from frameserve.engine.niceness import lower_thread_priority
+from frameserve.engine.niceness import lower_thread_priority, start_native_pools
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.errors import FrameServeError, ModelLoadError, ModelRunError
@@ -238,6 +238,7 @@ class CallPool:
 
 def thread_pools(settings: ReplicaSettings) -> dict[Priority, CallPool]:
     """A replica's calls per priority: interactive, and batch at a lower CPU priority."""
+    start_native_pools()  # at normal priority, before a batch thread can start them
     return {
         Priority.INTERACTIVE: CallPool(settings.interactive_threads, "replica-interactive"),
         Priority.BATCH: CallPool(

@@ -52,7 +52,7 @@ from frameserve.catalogue.folders import ModelSource, load_folder
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.colour import ColourManager
 from frameserve.engine.memory import tune_allocator
-from frameserve.engine.niceness import lower_thread_priority
+from frameserve.engine.niceness import lower_thread_priority, start_native_pools
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.channel import MAX_FDS, Channel, ChannelClosed
@@ -108,6 +108,7 @@ def worker_main(channel: Channel, config: WorkerConfig) -> None:
     _forward_logs(channel, config.log_level)
     if config.tune_allocator:  # as the server's: freed frame buffers are kept for reuse
         tune_allocator()
+    start_native_pools()  # before the batch thread can start them at its lower priority
     try:
         worker = _Worker(channel, config)
     except BaseException as exc:  # nothing to serve: say why and go
