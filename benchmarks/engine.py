@@ -13,10 +13,11 @@ Then, against one server with the defaults (``blur`` at 1920x1080 RGB float):
 1. **Throughput** with 1, 4 and 8 concurrent MLClient clients, each sending its own frames
    (every request differs, so nothing comes from the cache): frames per second.
 2. **Interactive latency under load**: the median MLClient round trip of an interactive blur on
-   an idle server, then while batch-priority HTTP clients (in a process of their own) keep
-   every batch worker busy: four sending blurs (a light model: the load is mostly moving
-   25 MB frames through the doors), then two sending ``denoise`` (0.7 s of compute per frame,
-   as a farm's renders would be). Target: under load at most 1.5x idle.
+   an idle server, then while batch-priority HTTP clients (in processes of their own, at the
+   lowest CPU priority: a farm's clients are other machines) keep every batch worker busy:
+   four sending blurs (a light model: the load is mostly moving 25 MB frames through the
+   doors), then two sending ``denoise`` (0.7 s of compute per frame, as a farm's renders
+   would be). Target: under load at most 1.5x idle.
 3. **Cache hit**: the same MLClient request repeated (answered from the result cache) next to
    a raw loopback echo of the same bytes. Target: at most 1.2x the echo.
 
@@ -226,6 +227,7 @@ def _batch_client(
     The request is encoded once; each send patches a counter into its first pixel, so the
     client's own work stays small next to the server's.
     """
+    os.nice(19)  # a farm's clients run on machines of their own: here they take idle CPU only
     rng = np.random.default_rng(100 + index)
     frame = rng.random((HEIGHT, WIDTH, 3), dtype=np.float32)
     header = json.dumps(
@@ -264,8 +266,10 @@ def _batch_client(
 class BatchLoad:
     """HTTP clients sending batch-priority requests of distinct frames until stopped.
 
-    They run in a process of their own (as a render farm runs on machines of its own), so
-    their Python work never holds the measuring client's interpreter lock.
+    They run in processes of their own at the lowest CPU priority (a render farm's clients run
+    on machines of their own: on this one they should take only what the server leaves idle),
+    so their work neither holds the measuring client's interpreter lock nor takes the CPU the
+    server needs.
     """
 
     def __init__(
