@@ -32,6 +32,7 @@ from tests.serve.net.peers import abort
 from tests.support.model_folders import (
     HANG_GUARD,
     frame,
+    gated_source,
     http_infer,
     node_infer,
     wait_for,
@@ -77,34 +78,6 @@ def counted_source(model_id: str, factor: float, loads: Path) -> str:
 
 FACTORS = {"alpha": 2.0, "beta": 3.0, "gamma": 5.0}
 
-GATED = textwrap.dedent(
-    '''
-    """Tells each call's start in GATE/started-*, then waits (at most 30 s) for GATE/release."""
-
-    import time
-    import uuid
-    from pathlib import Path
-
-    from frameserve import ImageSpec, Model
-
-
-    class Gated(Model):
-        id = "gated"
-        cacheable = False
-        inputs = (ImageSpec("image", channels=3),)
-        outputs = (ImageSpec("image", channels=3),)
-
-        def predict(self, frames, knobs):
-            gate = Path(GATE)
-            (gate / f"started-{uuid.uuid4().hex}").touch()
-            end = time.monotonic() + 30.0
-            while not (gate / "release").exists() and time.monotonic() < end:
-                time.sleep(0.01)
-            (gate / f"ended-{uuid.uuid4().hex}").touch()
-            return frames["image"]
-    '''
-)
-
 
 @pytest.fixture(scope="module")
 def loads(ray_cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -121,7 +94,7 @@ def server(loads: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fr
     for model_id, factor in FACTORS.items():
         write_model(models / model_id, counted_source(model_id, factor, loads))
     (loads / "gate").mkdir()
-    write_model(models / "gated", GATED.replace("GATE", repr(str(loads / "gate"))))
+    write_model(models / "gated", gated_source(loads / "gate"))
     plan = root / "deployments.toml"
     write_file(
         plan,

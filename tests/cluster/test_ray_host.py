@@ -30,6 +30,7 @@ from frameserve.serve.server import FrameServer
 from tests.support.model_folders import (
     HANG_GUARD,
     frame,
+    gated_source,
     http_infer,
     node_infer,
     scale_source,
@@ -83,36 +84,6 @@ RAISES = textwrap.dedent(
             raise RuntimeError("this plug-in raises on purpose")
     '''
 )
-
-
-def gated_source(gate: Path) -> str:
-    """A model that writes its process id to ``gate/started-<pid>`` and waits for ``release``."""
-    return textwrap.dedent(
-        f'''
-        """Waits at a gate; tells its process id."""
-
-        import os
-        import time
-        from pathlib import Path
-
-        from frameserve import ImageSpec, Model
-
-
-        class Gated(Model):
-            id = "gated"
-            cacheable = False
-            inputs = (ImageSpec("image", channels=3),)
-            outputs = (ImageSpec("image", channels=3),)
-
-            def predict(self, frames, knobs):
-                gate = Path({str(gate)!r})
-                (gate / f"started-{{os.getpid()}}").touch()
-                end = time.monotonic() + 30.0
-                while not (gate / "release").exists() and time.monotonic() < end:
-                    time.sleep(0.01)
-                return frames["image"]
-        '''
-    )
 
 
 @pytest.fixture(scope="module")

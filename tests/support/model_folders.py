@@ -81,6 +81,40 @@ def scale_source(
     )
 
 
+def gated_source(gate: Path, model_id: str = "gated") -> str:
+    """A model that marks each call's start in ``gate/started-<pid>-<n>``, waits (at most
+    30 s) for ``gate/release`` to exist, then marks its end in ``gate/ended-<pid>-<n>``."""
+    return textwrap.dedent(
+        f'''
+        """Waits at a gate; tells each call's start and end, with its process id."""
+
+        import os
+        import time
+        import uuid
+        from pathlib import Path
+
+        from frameserve import ImageSpec, Model
+
+
+        class Gated(Model):
+            id = {model_id!r}
+            cacheable = False
+            inputs = (ImageSpec("image", channels=3),)
+            outputs = (ImageSpec("image", channels=3),)
+
+            def predict(self, frames, knobs):
+                gate = Path({str(gate)!r})
+                call = f"{{os.getpid()}}-{{uuid.uuid4().hex}}"
+                (gate / f"started-{{call}}").touch()
+                end = time.monotonic() + 30.0
+                while not (gate / "release").exists() and time.monotonic() < end:
+                    time.sleep(0.01)
+                (gate / f"ended-{{call}}").touch()
+                return frames["image"]
+        '''
+    )
+
+
 def write_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` at once (a temporary file renamed over it), as editors do."""
     path.parent.mkdir(parents=True, exist_ok=True)
