@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from frameserve.catalogue.entries import ModelEntry
 from frameserve.engine.cache import frame_digest
@@ -77,9 +78,16 @@ from frameserve.serve.mlclient.framing import (
     reply_header,
 )
 from frameserve.serve.mlclient.menu import Menu, build_menu, node_can_run, patterns_match
+from frameserve.serve.mlclient.streaming import (
+    BodyLimits,
+    StreamedImage,
+    image_sources,
+    receive_body,
+)
 from frameserve.serve.mlclient.wirecodec import (
     DecodedRequest,
     RequestKind,
+    WireImage,
     WirePixels,
     decode_request,
     encode_inference_reply,
@@ -144,17 +152,18 @@ class MLClientServer(FrontDoor):
         replied = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            body = self._read_request(conn, accepted)
-            if body is None:
+            received = self._read_request(conn, accepted)
+            if received is None:
                 exchange.outcome = "closed without a request"
                 return
+            body, streamed = received
             decoded = decode_request(body.data, max_images=self.settings.max_request_images)
             exchange.kind = decoded.kind
             if decoded.kind is RequestKind.INFO:
                 self._answer_info(conn)
             else:
-                work, size = self._inference_request(body, decoded, exchange)
-                del body, decoded  # the frames hold their own copies: free the request bytes
+                work, size = self._inference_request(body, decoded, exchange, streamed)
+                del body, decoded, received, streamed  # the frames hold their own copies
                 if isinstance(work, InferenceRequest):
                     work = wait_while_connected(conn, self.engine.submit(work))
                     exchange.worker = "-" if work.worker is None else str(work.worker)
@@ -180,8 +189,11 @@ class MLClientServer(FrontDoor):
             self._finish(conn, drain=replied and not exchange.outcome.startswith("ok"))
             self._log(exchange)
 
-    def _read_request(self, conn: socket.socket, accepted: float) -> np.ndarray | None:
-        """Read one framed request body into a fresh buffer; ``None`` if nothing was sent.
+    def _read_request(
+        self, conn: socket.socket, accepted: float
+    ) -> tuple[np.ndarray, StreamedImage | None] | None:
+        """Read one framed request body into a fresh buffer, its first image straight into its
+        frame when it can be (:mod:`.streaming`); ``None`` if nothing was sent.
 
         ``accepted`` (a ``time.monotonic`` value) is when the connection was accepted: the
         header and body deadlines count from it.
@@ -217,22 +229,21 @@ class MLClientServer(FrontDoor):
                 f"request of {length} bytes is above the limit of {limit} bytes "
                 f"(--max-frame-bytes sets the limit per input)"
             )
-        body = np.empty(length, dtype=np.uint8)
+        limits = BodyLimits(
+            idle_timeout=idle,
+            deadline=accepted + settings.body_deadline(length),
+            min_rate=settings.min_transfer_rate,
+            rate_from=accepted + settings.header_timeout,
+            max_frame_bytes=settings.max_frame_bytes,
+            max_frame_pixels=settings.max_frame_pixels,
+        )
         try:
-            recv_exact_into(
-                conn,
-                body.data,
-                idle_timeout=idle,
-                deadline=accepted + settings.body_deadline(length),
-                min_rate=settings.min_transfer_rate,
-                rate_from=accepted + settings.header_timeout,
-            )
+            return receive_body(conn, length, limits, self.engine.allocate_frame)
         except ClientGone as exc:
             raise ProtocolError(
                 f"request body ended after {exc.received} of the {length} bytes its header "
                 "announced"
             ) from None
-        return body
 
     def start(self) -> None:
         """Listen, then log what the node's menu lists here and in how many bytes."""
@@ -284,13 +295,18 @@ class MLClientServer(FrontDoor):
         conn.sendall(self.menu().reply)  # one write: the node reads it in one recv
 
     def _inference_request(
-        self, body: np.ndarray, decoded: DecodedRequest, exchange: _Exchange
+        self,
+        body: np.ndarray,
+        decoded: DecodedRequest,
+        exchange: _Exchange,
+        streamed: StreamedImage | None = None,
     ) -> tuple[InferenceRequest | InferenceResult, tuple[int, int] | None]:
         """Turn a decoded inference message into a checked request (frames copied out).
 
         An identical request answered before is found in the result cache by the digest of
         the bytes as received, before any frame is converted: then its result comes back
-        instead. Also returns the size (height, width) the node needs its output in.
+        instead. Also returns the size (height, width) the node needs its output in. The
+        first image may have been received straight into its frame (``streamed``).
 
         Only the wire is checked here (frame byte counts, image headers); the model's inputs
         and knobs are checked by ``check_knobs`` and ``build_request``.
@@ -329,13 +345,18 @@ class MLClientServer(FrontDoor):
         if size is not None:
             exchange.size = f"{size[1]}x{size[0]}"
         knobs = check_knobs(entry, sent_knobs(model))
-        key = self._cache_key(body, decoded, entry, knobs)
+        sources = image_sources(decoded, streamed)
+        key = self._cache_key(body, sources, entry, knobs)
         cached = self.engine.cached(key) if key is not None else None
         if cached is not None:
             return cached, size
         frames = [
-            frame_from_wire(body, image, what=f"image {index}", allocate=self.engine.allocate_frame)
-            for index, image in enumerate(decoded.images)
+            torch.from_numpy(source.pixels)
+            if isinstance(source, StreamedImage)
+            else frame_from_wire(
+                body, source, what=f"image {index}", allocate=self.engine.allocate_frame
+            )
+            for index, source in enumerate(sources)
         ]
         request = build_request(
             entry, frames, knobs, client=exchange.client, protocol="mlclient", cache_key=key
@@ -343,18 +364,25 @@ class MLClientServer(FrontDoor):
         return request, size
 
     def _cache_key(
-        self, body: np.ndarray, decoded: DecodedRequest, entry: ModelEntry, knobs: CheckedKnobs
+        self,
+        body: np.ndarray,
+        sources: list[WireImage | StreamedImage],
+        entry: ModelEntry,
+        knobs: CheckedKnobs,
     ) -> bytes | None:
-        """The result cache key of this request, from the image bytes as they arrived."""
+        """The result cache key of this request, from the image bytes as they arrived (the
+        streamed image's as they were placed)."""
         if not self.engine.caches(entry):
             return None
         digests = [
-            frame_digest(
-                body.data[image.start : image.end],
+            frame_digest(source.pixels, layout="planar-top-down-f32", shape=source.pixels.shape)
+            if isinstance(source, StreamedImage)
+            else frame_digest(
+                body.data[source.start : source.end],
                 layout="mlclient:planar-bottom-up-f32",
-                shape=(image.channels, image.height, image.width),
+                shape=(source.channels, source.height, source.width),
             )
-            for image in decoded.images
+            for source in sources
         ]
         return self.engine.cache_key(entry, knobs, digests)
 

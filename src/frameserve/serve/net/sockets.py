@@ -27,7 +27,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ __all__ = [
     "ClientStalled",
     "peer_gone",
     "recv_exact_into",
+    "recv_exact_into_views",
     "send_buffers",
     "wait_while_connected",
 ]
@@ -79,6 +80,8 @@ def recv_exact_into(
     deadline: float,
     min_rate: float | None = None,
     rate_from: float | None = None,
+    already: int = 0,
+    total: int | None = None,
 ) -> None:
     """Fill ``view`` from ``sock`` before ``deadline``.
 
@@ -92,37 +95,81 @@ def recv_exact_into(
             ``None``: only ``idle_timeout`` and ``deadline`` apply.
         rate_from: ``time.monotonic()`` value the rate counts from (the grace a client has
             before the first byte); the time of the call when not given.
+        already: bytes of the same message received before this call (a message read in
+            parts): the rate counts them too, and so do the errors' byte counts.
+        total: the whole message's length, for the errors (default: ``already`` + the view's).
 
     Raises:
         ClientGone: the peer closed the connection first.
         ClientStalled: nothing arrived for ``idle_timeout`` seconds, the bytes fell behind
             ``min_rate``, or ``deadline`` passed.
     """
-    received = 0
-    expected = len(view)
+    recv_exact_into_views(
+        sock,
+        [view],
+        idle_timeout=idle_timeout,
+        deadline=deadline,
+        min_rate=min_rate,
+        rate_from=rate_from,
+        already=already,
+        total=total,
+    )
+
+
+def recv_exact_into_views(
+    sock: socket.socket,
+    views: Sequence[memoryview],
+    *,
+    idle_timeout: float,
+    deadline: float,
+    min_rate: float | None = None,
+    rate_from: float | None = None,
+    already: int = 0,
+    total: int | None = None,
+) -> None:
+    """Fill ``views`` one after the other from ``sock``, as :func:`recv_exact_into` fills one
+    (same deadlines and errors, whose byte counts are of the whole message). Bytes land where
+    they belong: no copy after the kernel's (``recvmsg_into``).
+    """
+    pending = [view for view in views if len(view)]
+    received = already
+    expected = already + sum(len(view) for view in pending)
+    whole = expected if total is None else total
     if min_rate is not None and rate_from is None:
         rate_from = time.monotonic()
-    while received < expected:
+    first = 0
+    while first < len(pending):
         now = time.monotonic()
         due = deadline
         if min_rate is not None and rate_from is not None:
             due = min(deadline, rate_from + (received + 1) / min_rate)
         remaining = due - now
         if remaining <= 0:
-            raise _late(received, expected, paced=due < deadline, min_rate=min_rate)
+            raise _late(received, whole, paced=due < deadline, min_rate=min_rate)
         wait = min(idle_timeout, remaining)
         sock.settimeout(wait)
         try:
-            count = sock.recv_into(view[received:])
+            if first == len(pending) - 1:
+                count = sock.recv_into(pending[first])
+            else:
+                count = sock.recvmsg_into(pending[first : first + _MAX_IOV])[0]
         except TimeoutError:
             if wait < idle_timeout:
-                raise _late(received, expected, paced=due < deadline, min_rate=min_rate) from None
+                raise _late(received, whole, paced=due < deadline, min_rate=min_rate) from None
             raise ClientStalled(
-                f"client sent nothing for {idle_timeout:g} s ({received} of {expected} bytes)"
+                f"client sent nothing for {idle_timeout:g} s ({received} of {whole} bytes)"
             ) from None
         if count == 0:
-            raise ClientGone(received, expected)
+            raise ClientGone(received, whole)
         received += count
+        while count:
+            head = pending[first]
+            if count >= len(head):
+                count -= len(head)
+                first += 1
+            else:
+                pending[first] = head[count:]
+                count = 0
 
 
 def _late(received: int, expected: int, *, paced: bool, min_rate: float | None) -> ClientStalled:
