@@ -2,22 +2,25 @@
 
 The commands of the block after ``<!-- README-QUICK -->`` run one by one, as the README gives
 them, in a folder holding a PNG photo, a JPEG portrait, EXR plates and a PNG sequence (real
-photographs from scikit-image); each must succeed and write what it names.
+photographs from scikit-image); each must succeed and write what it names. They run through
+the command line's ``main`` in this process, from that folder (a fresh interpreter for each
+would only add its start-up: ``python -m frameserve`` itself is run by tests/cli).
 """
 
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import OpenImageIO as oiio
+import pytest
 import skimage.data
 
+from frameserve.cli.main import main
 from frameserve.media.imageio import read_image, write_image
-from tests.support.commands import cli_env
+from frameserve.serve import settings
 from tests.support.paths import REPO
 
 MARKER = "<!-- README-QUICK -->"
@@ -53,29 +56,39 @@ def users_files(folder: Path) -> None:
         write_integer(folder / f"clean.{frame:04d}.png", np.roll(coffee, 7 * frame, axis=1))
 
 
-def test_the_quick_paths_work_as_written(tmp_path: Path) -> None:
+def jobs_folder_default(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` the jobs folder of commands given none, as $FRAMESERVE_JOBS_FOLDER does for
+    a fresh process: frameserve read the variable when this process imported it, so each module
+    that took the default then gets ``folder`` in its place (and the variable is set too)."""
+    monkeypatch.setenv(settings.JOBS_FOLDER_ENV, str(folder))
+    default = settings.DEFAULT_JOBS_FOLDER
+    ours = [module for name, module in sys.modules.items() if name.startswith("frameserve")]
+    for module in ours:
+        if getattr(module, "DEFAULT_JOBS_FOLDER", None) == default:
+            monkeypatch.setattr(module, "DEFAULT_JOBS_FOLDER", folder)
+
+
+def test_the_quick_paths_work_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     commands = quick_commands()
     assert any(c.split()[1] == "infer" for c in commands)
     assert any(c.split()[1] == "run" for c in commands)
     assert any("train --local" in c for c in commands)
     users_files(tmp_path)
-    env = {**cli_env(), "FRAMESERVE_JOBS_FOLDER": str(tmp_path / "jobs")}
+    monkeypatch.chdir(tmp_path)
+    jobs_folder_default(monkeypatch, tmp_path / "jobs")
+    monkeypatch.delenv("FRAMESERVE_MODELS", raising=False)
     for command in commands:
         argv = shlex.split(command)
         assert argv[0] == ".venv/bin/frameserve", command
-        done = subprocess.run(
-            [sys.executable, "-m", "frameserve", *argv[1:]],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, f"{command}\n{done.stderr}"
-        assert "Traceback" not in done.stderr, done.stderr
+        code = main(argv[1:])
+        stderr = capsys.readouterr().err
+        assert code == 0, f"{command}\n{stderr}"
+        assert "Traceback" not in stderr, stderr
     for name in ("clean.png", "matte.exr", "blurred.exr", "diff.exr", "fixed.png"):
         assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "jobs" / "my_fix").is_dir()  # the job went where the user's would
     assert [p.name for p in sorted(tmp_path.glob("clean.000[1-3].png"))] == [
         "clean.0001.png", "clean.0002.png", "clean.0003.png",
     ]  # fmt: skip

@@ -42,7 +42,7 @@ from frameserve.plugin.model import SpatialNeeds
 from frameserve.serve.mlclient.menu import menu_model
 from frameserve.serve.server import FrameServer
 from frameserve.weights import shipped_weights_path
-from tests.support.commands import frameserve
+from tests.support.commands import frameserve_here
 from tests.support.node_client import NodeClient, decode_image
 from tests.support.registries import registry_of
 
@@ -383,14 +383,17 @@ def test_a_4k_plate_is_upscaled_in_tiles(runner: Runner) -> None:
         torch.testing.assert_close(got[(..., *inner)], expected[(..., *inner)], atol=1e-5, rtol=0)
 
 
-def test_frameserve_run_writes_frames_twice_the_size(runner: Runner, tmp_path: Path) -> None:
+def test_frameserve_run_writes_frames_twice_the_size(
+    runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FRAMESERVE_MODELS", raising=False)
     frames = {}
     plates = {1: ("astronaut", 60, 200), 2: ("coffee", 90, 300)}
     for frame, (name, top, left) in plates.items():
         frames[frame] = photo(name, top, left, 28)[:, :20] ** 2.2  # scene-linear EXR plates
         write_image(tmp_path / f"plate.{frame:04d}.exr", frames[frame].numpy())
     args = ["--input", tmp_path / "plate.####.exr", "--output", tmp_path / "big.####.exr"]
-    (done,) = frameserve(["run", "upscale_x2", *args, "--frames", "1-2"])
+    (done,) = frameserve_here(["run", "upscale_x2", *args, "--frames", "1-2"])
     assert done.returncode == 0, done.stderr
     spec = runner.registry.get("upscale_x2").spec
     for frame, pixels in frames.items():

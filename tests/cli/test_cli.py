@@ -1,7 +1,10 @@
 """Tests for the ``frameserve`` command, run as a real subprocess: models, infer and serve.
 
 Every command starts a Python process that imports torch (about 1.5 s), so the commands of a
-test are started together where they do not depend on each other.
+test are started together where they do not depend on each other. The tests of ``infer``'s
+pixels and printed objects run the command line's ``main`` in this process instead
+(:func:`~tests.support.commands.frameserve_here`); its error messages, exit statuses and
+output streams are checked on real processes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from frameserve.builtin_models.blur.model import REC709_LUMA, gaussian_blur
 from frameserve.engine.colour import default_manager
 from frameserve.media.imageio import read_image, write_image
-from tests.support.commands import cli_env, command
+from tests.support.commands import cli_env, command, frameserve_here
 from tests.support.commands import frameserve as run_commands
 from tests.support.node_client import NodeClient, decode_image
 from tests.support.paths import TEST_MODELS
@@ -121,10 +124,12 @@ def test_models_lists_builtins_test_models_and_failures(tmp_path: Path) -> None:
 # -- frameserve infer --------------------------------------------------------------------------
 
 
-def test_infer_blur_on_a_photo_with_the_brightest_button(photo: Path, tmp_path: Path) -> None:
-    (result,) = frameserve(
-        ["infer", "blur", photo, "blurred.png", "--knob", "size=2", "--knob", "brightest=true"],
-        cwd=tmp_path,
+def test_infer_blur_on_a_photo_with_the_brightest_button(
+    photo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (result,) = frameserve_here(
+        ["infer", "blur", photo, "blurred.png", "--knob", "size=2", "--knob", "brightest=true"]
     )
     ok(result)
     source = read_image(photo).pixels
@@ -150,17 +155,19 @@ def test_infer_blur_on_a_photo_with_the_brightest_button(photo: Path, tmp_path: 
     assert luma[row, x] == pytest.approx(luma.max(), abs=1e-5)
 
 
-def test_infer_identity_and_difference_keep_float_values(tmp_path: Path) -> None:
+def test_infer_identity_and_difference_keep_float_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rng = np.random.default_rng(5)
     a = (rng.normal(size=(3, 21, 34)) * 8).astype(np.float32)  # above 1 and negative
     a[0, 0, :4] = [1e-30, -65504.0, 3.0e5, 0.0]
     b = (rng.normal(size=(3, 21, 34)) * 8).astype(np.float32)
     write_image(tmp_path / "a.exr", a)
     write_image(tmp_path / "b.exr", b)
-    identity, difference = frameserve(
+    monkeypatch.chdir(tmp_path)
+    identity, difference = frameserve_here(
         ["infer", "identity", "a.exr", "same.exr"],
         ["infer", "difference", "a.exr", "diff.exr", "--input", "b=b.exr"],
-        cwd=tmp_path,
     )
     assert ok(identity).stdout == ""  # a model without result objects prints nothing
     same = read_image(tmp_path / "same.exr").pixels

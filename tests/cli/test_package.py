@@ -1,7 +1,9 @@
-"""Tests for ``frameserve package`` and ``frameserve check``, run as real subprocesses.
+"""Tests for ``frameserve package`` and ``frameserve check``.
 
-Each command starts a Python process that imports torch (about 1.5 s), so the commands of a
-test are started together where they do not depend on each other.
+The documented commands and a usage error run as real subprocesses; each starts a Python
+process that imports torch (about 1.5 s), so the commands of a test are started together where
+they do not depend on each other. The other tests run the command line's ``main`` in this
+process (:func:`~tests.support.commands.frameserve_here`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from frameserve.catalogue.packages import MANIFEST_FILE
 from frameserve.cli.main import main
 from tests.support.commands import frameserve as run_commands
+from tests.support.commands import frameserve_here
 from tests.support.package_networks import (
     EXAMPLE_PACKAGES,
     REPO,
@@ -73,7 +76,7 @@ SOFTEN_FLAGS = [
 def test_package_writes_checked_packages_and_check_accepts_them(
     tmp_path: Path, networks: dict[str, Path]
 ) -> None:
-    scripted, exported, upgraded = frameserve(
+    scripted, exported, upgraded = frameserve_here(
         ["package", networks["soften.pt"], "--out", tmp_path / "a", "--id", "soft", *SOFTEN_FLAGS],
         [
             "package",
@@ -121,7 +124,9 @@ def test_package_writes_checked_packages_and_check_accepts_them(
     report = json.loads(upgraded.stdout)
     assert report["ok"] and report["knobs"][0]["feed"] == "attribute"
 
-    checked, as_json = frameserve(["check", tmp_path / "a"], ["check", tmp_path / "b", "--json"])
+    checked, as_json = frameserve_here(
+        ["check", tmp_path / "a"], ["check", tmp_path / "b", "--json"]
+    )
     assert checked.returncode == 0, checked.stderr
     assert "soft 1.0.0  'soft': OK" in checked.stdout
     assert "knob gain: float = 1.0 [0.0..8.0] -> gain 'image'" in checked.stdout
@@ -133,7 +138,7 @@ def test_package_writes_checked_packages_and_check_accepts_them(
 def test_package_refuses_a_shape_mismatch_and_writes_nothing(
     tmp_path: Path, networks: dict[str, Path]
 ) -> None:
-    [result] = frameserve(
+    [result] = frameserve_here(
         ["package", networks["grey.pt"], "--out", tmp_path / "grey", "--output", "image:3"]
     )
     assert result.returncode == 1
@@ -145,7 +150,7 @@ def test_package_refuses_a_shape_mismatch_and_writes_nothing(
 
 
 def test_check_the_examples(tmp_path: Path) -> None:
-    results = frameserve(
+    results = frameserve_here(
         *(["check", EXAMPLE_PACKAGES / name] for name in ("soften", "soften_onnx"))
     )
     for result in results:
@@ -158,7 +163,7 @@ def test_check_fails_on_a_broken_manifest_and_a_missing_folder(tmp_path: Path) -
     shutil.copytree(EXAMPLE_PACKAGES / "soften", broken)
     text = (broken / MANIFEST_FILE).read_text().replace("channels = 3", "channels = 0", 1)
     (broken / MANIFEST_FILE).write_text(text)
-    bad, missing = frameserve(["check", broken], ["check", tmp_path / "nowhere"])
+    bad, missing = frameserve_here(["check", broken], ["check", tmp_path / "nowhere"])
     assert bad.returncode == 1
     assert str(broken / MANIFEST_FILE) in bad.stderr
     assert "inputs[0].channels = 0 is not allowed; expected a whole number from 1 to 64" in (
@@ -179,7 +184,7 @@ def test_check_strict_fails_on_a_knob_that_changes_nothing(
         '[[inputs]]\nname = "image"\nchannels = 3\n[[outputs]]\nname = "image"\nchannels = 3\n'
         '[[knobs]]\nname = "rounds"\ntype = "int"\ndefault = 1\nfeed = "attribute"\n'
     )
-    lenient, strict = frameserve(["check", folder], ["check", folder, "--strict"])
+    lenient, strict = frameserve_here(["check", folder], ["check", folder, "--strict"])
     assert lenient.returncode == 0, lenient.stderr
     assert "warning: knob 'rounds' (feed = 'attribute', target 'rounds') did not change" in (
         lenient.stdout

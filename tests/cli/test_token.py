@@ -1,6 +1,8 @@
 """``frameserve token add/list/remove`` and ``serve``'s refusal to serve beyond loopback openly.
 
-Every test runs the real command line in a child process, as a TD's script would.
+The commands run through the real command line: ``add`` (whose last line a TD's script reads)
+and ``serve``'s refusal in a child process, as a TD's script would run them; the others through
+the command line's ``main`` in this process, which gives the exit status the process would.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from pathlib import Path
 
 from frameserve.serve.auth.tokens import TOKEN_PREFIX, TokenStore
 from frameserve.serve.auth.users import Role, User
-from tests.support.commands import frameserve
+from tests.support.commands import frameserve, frameserve_here
 
 
 def token_command(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    (result,) = frameserve(["token", *args], timeout=60.0)
+    (result,) = frameserve_here(["token", *args])
     return result
+
+
+def token_commands(*commands: list[str | Path]) -> list[subprocess.CompletedProcess[str]]:
+    return frameserve_here(*(["token", *args] for args in commands))
 
 
 def test_add_prints_the_token_alone_on_its_last_line_and_stores_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
-    added = token_command("add", "maya", "--role", "artist", "--tokens", path)
+    (added,) = frameserve(["token", "add", "maya", "--role", "artist", "--tokens", path])
     assert added.returncode == 0, added.stderr
     token = added.stdout.splitlines()[-1]
     assert token.startswith(TOKEN_PREFIX) and token == token.strip() and " " not in token
@@ -35,14 +41,14 @@ def test_add_prints_the_token_alone_on_its_last_line_and_stores_its_hash(tmp_pat
 
 def test_list_shows_names_roles_and_created_never_hashes(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
-    first, second = frameserve(
-        ["token", "add", "maya", "--role", "artist", "--tokens", path],
-        ["token", "add", "ada", "--role", "admin", "--tokens", tmp_path / "other.json"],
+    first, second = token_commands(
+        ["add", "maya", "--role", "artist", "--tokens", path],
+        ["add", "ada", "--role", "admin", "--tokens", tmp_path / "other.json"],
     )
     assert first.returncode == 0 and second.returncode == 0
     assert token_command("add", "tom", "--role", "td", "--tokens", path).returncode == 0
-    table, as_json = frameserve(
-        ["token", "list", "--tokens", path], ["token", "list", "--tokens", path, "--json"]
+    table, as_json = token_commands(
+        ["list", "--tokens", path], ["list", "--tokens", path, "--json"]
     )
     assert table.returncode == 0 and as_json.returncode == 0
     lines = table.stdout.splitlines()
@@ -68,12 +74,12 @@ def test_mistakes_exit_1_or_2_and_change_nothing(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     assert token_command("add", "maya", "--role", "artist", "--tokens", path).returncode == 0
     before = path.read_bytes()
-    taken, role, name, unknown, missing = frameserve(
-        ["token", "add", "maya", "--role", "admin", "--tokens", path],
-        ["token", "add", "zoe", "--role", "boss", "--tokens", path],
-        ["token", "add", "zoe smith", "--role", "td", "--tokens", path],
-        ["token", "remove", "zoe", "--tokens", path],
-        ["token", "list", "--tokens", tmp_path / "none.json"],
+    taken, role, name, unknown, missing = token_commands(
+        ["add", "maya", "--role", "admin", "--tokens", path],
+        ["add", "zoe", "--role", "boss", "--tokens", path],
+        ["add", "zoe smith", "--role", "td", "--tokens", path],
+        ["remove", "zoe", "--tokens", path],
+        ["list", "--tokens", tmp_path / "none.json"],
     )
     assert taken.returncode == 1 and "'maya'" in taken.stderr and "already" in taken.stderr
     assert role.returncode == 2 and "boss" in role.stderr and "artist" in role.stderr
@@ -87,9 +93,8 @@ def test_mistakes_exit_1_or_2_and_change_nothing(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_token_file_is_refused_without_quoting_it(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     path.write_text('{"api_token": "s3cr3t"}')
-    listed, added = frameserve(
-        ["token", "list", "--tokens", path],
-        ["token", "add", "maya", "--role", "artist", "--tokens", path],
+    listed, added = token_commands(
+        ["list", "--tokens", path], ["add", "maya", "--role", "artist", "--tokens", path]
     )
     for result in (listed, added):
         assert result.returncode == 2 and "not a frameserve token file" in result.stderr

@@ -10,6 +10,7 @@ server on loopback.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -256,15 +257,20 @@ def test_closing_the_scheduler_fails_queued_requests(rig: SchedulerRig) -> None:
     gates = [rig.hold_worker(INTERACTIVE), rig.hold_worker(BATCH)]
     queued = [rig.scheduler.submit(rig.request(tag=tag)) for tag in (1, 2)]
     queued.append(rig.scheduler.submit(rig.request(tag=3, priority=BATCH)))
-    rig.scheduler.close()
+    # close() waits for the running work, so it runs beside the test until the gates open
+    closing = threading.Thread(target=rig.scheduler.close, name="test-close")
+    closing.start()
 
     for future in queued:
         with pytest.raises(RequestCancelledError, match="shutting down"):
             future.result(HANG_GUARD)
     with pytest.raises(RequestCancelledError):
         rig.scheduler.submit(rig.request(tag=4))
+    assert closing.is_alive()  # still waiting for the two running requests
     rig.state.release.set()
     results(gates)  # running work is never interrupted
+    closing.join(HANG_GUARD)
+    assert not closing.is_alive()
     assert rig.ran() == []
 
 

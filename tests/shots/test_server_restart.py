@@ -1,7 +1,7 @@
 """``frameserve run --server`` rides out a restart of the server (``--wait``), frames kept.
 
-A real server is stopped under a running shot and a new one starts on the same port a few
-seconds later, as a TD's restart does; the run waits, says so, and finishes every frame.
+A real server is stopped under a running shot and a new one starts on the same port a second
+later, as a TD's restart does; the run waits, says so, and finishes every frame.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from frameserve.serve.settings import ServerSettings
 from tests.shots.plates import FRAMES, Plates, frameserve_run, output
 from tests.support.paths import TEST_MODELS
 
-#: Seconds the server stays away: longer than the HTTP client's own retries (0.3 s in all).
-AWAY = 3.0
+#: Seconds the server stays away: longer than the HTTP client's own retries (0.3 s in all), so
+#: the run must wait (its pauses between tries: 0.5 s, then 1 s, ...).
+AWAY = 1.0
 
 
 def start(http_port: int = 0) -> FrameServer:

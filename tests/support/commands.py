@@ -1,7 +1,10 @@
-"""Running the real ``frameserve`` command line from tests, several commands at once."""
+"""Running the real ``frameserve`` command line from tests: child processes, several at once,
+or its ``main`` in the test's own process (where the test is not about the process)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -62,4 +65,28 @@ def frameserve(
                 process.communicate()
     for result in finished:
         assert "Traceback" not in result.stderr, f"{result.args}:\n{result.stderr}"
+    return finished
+
+
+def frameserve_here(*commands: list[str | Path]) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``frameserve`` once per argument list, one after another, through the command line's
+    ``main`` in this process; return each one's exit status, stdout and stderr.
+
+    The exit status is the one the process would exit with (``main``'s return value, or the
+    code of argparse's ``SystemExit`` for a usage error); an unexpected exception propagates.
+    """
+    from frameserve.cli.main import main
+
+    finished = []
+    for args in commands:
+        argv = [str(arg) for arg in args]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+        finished.append(
+            subprocess.CompletedProcess(["frameserve", *argv], code, out.getvalue(), err.getvalue())
+        )
     return finished

@@ -20,13 +20,19 @@ from tests.support.servers import start_server
 from tests.training.helpers import ANSWER_GUARD, SETTINGS, api, files_under, write_pairs
 
 
-@pytest.fixture
-def finished(tmp_path: Path) -> Iterator[FrameServer]:
-    """A server with one finished job, ``done``."""
-    root = tmp_path / "root"
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding the server's jobs folder and data root (and the tests' victims)."""
+    return tmp_path_factory.mktemp("export_confined")
+
+
+@pytest.fixture(scope="module")
+def finished(base: Path) -> Iterator[FrameServer]:
+    """A server with one finished job, ``done`` (one training run for the module)."""
+    root = base / "root"
     root.mkdir()
     pairs = write_pairs(root, 1)
-    server = start_server(jobs_folder=tmp_path / "jobs", reload_interval=None, data_roots=(root,))
+    server = start_server(jobs_folder=base / "jobs", reload_interval=None, data_roots=(root,))
     body = {"name": "done", "pairs": pairs, "settings": {**SETTINGS, "steps": 2}}
     assert api(server, "POST", "/v2/training/jobs", body)[0] == 201
     assert server.jobs.wait("done", timeout=ANSWER_GUARD).state == "done"
@@ -35,11 +41,11 @@ def finished(tmp_path: Path) -> Iterator[FrameServer]:
 
 
 def test_a_package_id_that_is_a_path_is_refused_before_anything_is_written(
-    finished: FrameServer, tmp_path: Path
+    finished: FrameServer, base: Path
 ) -> None:
-    victim = tmp_path / "victim_folder"
+    victim = base / "victim_folder"
     victim.mkdir()
-    before = files_under(tmp_path)
+    before = files_under(base)
     for model_id in (
         str(victim / "victim"),
         "../victim",
@@ -51,10 +57,10 @@ def test_a_package_id_that_is_a_path_is_refused_before_anything_is_written(
         path = f"/v2/training/jobs/done/package?id={quote(model_id, safe='')}"
         status, answer = api(finished, "GET", path)
         assert status == 400 and "model id" in answer["error"], (model_id, answer)
-        assert files_under(tmp_path) == before, f"id {model_id!r} wrote files"
+        assert files_under(base) == before, f"id {model_id!r} wrote files"
     status, answer = api(finished, "GET", "/v2/training/jobs/done/package?version=..%2Fx")
     assert status == 400 and "version" in answer["error"]
-    assert files_under(tmp_path) == before
+    assert files_under(base) == before
 
 
 def test_an_export_is_built_inside_the_jobs_folder_and_leaves_nothing(

@@ -3,7 +3,7 @@
 - ``frameserve.client.Client``: ``token=`` or ``$FRAMESERVE_TOKEN``, sent with every request;
   401 and 403 are typed errors carrying the server's message;
 - the commands (``frameserve run --server``, ``frameserve jobs``) with ``--token`` or the
-  environment variable;
+  environment variable (run through the command line's ``main`` in this process);
 - ``tritonclient.http`` with ``headers={"Authorization": "Bearer ..."}``.
 """
 
@@ -21,7 +21,7 @@ from frameserve.media.imageio import read_image
 from frameserve.serve.server import FrameServer
 from tests.serve.auth.conftest import Tokens, bearer
 from tests.shots.plates import write_plates
-from tests.support.commands import frameserve
+from tests.support.commands import frameserve_here
 from tests.support.http_client import HANG_GUARD, random_frame, triton_identity
 
 TOKEN_ENV = "FRAMESERVE_TOKEN"
@@ -104,12 +104,12 @@ def test_frameserve_run_on_a_server_with_a_token(
     plates = write_plates(tmp_path / "plates")
     common = ["run", "identity", "--server", auth_server.http_url, "--input", plates.pattern]
     common += ["--frames", "1001-1002"]
-    with_flag, without = frameserve(
+    with_flag, without = frameserve_here(
         [*common, "--output", tmp_path / "flag.####.exr", "--token", tokens.artist],
         [*common, "--output", tmp_path / "none.####.exr"],
     )
     monkeypatch.setenv(TOKEN_ENV, tokens.artist)
-    (from_env,) = frameserve([*common, "--output", tmp_path / "env.####.exr"])
+    (from_env,) = frameserve_here([*common, "--output", tmp_path / "env.####.exr"])
     assert with_flag.returncode == 0, with_flag.stderr
     assert from_env.returncode == 0, from_env.stderr
     for name in ("flag", "env"):
@@ -121,7 +121,7 @@ def test_frameserve_run_on_a_server_with_a_token(
 
 def test_frameserve_jobs_with_and_without_a_token(auth_server: FrameServer, tokens: Tokens) -> None:
     url = auth_server.http_url
-    listed, refused, wrong = frameserve(
+    listed, refused, wrong = frameserve_here(
         ["jobs", "--server", url, "--token", tokens.td, "--json"],
         ["jobs", "--server", url],
         ["jobs", "--server", url, "--token", "fs_wrong"],
