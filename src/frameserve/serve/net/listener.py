@@ -204,6 +204,9 @@ class ConnectionListener:
     def close(self) -> None:
         """Stop accepting; connections in progress finish on their own."""
         self._closing.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept at once (Linux), not in 0.2 s
+                self._listener.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._listener is not None:
