@@ -35,12 +35,19 @@ from frameserve.training.jobs.process import MAX_YIELD_SECONDS
 from tests.support.model_folders import frame, http_infer, write_file
 from tests.support.ray_cluster import RayCluster
 from tests.support.servers import start_server
-from tests.training.helpers import SETTINGS, api, fast_settings, small_pairs, write_pairs
+from tests.training.helpers import (
+    api,
+    fast_settings,
+    job_of,
+    small_pairs,
+    submit_long_job,
+    wait_for_state,
+    write_pairs,
+)
 
 #: Ray starts a task's worker (importing torch) in seconds; waits on the cluster get this long.
 CLUSTER_GUARD = 90.0
 #: A job that would train for hours, with a checkpoint every two steps.
-LONG = {**SETTINGS, "steps": 100_000, "checkpoint_interval": 2, "validation_interval": 2}
 
 
 @pytest.fixture(scope="module")
@@ -79,30 +86,9 @@ def node_with(resource: str) -> str:
     return str(node["NodeID"])
 
 
-def submit(server: FrameServer, folder: Path, name: str) -> None:
-    def pair(number: int) -> list[str]:
-        return [
-            str(folder / "frames" / f"in.{number}.exr"),
-            str(folder / "frames" / f"gt.{number}.exr"),
-        ]
-
-    body = {"name": name, "pairs": [pair(1001), pair(1002)], "validation": [pair(1003)]}
-    status, job = api(server, "POST", "/v2/training/jobs", {**body, "settings": LONG})
-    assert status == 201, job
-
-
-def job_of(server: FrameServer, name: str) -> dict[str, Any]:
-    status, job = api(server, "GET", f"/v2/training/jobs/{name}")
-    assert status == 200, job
-    return dict(job)
-
-
-def wait_for_state(server: FrameServer, name: str, *states: str) -> dict[str, Any]:
-    deadline = time.monotonic() + CLUSTER_GUARD
-    while (job := job_of(server, name))["state"] not in states:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
+def wait_for(server: FrameServer, name: str, *states: str) -> dict[str, Any]:
+    """Job ``name``'s status once it is in one of ``states`` (Ray may take a while)."""
+    return wait_for_state(server, name, *states, timeout=CLUSTER_GUARD)
 
 
 def training_task(server: FrameServer, name: str, *, past_step: int) -> int:
@@ -122,7 +108,7 @@ def test_a_job_trains_on_its_node_cancels_resumes_and_is_served(
     server: FrameServer, folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="frameserve.training.jobs.cluster")
-    submit(server, folder, "on_b")
+    submit_long_job(server, folder / "frames", "on_b")
     pid = training_task(server, "on_b", past_step=4)
     assert pid != os.getpid()  # a Ray worker, not the server
     said = [r.getMessage() for r in caplog.records if "runs on Ray node" in r.getMessage()]
@@ -148,7 +134,7 @@ def test_a_job_trains_on_its_node_cancels_resumes_and_is_served(
 
     status, stopped = api(server, "POST", "/v2/training/jobs/on_b/cancel")
     assert status == 200, stopped
-    stopped = wait_for_state(server, "on_b", "cancelled", "failed")
+    stopped = wait_for(server, "on_b", "cancelled", "failed")
     assert stopped["state"] == "cancelled" and stopped["error"] is None, stopped
     saved = int(stopped["checkpoints"][-1].removeprefix("step_"))
     assert saved == stopped["step"] and saved > 4, stopped  # a checkpoint of the last step
@@ -157,7 +143,7 @@ def test_a_job_trains_on_its_node_cancels_resumes_and_is_served(
 
     status, resumed = api(server, "POST", "/v2/training/jobs/on_b/resume", {"steps": saved + 3})
     assert status == 200, resumed
-    done = wait_for_state(server, "on_b", "done", "failed")
+    done = wait_for(server, "on_b", "done", "failed")
     assert done["state"] == "done" and done["error"] is None, done
     assert done["step"] == saved + 3
     steps = [int(name.removeprefix("step_")) for name in done["checkpoints"]]
@@ -175,10 +161,10 @@ def test_a_job_trains_on_its_node_cancels_resumes_and_is_served(
 def test_a_job_whose_ray_worker_is_killed_fails_naming_it_and_resumes(
     server: FrameServer, folder: Path
 ) -> None:
-    submit(server, folder, "victim")
+    submit_long_job(server, folder / "frames", "victim")
     pid = training_task(server, "victim", past_step=4)
     os.kill(pid, signal.SIGKILL)
-    failed = wait_for_state(server, "victim", "failed")
+    failed = wait_for(server, "victim", "failed")
     error = failed["error"]
     assert f"its Ray training task (pid {pid} on node {node_with('node_b')}" in error, error
     assert "died" in error, error
@@ -189,7 +175,7 @@ def test_a_job_whose_ray_worker_is_killed_fails_naming_it_and_resumes(
 
     status, resumed = api(server, "POST", "/v2/training/jobs/victim/resume", {"steps": saved + 2})
     assert status == 200, resumed
-    done = wait_for_state(server, "victim", "done", "failed")
+    done = wait_for(server, "victim", "done", "failed")
     assert done["state"] == "done" and done["error"] is None, done
     assert done["step"] == saved + 2
 
@@ -244,11 +230,11 @@ def test_a_job_no_node_can_take_waits_in_ray_and_a_cancel_ends_it_at_once(
 def test_a_node_that_cannot_see_the_jobs_folder_fails_the_job_saying_so(
     server: FrameServer, folder: Path
 ) -> None:
-    submit(server, folder, "unshared")
+    submit_long_job(server, folder / "frames", "unshared")
     # As a node sees a jobs folder that is not shared: without the job.json the gateway wrote
     # (its task takes seconds to start a worker, long after this).
     (server.jobs.folder / "unshared" / "job.json").unlink()
-    failed = wait_for_state(server, "unshared", "failed")
+    failed = wait_for(server, "unshared", "failed")
     error = failed["error"]
     assert f"the job folder {str(server.jobs.folder / 'unshared')!r} is not on node" in error
     assert "--jobs-folder) must be on storage every node of the cluster shares" in error, error

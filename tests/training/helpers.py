@@ -194,3 +194,37 @@ def files_under(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+#: Settings of a job that trains until it is stopped, with a checkpoint every second step.
+LONG = {**SETTINGS, "steps": 100_000, "checkpoint_interval": 2, "validation_interval": 2}
+
+
+def submit_long_job(server: FrameServer, frames: Path, name: str) -> None:
+    """Start job ``name`` over HTTP on the pairs in ``frames`` (``in.1001.exr``/``gt.1001.exr``
+    and so on, as :func:`write_pairs` writes them), with :data:`LONG` settings."""
+
+    def pair(number: int) -> list[str]:
+        return [str(frames / f"in.{number}.exr"), str(frames / f"gt.{number}.exr")]
+
+    body = {"name": name, "pairs": [pair(1001), pair(1002)], "validation": [pair(1003)]}
+    status, job = api(server, "POST", "/v2/training/jobs", {**body, "settings": LONG})
+    assert status == 201, job
+
+
+def job_of(server: FrameServer, name: str) -> dict[str, Any]:
+    """Job ``name``'s status from the HTTP API."""
+    status, job = api(server, "GET", f"/v2/training/jobs/{name}")
+    assert status == 200, job
+    return dict(job)
+
+
+def wait_for_state(
+    server: FrameServer, name: str, *states: str, timeout: float = ANSWER_GUARD
+) -> dict[str, Any]:
+    """Job ``name``'s status once it is in one of ``states`` (fails after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while (job := job_of(server, name))["state"] not in states:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job

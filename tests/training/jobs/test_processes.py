@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,13 +29,22 @@ from frameserve.training.jobs import process as process_module
 from frameserve.training.jobs.limits import JobLimits
 from frameserve.training.jobs.process import MAX_YIELD_SECONDS
 from tests.support.servers import start_server
-from tests.training.helpers import ANSWER_GUARD, SETTINGS, api, door_answer_times, write_pairs
+from tests.training.helpers import (
+    ANSWER_GUARD,
+    LONG,
+    SETTINGS,
+    api,
+    door_answer_times,
+    job_of,
+    submit_long_job,
+    wait_for_state,
+    write_pairs,
+)
 
 #: How long either door may take to answer while a job's process dies: a liveness bound (the
 #: doors never wait on training), not a speed target.
 WITHIN_A_SECOND = 1.0
 #: A job that would train for hours, with a checkpoint every two steps.
-LONG = {**SETTINGS, "steps": 100_000, "checkpoint_interval": 2, "validation_interval": 2}
 
 
 @pytest.fixture
@@ -52,29 +60,6 @@ def server(tmp_path: Path, root: Path) -> Iterator[FrameServer]:
     running = start_server(jobs_folder=tmp_path / "jobs", reload_interval=None, data_roots=(root,))
     yield running
     running.close()
-
-
-def submit(server: FrameServer, root: Path, name: str) -> None:
-    def pair(frame: int) -> list[str]:
-        return [str(root / f"in.{frame}.exr"), str(root / f"gt.{frame}.exr")]
-
-    body = {"name": name, "pairs": [pair(1001), pair(1002)], "validation": [pair(1003)]}
-    status, job = api(server, "POST", "/v2/training/jobs", {**body, "settings": LONG})
-    assert status == 201, job
-
-
-def job_of(server: FrameServer, name: str) -> dict[str, Any]:
-    status, job = api(server, "GET", f"/v2/training/jobs/{name}")
-    assert status == 200, job
-    return dict(job)
-
-
-def wait_for_state(server: FrameServer, name: str, *states: str) -> dict[str, Any]:
-    deadline = time.monotonic() + ANSWER_GUARD
-    while (job := job_of(server, name))["state"] not in states:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
 
 
 def training_process(jobs: TrainingJobs, name: str, *, past_step: int) -> int:
@@ -103,7 +88,7 @@ def gone(pid: int) -> bool:
 def test_a_job_killed_with_sigkill_fails_naming_it_and_resumes_from_its_checkpoint(
     server: FrameServer, root: Path
 ) -> None:
-    submit(server, root, "victim")
+    submit_long_job(server, root, "victim")
     pid = training_process(server.jobs, "victim", past_step=4)
     os.kill(pid, signal.SIGKILL)
     assert_serving(server)
@@ -134,7 +119,7 @@ def test_a_job_killed_with_sigkill_fails_naming_it_and_resumes_from_its_checkpoi
 def test_crashes_and_damaged_checkpoints_are_reported_and_never_touch_serving(
     server: FrameServer, root: Path
 ) -> None:
-    submit(server, root, "fragile")
+    submit_long_job(server, root, "fragile")
     # What a segfault in a native library (or a CUDA driver) and os.abort() end a process with.
     for crash, name in ((signal.SIGSEGV, "SIGSEGV"), (signal.SIGABRT, "SIGABRT")):
         pid = training_process(
@@ -167,7 +152,7 @@ def test_crashes_and_damaged_checkpoints_are_reported_and_never_touch_serving(
 def test_a_checkpoint_that_cannot_be_written_fails_the_job_alone(
     server: FrameServer, root: Path
 ) -> None:
-    submit(server, root, "unwritable")
+    submit_long_job(server, root, "unwritable")
     pid = training_process(server.jobs, "unwritable", past_step=2)
     folder = server.jobs.folder / "unwritable" / "checkpoints"
     shutil.rmtree(folder)
@@ -184,7 +169,7 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_job_alone(
 def test_closing_the_server_stops_every_training_process(tmp_path: Path, root: Path) -> None:
     server = start_server(jobs_folder=tmp_path / "jobs", reload_interval=None, data_roots=(root,))
     try:
-        submit(server, root, "closing")
+        submit_long_job(server, root, "closing")
         pid = training_process(server.jobs, "closing", past_step=1)
     finally:
         server.close()
@@ -198,7 +183,8 @@ def test_closing_the_server_stops_every_training_process(tmp_path: Path, root: P
     try:
         resumed = training_process(again.jobs, "closing", past_step=saved)
         assert resumed != pid
-        submit(again, root, "waiting")  # queued behind it on the same device: no process yet
+        # queued behind it on the same device: no process yet
+        submit_long_job(again, root, "waiting")
         assert again.jobs.process_id("waiting") is None
     finally:
         again.close()
