@@ -162,14 +162,7 @@ def recv_exact_into_views(
         if count == 0:
             raise ClientGone(received, whole)
         received += count
-        while count:
-            head = pending[first]
-            if count >= len(head):
-                count -= len(head)
-                first += 1
-            else:
-                pending[first] = head[count:]
-                count = 0
+        first = _advance(pending, first, count)
 
 
 def _late(received: int, expected: int, *, paced: bool, min_rate: float | None) -> ClientStalled:
@@ -185,15 +178,21 @@ def send_buffers(sock: socket.socket, buffers: Iterable[Any]) -> None:
     views = [view for view in map(_byte_view, buffers) if len(view)]
     first = 0
     while first < len(views):
-        sent = sock.sendmsg(views[first : first + _MAX_IOV])
-        while sent:
-            head = views[first]
-            if sent >= len(head):
-                sent -= len(head)
-                first += 1
-            else:
-                views[first] = head[sent:]
-                sent = 0
+        first = _advance(views, first, sock.sendmsg(views[first : first + _MAX_IOV]))
+
+
+def _advance(views: list[memoryview], first: int, count: int) -> int:
+    """Mark ``count`` bytes from ``views[first]`` on as done: return the first view not done
+    (a view done in part is cut to what is left of it)."""
+    while count:
+        head = views[first]
+        if count >= len(head):
+            count -= len(head)
+            first += 1
+        else:
+            views[first] = head[count:]
+            count = 0
+    return first
 
 
 def _byte_view(buffer: Any) -> memoryview:
