@@ -31,6 +31,8 @@ __all__ = [
     "describe_error",
     "find_sources",
     "load_folder",
+    "load_model_version",
+    "source_of",
 ]
 
 PLUGIN_FILE = "model.py"
@@ -174,6 +176,28 @@ def _token(folder: Path) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------
+
+
+def source_of(entry: ModelEntry, sources: Iterable[ModelSource]) -> ModelSource | None:
+    """The one of ``sources`` (a registry's, now) that ``entry`` was loaded from, if that folder
+    has not changed since; ``None`` for an entry not from a folder (a provider's)."""
+    folder = Path(entry.source).parent
+    return next((s for s in sources if s.folder == folder and s.token == entry.token), None)
+
+
+def load_model_version(source: ModelSource, model_id: str, version: str) -> ModelEntry:
+    """Import ``source`` again (in another process: a worker, a Ray replica) and return the
+    entry of ``model_id`` in ``version``.
+
+    Raises:
+        ModelLoadError: it failed to load, or the folder no longer holds it.
+    """
+    for entry in load_folder(source).entries:
+        if entry.id == model_id and entry.version == version:
+            if isinstance(entry, ModelEntry):
+                return entry
+            raise ModelLoadError(f"model {model_id!r} failed to load: {entry.error}")
+    raise ModelLoadError(f"model {model_id!r} (version {version}) is no longer in {source.folder}")
 
 
 def load_folder(source: ModelSource) -> LoadedFolder:

@@ -21,17 +21,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
+from frameserve.engine.failures import describe_error
 from frameserve.errors import (
     ColourError,
     ConfigError,
-    FrameServeError,
     KnobError,
     ModelLoadError,
     ModelNotFoundError,
     ModelSetupError,
 )
 
-__all__ = ["PROGRESS_INTERVAL", "RunEnd", "RunProgress", "RunReport", "describe_error", "fly"]
+__all__ = ["PROGRESS_INTERVAL", "RunEnd", "RunProgress", "RunReport", "fly"]
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,6 @@ def fly(
     report.seconds = time.monotonic() - started
     shown.finish(report, "stopped early" if report.stopped_early else "done")
     return report
-
-
-def describe_error(error: BaseException) -> str:
-    """A frame's error as its log line says it: our message, or the type and message."""
-    if isinstance(error, FrameServeError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 class _NoProgress:

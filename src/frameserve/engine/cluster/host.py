@@ -38,13 +38,12 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from frameserve.catalogue.entries import ModelEntry
-from frameserve.catalogue.folders import ModelSource
+from frameserve.catalogue.folders import ModelSource, source_of
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.cluster.calls import answer, outcome, work_items
 from frameserve.engine.cluster.connect import (
@@ -135,7 +134,6 @@ class RayHost:
         self._lock = threading.Lock()
         self._deploying = threading.Lock()
         self._deployments: dict[tuple[str, str], Deployment] = {}
-        self._sources: dict[tuple[str, str, str], ModelSource | None] = {}
         self._closed = False
         runner.registry.add_listener(self._registry_changed)
         self.figures = ReplicaFigures(self.metrics, self._replica_states)
@@ -322,22 +320,11 @@ class RayHost:
         )
 
     def _source(self, entry: ModelEntry) -> ModelSource | None:
-        """The model folder ``entry`` was loaded from, if it is still what is on disk."""
-        try:
-            return self._sources[entry.key]
-        except KeyError:
-            pass
-        folder = Path(entry.source).parent
-        found = next(
-            (s for s in self.registry.sources() if s.folder == folder and s.token == entry.token),
-            None,
-        )
-        self._sources[entry.key] = found
-        return found
+        """The model folder ``entry`` was loaded from, if it is still what is served."""
+        return source_of(entry, self.registry.sources())
 
     def _registry_changed(self) -> None:
         """Roll replaced models out to their replicas; delete removed models' applications."""
-        self._sources = {}
         if self._closed:
             return
         threading.Thread(target=self._roll_out, name="frameserve-ray-rollout", daemon=True).start()

@@ -29,7 +29,6 @@ import functools
 import gc
 import logging
 import os
-import pickle
 import socket
 import time
 import warnings
@@ -42,13 +41,18 @@ import numpy as np
 import torch
 
 from frameserve.catalogue.entries import ModelEntry
-from frameserve.catalogue.folders import ModelSource, load_folder
+from frameserve.catalogue.folders import ModelSource, load_model_version
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.colour import ColourManager
+from frameserve.engine.failures import crossable, describe_error
 from frameserve.engine.niceness import lower_thread_priority, start_native_pools
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
-from frameserve.errors import FrameServeError, ModelLoadError, ModelRunError
+from frameserve.errors import (
+    FrameServeError,
+    ModelLoadError,
+    ModelRunError,
+)
 from frameserve.plugin.knobs import KnobValues
 
 __all__ = [
@@ -133,9 +137,9 @@ class LoadedModel:
         self.load_error: str | None = None
         self.entry: ModelEntry | None = None
         try:
-            self.entry = _load_entry(ref)
+            self.entry = load_model_version(ref.source, ref.model_id, ref.version)
         except Exception as exc:
-            self.load_error = _describe(exc)
+            self.load_error = describe_error(exc)
         registry = ModelRegistry((), builtins=False)
         if self.entry is not None:
             entry = self.entry
@@ -308,25 +312,12 @@ class ModelReplica:
 
 def _reply(outcome: InferenceResult | FrameServeError) -> Reply:
     if isinstance(outcome, FrameServeError):
-        return ("error", _picklable(outcome))
+        return ("error", crossable(outcome))
     frames = [
         (name, np.ascontiguousarray(frame.detach().to("cpu", torch.float32).numpy()))
         for name, frame in outcome.frames.items()
     ]
     return ("ok", (frames, tuple(outcome.objects)))
-
-
-def _load_entry(ref: ModelRef) -> ModelEntry:
-    """Import the model folder and return the entry of the model version to serve."""
-    loaded = load_folder(ref.source)
-    for entry in loaded.entries:
-        if entry.id == ref.model_id and entry.version == ref.version:
-            if isinstance(entry, ModelEntry):
-                return entry
-            raise ModelLoadError(f"model {ref.model_id!r} failed to load: {entry.error}")
-    raise ModelLoadError(
-        f"model {ref.model_id!r} (version {ref.version}) is not in {ref.source.folder}"
-    )
 
 
 def node_id() -> str:
@@ -337,19 +328,3 @@ def node_id() -> str:
         return str(ray.get_runtime_context().get_node_id())
     except Exception:
         return ""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, FrameServeError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _picklable(error: FrameServeError) -> FrameServeError:
-    """``error`` without its traceback, able to cross to the gateway (or a plain one)."""
-    error.__traceback__ = error.__cause__ = error.__context__ = None
-    try:
-        pickle.dumps(error)
-    except Exception:
-        return ModelRunError(str(error))
-    return error

@@ -33,7 +33,6 @@ import ctypes
 import gc
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -47,17 +46,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from frameserve.catalogue.entries import ModelEntry
-from frameserve.catalogue.folders import ModelSource, load_folder
+from frameserve.catalogue.folders import ModelSource, load_model_version
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.colour import ColourManager
+from frameserve.engine.failures import crossable, describe_error
 from frameserve.engine.memory import tune_allocator
 from frameserve.engine.niceness import lower_thread_priority, start_native_pools
 from frameserve.engine.request import InferenceRequest, InferenceResult, Priority
 from frameserve.engine.runner import Runner
 from frameserve.engine.workers.channel import MAX_FDS, Channel, ChannelClosed
 from frameserve.engine.workers.transport import FrameRef, PeerSegments, SegmentPool
-from frameserve.errors import FrameServeError, ModelLoadError, ModelRunError
+from frameserve.errors import FrameServeError, ModelRunError
 from frameserve.plugin.knobs import KnobValues
 
 __all__ = ["WorkerConfig", "main", "worker_main"]
@@ -112,7 +111,7 @@ def worker_main(channel: Channel, config: WorkerConfig) -> None:
     try:
         worker = _Worker(channel, config)
     except BaseException as exc:  # nothing to serve: say why and go
-        _send_quietly(channel, ("load_failed", _describe(exc)))
+        _send_quietly(channel, ("load_failed", describe_error(exc)))
         os._exit(0)
     worker.serve()
     os._exit(0)
@@ -166,19 +165,13 @@ def _send_quietly(channel: Channel, message: object) -> None:
         channel.send(message)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, FrameServeError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
 class _Worker:
     """The model, its runner, the shared memory, and the threads requests run on."""
 
     def __init__(self, channel: Channel, config: WorkerConfig) -> None:
         self.channel = channel
         self.config = config
-        self.entry = _load_entry(config)
+        self.entry = load_model_version(config.source, config.model_id, config.version)
         registry = ModelRegistry((), builtins=False)
         registry.add_provider("worker", lambda: [self.entry])
         colour = ColourManager(config.ocio) if config.ocio else None
@@ -317,7 +310,7 @@ class _Worker:
         self, outcome: InferenceResult | FrameServeError, bases: dict[int, np.ndarray | None]
     ) -> tuple[str, Any]:
         if isinstance(outcome, FrameServeError):
-            return ("error", _picklable(outcome))
+            return ("error", crossable(outcome))
         frames = [(name, self._output(frame, bases)) for name, frame in outcome.frames.items()]
         return ("ok", (frames, tuple(outcome.objects)))
 
@@ -354,20 +347,6 @@ class _Worker:
         os._exit(code)
 
 
-def _load_entry(config: WorkerConfig) -> ModelEntry:
-    """Import the model folder again and return the entry of the model version to serve."""
-    loaded = load_folder(config.source)
-    for entry in loaded.entries:
-        if entry.id == config.model_id and entry.version == config.version:
-            if isinstance(entry, ModelEntry):
-                return entry
-            raise ModelLoadError(f"model {config.model_id!r} failed to load: {entry.error}")
-    raise ModelLoadError(
-        f"model {config.model_id!r} (version {config.version}) is no longer in "
-        f"{config.source.folder}"
-    )
-
-
 def _output_segments(replies: list[tuple[str, Any]]) -> list[int]:
     return [
         ref.segment
@@ -390,14 +369,3 @@ def _retained(roots: list[tuple[int, weakref.ref[np.ndarray]]]) -> list[int]:
                 len(alive),
             )
     return sorted(set(alive))
-
-
-def _picklable(error: FrameServeError) -> FrameServeError:
-    """``error`` without its traceback (which holds the request's frames), able to cross to
-    the server: itself, or a plain one with its message."""
-    error.__traceback__ = error.__cause__ = error.__context__ = None
-    try:
-        pickle.dumps(error)
-    except Exception:
-        return ModelRunError(str(error))
-    return error

@@ -37,13 +37,12 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from frameserve.catalogue.entries import ModelEntry
-from frameserve.catalogue.folders import ModelSource
+from frameserve.catalogue.folders import ModelSource, source_of
 from frameserve.catalogue.registry import ModelRegistry
 from frameserve.engine.devices import default_memory_budget
 from frameserve.engine.memory import allocator_tuned
@@ -98,7 +97,6 @@ class ProcessHost:
         self.frames_copied_in = 0
         self._lock = threading.Lock()
         self._supervisors: dict[tuple[str, str, str], ModelSupervisor] = {}
-        self._sources: dict[tuple[str, str, str], ModelSource | None] = {}
         self._closed = False
         budget = settings.memory_budget_bytes
         self._budget = budget if budget is not None else default_memory_budget(torch.device("cpu"))
@@ -255,18 +253,8 @@ class ProcessHost:
     # -- workers -------------------------------------------------------------------------------
 
     def _source(self, entry: ModelEntry) -> ModelSource | None:
-        """The model folder ``entry`` was loaded from, if it is still what is on disk."""
-        try:
-            return self._sources[entry.key]
-        except KeyError:
-            pass
-        folder = Path(entry.source).parent
-        found = next(
-            (s for s in self.registry.sources() if s.folder == folder and s.token == entry.token),
-            None,
-        )
-        self._sources[entry.key] = found
-        return found
+        """The model folder ``entry`` was loaded from, if it is still what is served."""
+        return source_of(entry, self.registry.sources())
 
     def _supervisor(self, entry: ModelEntry) -> ModelSupervisor | None:
         with self._lock:
@@ -300,7 +288,6 @@ class ProcessHost:
 
     def _retire_stale(self) -> None:
         """The registry changed: workers of replaced or removed models stop once idle."""
-        self._sources = {}
         for key, supervisor in list(self._supervisors.items()):
             if not self.registry.is_current(key):
                 supervisor.retire()
