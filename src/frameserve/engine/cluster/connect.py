@@ -23,7 +23,15 @@ from frameserve.errors import (
     ModelTimeoutError,
 )
 
-__all__ = ["APP_PREFIX", "app_name", "connect", "deploy_application", "import_ray", "ray_error"]
+__all__ = [
+    "APP_PREFIX",
+    "app_name",
+    "connect",
+    "deploy_application",
+    "first_line",
+    "import_ray",
+    "ray_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +137,11 @@ def ray_error(exc: BaseException, model_id: str, seconds: float | None = None) -
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         if isinstance(cause, FrameServeError):
             return cause
-        return ModelRunError(f"model {model_id!r} failed on the cluster: {_first_line(cause)}")
-    return ModelRunError(f"model {model_id!r} failed on the cluster: {_first_line(exc)}")
+        return ModelRunError(f"model {model_id!r} failed on the cluster: {first_line(cause)}")
+    return ModelRunError(f"model {model_id!r} failed on the cluster: {first_line(exc)}")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``exc`` as its type's name and the first line of its message (Ray's run long)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

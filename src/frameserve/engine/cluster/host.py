@@ -50,6 +50,7 @@ from frameserve.engine.cluster.connect import (
     app_name,
     connect,
     deploy_application,
+    first_line,
     import_ray,
     ray_error,
 )
@@ -280,8 +281,7 @@ class RayHost:
             handle, info = self._deploy_app(deployment.app, ModelReplica, config, resources)
         except Exception as exc:
             deployment.state = ModelState.FAILED
-            lines = str(exc).strip().splitlines()
-            deployment.error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            deployment.error = first_line(exc)
             raise ModelLoadError(
                 f"model {entry.id!r} cannot be deployed on Ray Serve: {deployment.error}"
             ) from exc

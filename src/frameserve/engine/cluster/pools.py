@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from frameserve.engine.cluster.connect import APP_PREFIX
+from frameserve.engine.cluster.connect import APP_PREFIX, first_line
 from frameserve.engine.cluster.deployments import Pool
 from frameserve.engine.cluster.pooled import PoolConfig, PoolReplica, multiplexed_id
 from frameserve.engine.cluster.replica import ReplicaSettings
@@ -110,8 +110,7 @@ class PoolApps:
                 handle, info = self._deploy(app.app, PoolReplica, config, pool.resources)
             except Exception as exc:
                 app.state = ModelState.FAILED
-                lines = str(exc).strip().splitlines()
-                app.error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+                app.error = first_line(exc)
                 raise ModelLoadError(
                     f"pool {pool.name!r} cannot be deployed on Ray Serve: {app.error}"
                 ) from exc
